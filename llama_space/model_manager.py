@@ -1,0 +1,173 @@
+"""The one object that owns the base model, its tokenizer, the loaded LoRA adapters and the generation lock."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.generation import GenerationStream
+from llama_space.model_loading import base_model_name, load_model, same_base
+from llama_space.params import GenerationParams
+from llama_space.prompting import build_prompt
+
+if TYPE_CHECKING:
+    from llama_space.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(UserError):
+    """Too many generation requests are waiting; the caller should retry later."""
+
+
+class ModelManager:
+    """Loads the model once; serves streaming generation with a per-request adapter choice.
+
+    One lock serialises generation and adapter swaps. An admission counter bounds how many requests
+    may wait for it, so every route (UI, Gradio API, REST, OpenAI) shares one queue.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = None
+        self.tokenizer = None
+        self.source = ""
+        self.base_name = base_model_name(settings.model)
+        self._peft = None  # PeftModel wrapping self.model once the first adapter is loaded
+        self._loaded_adapters: dict[str, float] = {}  # name -> mtime of the weights loaded
+        self._lock = threading.Lock()
+        self._admission = threading.Lock()
+        self._in_flight = 0
+
+    def load(self) -> ModelManager:
+        """Load the base model and tokenizer (the slow part of start-up)."""
+        self.model, self.tokenizer, self.source = load_model(
+            self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir)
+        log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
+        return self
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model can attend to (prompt plus reply)."""
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    # ---- adapters -------------------------------------------------------------------------------
+    def list_adapters(self) -> list[str]:
+        """Adapters on disk that can be chosen (base excluded)."""
+        return adapters.list_names(self.settings.adapters_dir)
+
+    def _check_adapter(self, name: str) -> Path:
+        path = adapters.adapter_path(self.settings.adapters_dir, name)
+        if not adapters.is_complete(path):
+            available = ", ".join(self.list_adapters()) or "none yet"
+            raise UserError(f"Unknown adapter {name!r}. Available: base, {available}.")
+        trained_on = adapters.read_metadata(path).get("base_model", "")
+        if trained_on and not same_base(trained_on, self.base_name):
+            raise UserError(f"Adapter {name!r} was trained on {trained_on}, but the loaded base model is "
+                            f"{self.base_name}; start the app with --model {trained_on} to use it.")
+        return path
+
+    def _load_adapter_locked(self, name: str) -> None:
+        path = self._check_adapter(name)
+        mtime = (path / adapters.WEIGHTS_FILE).stat().st_mtime
+        if self._loaded_adapters.get(name) == mtime:
+            return
+        if name in self._loaded_adapters:  # replaced on disk since we loaded it
+            self._unload_adapter_locked(name)
+        try:
+            if self._peft is None:
+                from peft import PeftModel
+
+                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - shape mismatches and corrupt files become one message
+            raise UserError(f"Adapter {name!r} could not be loaded on {self.base_name} "
+                            f"(was it trained on another base model?): {str(exc)[:300]}") from exc
+        self._peft.eval()
+        self._loaded_adapters[name] = mtime
+        log.info("Loaded adapter %s", name)
+
+    def _unload_adapter_locked(self, name: str) -> None:
+        if name in self._loaded_adapters and self._peft is not None:
+            self._peft.delete_adapter(name)
+        self._loaded_adapters.pop(name, None)
+
+    def load_adapter(self, name: str) -> None:
+        """Load adapter `name` from the adapters dir (no-op when already loaded and unchanged)."""
+        with self._lock:
+            self._load_adapter_locked(name)
+
+    def unload_adapter(self, name: str) -> None:
+        """Free adapter `name` from memory (its files stay on disk)."""
+        with self._lock:
+            self._unload_adapter_locked(name)
+
+    def loaded_adapters(self) -> list[str]:
+        """Names of the adapters currently in memory."""
+        return sorted(self._loaded_adapters)
+
+    @contextmanager
+    def _adapter_context(self, name: str):
+        if self._peft is None:
+            yield
+        elif name in adapters.BASE_NAMES:
+            with self._peft.disable_adapter():
+                yield
+        else:
+            self._peft.set_adapter(name)
+            yield
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _admit(self) -> None:
+        with self._admission:
+            if self._in_flight >= self.settings.max_queue + self.settings.concurrency:
+                raise QueueFullError(f"The server is busy ({self._in_flight} requests in progress or waiting); "
+                                     "try again in a moment.")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._admission:
+            self._in_flight -= 1
+
+    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> GenerationStream:
+        """Start generating a reply to `messages` (see prompting.normalize_messages); iterate it for text."""
+        if self.model is None:
+            raise UserError("The model is still loading; try again in a moment.")
+        if params.max_new_tokens > self.settings.max_new_tokens_limit:
+            raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
+        adapter = adapter or ""
+        if adapter not in adapters.BASE_NAMES:
+            self._check_adapter(adapter)  # fail fast, before queueing
+        prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
+        self._admit()
+        self._lock.acquire()
+        try:
+            if adapter not in adapters.BASE_NAMES:
+                self._load_adapter_locked(adapter)
+            model = self._peft if self._peft is not None else self.model
+            return GenerationStream(model, self.tokenizer, prompt.input_ids, params,
+                                    lambda: self._adapter_context(adapter), self._release,
+                                    dropped_messages=prompt.dropped_messages)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        self._lock.release()
+        self._leave()
+
+    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+        """The whole reply at once."""
+        return "".join(self.stream(messages, params, adapter))
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` encodes to (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
