@@ -95,9 +95,14 @@ class ModelManager:
         log.info("Loaded adapter %s", name)
 
     def _unload_adapter_locked(self, name: str) -> None:
-        if name in self._loaded_adapters and self._peft is not None:
+        if name not in self._loaded_adapters:
+            return
+        del self._loaded_adapters[name]
+        if self._loaded_adapters:
             self._peft.delete_adapter(name)
-        self._loaded_adapters.pop(name, None)
+        else:  # PEFT keeps no usable state without adapters: go back to the plain base model
+            self.model = self._peft.unload()
+            self._peft = None
 
     def load_adapter(self, name: str) -> None:
         """Load adapter `name` from the adapters dir (no-op when already loaded and unchanged)."""

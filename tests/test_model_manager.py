@@ -1,0 +1,133 @@
+"""The model manager on the embedded SmolLM2 model: answers, streaming, stop, trimming, adapters."""
+
+import json
+import time
+
+import pytest
+
+from llama_space.errors import UserError
+from llama_space.model_manager import ModelManager, QueueFullError
+from llama_space.params import GenerationParams
+from llama_space.prompting import normalize_messages
+from llama_space.settings import Settings
+
+from conftest import MODEL_CACHE
+
+GREEDY = GenerationParams(temperature=0, max_new_tokens=40)
+FRANCE = normalize_messages([], "What is the capital of France?")
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def manager(embedded_dir, adapters_dir):
+    settings = Settings(data_dir=MODEL_CACHE.parent, adapters_dir=adapters_dir, max_queue=1)
+    return ModelManager(settings).load()
+
+
+def make_adapter(manager, directory, base_model):
+    """A LoRA adapter with random (non-zero) weights on the embedded model, saved like a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(manager.source)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(directory)
+    (directory / "llama_space.json").write_text(json.dumps({"base_model": base_model}))
+
+
+def test_greedy_answer_knows_paris(manager):
+    assert "Paris" in manager.generate(FRANCE, GREEDY)
+
+
+def test_streamed_text_equals_non_streamed(manager):
+    messages = normalize_messages([], "Name three colours.")
+    stream = manager.stream(messages, GREEDY)
+    chunks = list(stream)
+    assert len([c for c in chunks if c]) > 1
+    assert "".join(chunks) == manager.generate(messages, GREEDY)
+    assert stream.completion_tokens > 0 and stream.tokens_per_second > 0
+
+
+def test_stop_ends_long_generation_and_frees_lock(manager):
+    stream = manager.stream(normalize_messages([], "Write a long story about a dragon."),
+                            GenerationParams(temperature=0, max_new_tokens=2000))
+    iterator = iter(stream)
+    for _ in range(3):
+        next(iterator)
+    started = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - started < 2.0
+    assert stream.finish_reason == "cancelled" and stream.completion_tokens < 50
+    assert not manager._lock.locked()
+    assert "Paris" in manager.generate(FRANCE, GREEDY)
+
+
+def test_leaving_the_loop_stops_generation(manager):
+    stream = manager.stream(FRANCE, GenerationParams(temperature=0, max_new_tokens=2000))
+    for _ in stream:
+        break
+    assert stream.finish_reason == "cancelled" and not manager._lock.locked()
+
+
+def test_stop_strings_cut_the_reply(manager):
+    text = manager.generate(FRANCE, GenerationParams(temperature=0, max_new_tokens=40, stop=["Paris"]))
+    assert text == "The capital of France is "
+
+
+def test_trimmed_history_keeps_system_prompt_and_newest_turn(manager):
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": "Tell me a fact. " * 40}, {"role": "assistant", "content": "Ok. " * 40}]
+    messages = normalize_messages(history, "What is the capital of France?", "Answer in one short sentence.")
+    manager.settings.max_new_tokens_limit = 8000
+    stream = manager.stream(messages, GenerationParams(temperature=0, max_new_tokens=manager.context_window - 300))
+    stream.close()
+    assert stream.dropped_messages >= 10 and stream.dropped_messages % 2 == 0
+    assert stream.prompt_tokens <= 300
+
+
+def test_adapter_changes_output_and_base_restores_it(manager, adapters_dir):
+    make_adapter(manager, adapters_dir / "noisy", manager.base_name)
+    before = manager.generate(FRANCE, GREEDY)
+    assert manager.list_adapters() == ["noisy"]
+    with_adapter = manager.generate(FRANCE, GREEDY, adapter="noisy")
+    assert with_adapter != before
+    assert manager.generate(FRANCE, GREEDY, adapter="base") == before
+    assert manager.generate(FRANCE, GREEDY, adapter="noisy") == with_adapter
+    manager.unload_adapter("noisy")
+    assert manager.loaded_adapters() == []
+
+
+def test_adapter_from_another_base_is_refused(manager, adapters_dir):
+    make_adapter(manager, adapters_dir / "foreign", "meta-llama/Llama-3.1-8B-Instruct")
+    with pytest.raises(UserError, match="trained on meta-llama/Llama-3.1-8B-Instruct"):
+        manager.generate(FRANCE, GREEDY, adapter="foreign")
+
+
+@pytest.mark.parametrize("name", ["missing", "../etc", "/abs/path"])
+def test_unknown_or_unsafe_adapter_is_refused(manager, name):
+    with pytest.raises(UserError, match="adapter"):
+        manager.generate(FRANCE, GREEDY, adapter=name)
+
+
+def test_full_queue_refuses_at_once(manager):
+    held = [manager.stream(FRANCE, GenerationParams(temperature=0, max_new_tokens=2000))]
+    try:
+        # concurrency 1 running + max_queue 1 waiting: the waiter blocks, so fake it through the counter.
+        manager._admit()
+        started = time.perf_counter()
+        with pytest.raises(QueueFullError, match="busy"):
+            manager.stream(FRANCE, GREEDY)
+        assert time.perf_counter() - started < 0.5
+        manager._leave()
+    finally:
+        for stream in held:
+            stream.close()
+    assert "Paris" in manager.generate(FRANCE, GREEDY)
