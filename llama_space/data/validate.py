@@ -1,0 +1,217 @@
+"""Per-row checks of an uploaded file, the validation report, and the training rows built from it."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space.data.formats import (DEFAULT_MAX_BYTES, RowError, dataset_fingerprint, detect_format,
+                                      read_records, to_messages)
+from llama_space.data.preview import preview_html
+from llama_space.data.tokenize import IGNORE_INDEX, Encoded, check_tokenizer, encode_messages
+from llama_space.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+MAX_LISTED = 50  # errors/warnings listed in a report; the counts cover all of them
+FORMULA_PREFIXES = ("=", "+", "-", "@")  # spreadsheet programs run such cells as formulas
+
+
+@dataclass
+class Scan:
+    """A file's rows after format detection and per-row checks, before tokenization."""
+
+    data_format: str
+    total: int
+    rows: list[tuple[int, list[dict]]] = field(default_factory=list)  # (1-based row, messages) to train
+    errors: list[dict] = field(default_factory=list)  # {"row", "message"}; these rows are skipped
+    warnings: list[dict] = field(default_factory=list)  # {"row", "message"}; row None = whole file
+    duplicates: int = 0
+
+
+@dataclass
+class Analysis:
+    """A scan plus tokenization: which rows train, which are truncated or left without a trained token."""
+
+    scan: Scan
+    kept: list[Encoded]  # rows that train, in file order
+    lengths: list[int]  # full token length of every row that rendered
+    too_long: list[int]  # row numbers longer than max_length
+    no_trainable: list[int]  # row numbers with no assistant token within max_length
+
+
+def check_conversation(messages: list[dict]) -> None:
+    """Raise RowError unless the conversation is trainable: user first, system only first, real replies."""
+    roles = [message["role"] for message in messages]
+    if "system" in roles[1:]:
+        raise RowError(f"turn {roles.index('system', 1) + 1}: a system message may only come first")
+    if roles[roles[0] == "system":][:1] != ["user"]:
+        raise RowError("the conversation must start with a user turn (after an optional system message)")
+    if "assistant" not in roles:
+        raise RowError("the conversation has no assistant turn to learn from")
+    for n, message in enumerate(messages, 1):
+        if message["role"] == "assistant" and not message["content"].strip():
+            raise RowError(f"turn {n}: the assistant reply is empty")
+
+
+def _formula_warning(record: dict) -> str | None:
+    cells = [f"'{name}' starts with {value[0]!r}" for name, value in record.items()
+             if isinstance(value, str) and value.startswith(FORMULA_PREFIXES)]
+    if not cells:
+        return None
+    return "; ".join(cells) + ": spreadsheet programs may run such a cell as a formula; check it is meant as text"
+
+
+def scan_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
+    """Read, detect the format, normalize each row and sort rows into usable, broken and duplicate."""
+    loader, records = read_records(path, max_bytes)
+    scan = Scan(detect_format(list(records[0])), len(records))
+    first_seen: dict[str, int] = {}
+    for number, record in enumerate(records, 1):
+        if loader == "csv" and (warning := _formula_warning(record)):
+            scan.warnings.append({"row": number, "message": warning})
+        try:
+            messages = to_messages(scan.data_format, record)
+            check_conversation(messages)
+        except RowError as exc:
+            scan.errors.append({"row": number, "message": str(exc)})
+            continue
+        key = json.dumps(messages, ensure_ascii=False)
+        if key in first_seen:
+            scan.duplicates += 1
+            scan.warnings.append({"row": number, "message": f"exact duplicate of row {first_seen[key]}; skipped"})
+        else:
+            first_seen[key] = number
+            scan.rows.append((number, messages))
+    return scan
+
+
+def _first_errors(scan: Scan, count: int = 3) -> str:
+    return "; ".join(f"row {error['row']}: {error['message']}" for error in scan.errors[:count])
+
+
+def load_conversations(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, list[list[dict]]]:
+    """The file's format name and its usable rows as {role, content} message lists (broken/duplicate rows left out)."""
+    scan = scan_file(path, max_bytes)
+    if not scan.rows:
+        raise UserError(f"None of the {scan.total} rows is usable: {_first_errors(scan)}.")
+    return scan.data_format, [messages for _, messages in scan.rows]
+
+
+def _trained_tokens(encoded: Encoded, max_length: int) -> int:
+    return sum(label != IGNORE_INDEX for label in encoded.labels[:max_length])
+
+
+def analyse(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
+            max_bytes: int = DEFAULT_MAX_BYTES) -> Analysis:
+    """Scan the file and tokenize every usable row with the model's chat template."""
+    if max_length < 1:
+        raise UserError(f"max_length must be at least 1, got {max_length}")
+    check_tokenizer(tokenizer)
+    scan = scan_file(path, max_bytes)
+    analysis = Analysis(scan, kept=[], lengths=[], too_long=[], no_trainable=[])
+    for number, messages in scan.rows:
+        try:
+            encoded = encode_messages(tokenizer, messages)
+        except UserError as exc:  # the template rejected this row, e.g. roles that do not alternate
+            scan.errors.append({"row": number, "message": str(exc)})
+            continue
+        analysis.lengths.append(len(encoded.input_ids))
+        if len(encoded.input_ids) > max_length:
+            analysis.too_long.append(number)
+        if _trained_tokens(encoded, max_length):
+            analysis.kept.append(encoded)
+        else:
+            analysis.no_trainable.append(number)
+            scan.warnings.append({"row": number, "message": f"no assistant token within max_length={max_length}; "
+                                                            "skipped"})
+    scan.errors.sort(key=lambda error: error["row"])
+    scan.warnings.sort(key=lambda warning: warning["row"])
+    return analysis
+
+
+def _summary(analysis: Analysis, max_length: int) -> str:
+    scan = analysis.scan
+    reasons = [f"{count} {what}" for count, what in [
+        (len(scan.errors), "with errors"), (scan.duplicates, "exact duplicates"),
+        (len(analysis.no_trainable), f"with no assistant token within {max_length} tokens")] if count]
+    if not analysis.kept:
+        return (f"Nothing to train: none of the {scan.total} rows is usable ({', '.join(reasons)}). "
+                "Fix the rows listed and upload the file again.")
+    text = f"{len(analysis.kept)} of {scan.total} rows ({scan.data_format} format) will be trained"
+    if reasons:
+        text += f"; skipped: {', '.join(reasons)}"
+    if analysis.too_long:
+        text += f"; {len(analysis.too_long)} longer than {max_length} tokens are truncated"
+    return text + "."
+
+
+def _token_stats(lengths: list[int]) -> dict | None:
+    if not lengths:
+        return None
+    ordered = sorted(lengths)
+    return {"min": ordered[0], "median": statistics.median(ordered),
+            "p95": ordered[math.ceil(0.95 * len(ordered)) - 1], "max": ordered[-1]}
+
+
+def _row_list(rows: list[int], limit: int = 20) -> str:
+    listed = ", ".join(map(str, rows[:limit]))
+    return listed + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  max_bytes: int = DEFAULT_MAX_BYTES, preview_rows: int = 3) -> dict:
+    """JSON-able report on a training file; raises UserError only when the file as a whole is unusable.
+
+    Keys: ok (at least one row will be trained), summary (one sentence for the user), format
+    ("alpaca" | "chat" | "sharegpt"), fingerprint (dataset_fingerprint), rows (data rows in the file),
+    valid_rows (rows that will be trained), skipped_rows, errors / warnings (up to MAX_LISTED of
+    {"row", "message"}; row is the 1-based data row, a CSV header not counted, or None for the whole
+    file; rows with errors are skipped), error_count / warning_count (totals), duplicates (exact
+    repeats of an earlier row, skipped), too_long (rows over max_length tokens, truncated),
+    no_trainable (rows left without an assistant token by truncation, skipped), max_length,
+    trainable_tokens (tokens with a loss after truncation), token_stats ({"min", "median", "p95",
+    "max"} of full token lengths, or None), preview (HTML of the first `preview_rows` trained rows).
+    """
+    analysis = analyse(path, tokenizer, max_length, max_bytes)
+    scan = analysis.scan
+    warnings = list(scan.warnings)
+    if analysis.too_long:
+        warnings.insert(0, {"row": None, "message": f"{len(analysis.too_long)} rows are longer than "
+                            f"max_length={max_length} tokens and are truncated: rows {_row_list(analysis.too_long)}"})
+    return {
+        "ok": bool(analysis.kept),
+        "summary": _summary(analysis, max_length),
+        "format": scan.data_format,
+        "fingerprint": dataset_fingerprint(path),
+        "rows": scan.total,
+        "valid_rows": len(analysis.kept),
+        "skipped_rows": scan.total - len(analysis.kept),
+        "errors": scan.errors[:MAX_LISTED],
+        "error_count": len(scan.errors),
+        "warnings": warnings[:MAX_LISTED],
+        "warning_count": len(warnings),
+        "duplicates": scan.duplicates,
+        "too_long": len(analysis.too_long),
+        "no_trainable": len(analysis.no_trainable),
+        "max_length": max_length,
+        "trainable_tokens": sum(_trained_tokens(encoded, max_length) for encoded in analysis.kept),
+        "token_stats": _token_stats(analysis.lengths),
+        "preview": [preview_html(encoded, max_length) for encoded in analysis.kept[:preview_rows]],
+    }
+
+
+def build_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
+    """Training rows {"input_ids", "labels"} of the file's valid rows; UserError if nothing is trainable."""
+    analysis = analyse(path, tokenizer, max_length, max_bytes)
+    if not analysis.kept:
+        details = f" First problems: {_first_errors(analysis.scan)}." if analysis.scan.errors else ""
+        raise UserError(_summary(analysis, max_length) + details)
+    return [{"input_ids": encoded.input_ids[:max_length], "labels": encoded.labels[:max_length]}
+            for encoded in analysis.kept]

@@ -1,0 +1,130 @@
+"""Loss masking with the model's own chat template: labels hold exactly the assistant replies and end-of-turn."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from llama_space.data import IGNORE_INDEX, build_examples, tokenize_messages, validate_file
+from llama_space.errors import UserError
+
+SINGLE = [{"role": "user", "content": "What is the capital of France?"},
+          {"role": "assistant", "content": "The capital of France is Paris."}]
+MULTI = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
+         {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}]
+# A template unlike ChatML: the system prompt merged into the first user turn, a space before each
+# reply and no newline after the end-of-turn token.
+MERGED_SYSTEM_TEMPLATE = (
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}{%- set ns.system = m.content + '\\n\\n' -%}"
+    "{%- elif m.role == 'user' -%}<|im_start|>[INST] {{ ns.system }}{{ m.content }} [/INST]"
+    "{%- set ns.system = '' -%}"
+    "{%- else %} {{ m.content }}<|im_end|>{%- endif -%}"
+    "{%- endfor -%}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def trained_runs(tokenizer, row: dict) -> list[str]:
+    """The decoded text of each contiguous run of trained (non -100) labels."""
+    runs = itertools.groupby(zip(row["input_ids"], row["labels"]), key=lambda pair: pair[1] != IGNORE_INDEX)
+    return [tokenizer.decode([label for _, label in group]) for trained, group in runs if trained]
+
+
+def test_single_turn_labels_are_exactly_the_reply_and_end_of_turn(tokenizer):
+    row = tokenize_messages(tokenizer, SINGLE, max_length=512)
+    full = tokenizer.apply_chat_template(SINGLE, tokenize=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(SINGLE[:1], tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+    assert row["input_ids"] == list(full)  # the trainer sees exactly the chat-templated conversation
+    assert len(row["labels"]) == len(row["input_ids"])
+    assert row["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    assert trained_runs(tokenizer, row) == ["The capital of France is Paris.<|im_end|>"]
+    assert tokenizer.decode(row["input_ids"][-1:]) == "\n" and row["labels"][-1] == IGNORE_INDEX  # after <|im_end|>
+
+
+def test_multi_turn_trains_every_reply_and_masks_the_default_system_prompt(tokenizer):
+    row = tokenize_messages(tokenizer, MULTI, max_length=512)
+    assert "You are a helpful AI assistant named SmolLM" in tokenizer.decode(row["input_ids"])
+    assert trained_runs(tokenizer, row) == ["Hello! How can I help?<|im_end|>", "Blue, like the sea.<|im_end|>"]
+    masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX])
+    assert "Hi there" in masked and "Name a colour." in masked and "Paris" not in masked
+
+
+def test_own_system_prompt_replaces_the_default(tokenizer):
+    messages = [{"role": "system", "content": "Talk like a pirate."}, *SINGLE]
+    row = tokenize_messages(tokenizer, messages, max_length=512)
+    text = tokenizer.decode(row["input_ids"])
+    assert "SmolLM" not in text and "Talk like a pirate." in text
+    assert trained_runs(tokenizer, row) == ["The capital of France is Paris.<|im_end|>"]
+
+
+def test_other_template_layout_is_masked_from_its_own_rendering(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = MERGED_SYSTEM_TEMPLATE
+    row = tokenize_messages(tokenizer, [{"role": "system", "content": "Be brief."}, *MULTI], max_length=512)
+    assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>[INST] Be brief.\n\nHi there [/INST]")
+    assert trained_runs(tokenizer, row) == [" Hello! How can I help?<|im_end|>", " Blue, like the sea.<|im_end|>"]
+
+
+def test_truncation_keeps_max_length_tokens(tokenizer):
+    prompt = tokenizer.apply_chat_template(SINGLE[:1], tokenize=True, add_generation_prompt=True,
+                                           return_dict=True)["input_ids"]
+    row = tokenize_messages(tokenizer, SINGLE, max_length=len(prompt) + 2)
+    assert len(row["input_ids"]) == len(row["labels"]) == len(prompt) + 2
+    assert trained_runs(tokenizer, row) == ["The capital"]
+
+
+def test_no_chat_template_is_refused(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None
+    with pytest.raises(UserError, match="has no chat template"):
+        tokenize_messages(tokenizer, SINGLE, max_length=64)
+
+
+def test_max_length_must_be_positive(tokenizer):
+    with pytest.raises(UserError, match="max_length must be at least 1"):
+        tokenize_messages(tokenizer, SINGLE, max_length=0)
+
+
+def write_chat(path, conversations):
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations), encoding="utf-8")
+    return path
+
+
+def test_rows_without_trainable_tokens_are_dropped_and_counted(tokenizer, tmp_path):
+    long_prompt = [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "Short."}]
+    path = write_chat(tmp_path / "c.jsonl", [SINGLE, long_prompt, MULTI])
+    examples = build_examples(path, tokenizer, max_length=64)
+    assert [trained_runs(tokenizer, row)[0] for row in examples] == [
+        "The capital of France is Paris.<|im_end|>", "Hello! How can I help?<|im_end|>"]
+    assert all(len(row["input_ids"]) <= 64 for row in examples)
+    report = validate_file(path, tokenizer, max_length=64)
+    assert (report["valid_rows"], report["no_trainable"], report["too_long"]) == (2, 1, 1)
+    assert {"row": 2, "message": "no assistant token within max_length=64; skipped"} in report["warnings"]
+
+
+def test_zero_trainable_tokens_is_an_error_not_a_silent_zero_loss(tokenizer, tmp_path):
+    long_prompt = [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "Short."}]
+    path = write_chat(tmp_path / "c.jsonl", [long_prompt, long_prompt[:1] + [{"role": "assistant", "content": "B"}]])
+    with pytest.raises(UserError, match=r"Nothing to train: none of the 2 rows is usable \(2 with no assistant token"):
+        build_examples(path, tokenizer, max_length=32)
+
+
+def test_template_that_rejects_a_row_reports_it(tiny_model_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = ("{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}"
+                               "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+                               "<|im_start|>{{ m.content }}<|im_end|>{% endfor %}")
+    double_user = [SINGLE[0], SINGLE[0], SINGLE[1]]
+    report = validate_file(write_chat(tmp_path / "c.jsonl", [SINGLE, double_user]), tokenizer, max_length=64)
+    assert report["valid_rows"] == 1
+    assert report["errors"][0]["row"] == 2
+    assert "roles must alternate" in report["errors"][0]["message"]
