@@ -1,0 +1,98 @@
+"""The Fine-tune tab: upload and validate data, set LoRA parameters, start/cancel/resume and watch a job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from llama_space.errors import UserError
+from llama_space.training.params import TrainingParams
+from llama_space.ui.jobs_view import job_view, no_job_view
+from llama_space.ui.training_api import PARAM_FIELDS, as_gradio_error
+
+if TYPE_CHECKING:
+    from llama_space.ui.training_api import TrainingActions
+
+POLL_SECONDS = 1.0
+
+
+def _report_markdown(report: dict) -> str:
+    stats = report.get("token_stats") or {}
+    lines = [f"**{'✅' if report['ok'] else '❌'} {report['summary']}**", "",
+             f"Format: `{report['format']}` · rows: {report['rows']} · trained: {report['valid_rows']} · "
+             f"skipped: {report['skipped_rows']} · duplicates: {report['duplicates']} · "
+             f"longer than max length ({report['max_length']}): {report['too_long']}"]
+    if stats:
+        lines.append(f"Tokens per row: min {stats['min']} · median {stats['median']} · p95 {stats['p95']} · "
+                     f"max {stats['max']} (max length {report['max_length']})")
+    return "\n\n".join(lines)
+
+
+def _problem_rows(report: dict) -> list[list]:
+    rows = [["error", item["row"] or "", item["message"]] for item in report["errors"]]
+    rows += [["warning", item["row"] or "", item["message"]] for item in report["warnings"]]
+    return rows
+
+
+def _preset_values(name: str) -> list:
+    params = TrainingParams.preset(name)
+    return [getattr(params, field) or 0 for field in PARAM_FIELDS]
+
+
+def build_finetune_tab(actions: TrainingActions):
+    """Lay out the tab and wire its events; returns the job poller for the page-load hook."""
+    if not actions.allow_changes:
+        gr.Markdown(f"⚠️ {actions.disabled_reason}", elem_id="training-disabled")
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label="Instruction data (JSON, JSONL, CSV or Parquet)", file_types=[
+                ".json", ".jsonl", ".csv", ".parquet"], elem_id="dataset-upload")
+            report_md = gr.Markdown(elem_id="dataset-report")
+            problems = gr.Dataframe(headers=["kind", "row", "message"], interactive=False,
+                                    label="Problems", elem_id="dataset-problems")
+            preview = gr.HTML(elem_id="dataset-preview")
+        with gr.Column():
+            adapter_name = gr.Textbox(label="Adapter name", placeholder="my-adapter", elem_id="adapter-name")
+            preset = gr.Radio(["standard", "quick"], value="standard", label="Preset", elem_id="preset")
+            inputs = [gr.Number(value, label=field.replace("_", " "), elem_id=f"param-{field}")
+                      for field, value in zip(PARAM_FIELDS, _preset_values("standard"))]
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", interactive=actions.allow_changes,
+                                  elem_id="start-training")
+                cancel = gr.Button("Cancel", elem_id="cancel-training", interactive=actions.allow_changes)
+                resume = gr.Button("Resume", elem_id="resume-training", interactive=actions.allow_changes)
+    job_id = gr.State("")
+    progress_html = gr.HTML(elem_id="job-progress")
+    loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="loss-plot", height=260)
+    log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
+    hidden = {"api_visibility": "private"}
+    max_length = inputs[PARAM_FIELDS.index("max_length")]
+
+    def on_upload(file, length):
+        if file is None:
+            return "", [], ""
+        try:
+            report = actions.validate(file, length or TrainingParams.max_length)
+        except UserError as exc:
+            return f"**❌ {exc}**", [], ""
+        return _report_markdown(report), _problem_rows(report), "".join(report["preview"])
+
+    def on_start(file, name, preset_name, *values):
+        started = actions.start(file, name, actions.params(preset_name, dict(zip(PARAM_FIELDS, values))))
+        gr.Info(f"Training job {started} started.")
+        return started
+
+    def poll(current):
+        status = actions.current(current)
+        return (status["job_id"], *job_view(status)) if status else ("", *no_job_view())
+
+    upload.upload(on_upload, [upload, max_length], [report_md, problems, preview], **hidden)
+    max_length.submit(on_upload, [upload, max_length], [report_md, problems, preview], **hidden)
+    preset.change(_preset_values, preset, inputs, queue=False, **hidden)
+    start.click(as_gradio_error(on_start), [upload, adapter_name, preset, *inputs], job_id, **hidden)
+    cancel.click(as_gradio_error(actions.cancel), job_id, None, **hidden)
+    resume.click(as_gradio_error(lambda current: actions.resume(current)["job_id"]), job_id, job_id, **hidden)
+    outputs = [job_id, progress_html, loss_plot, log_tail]
+    gr.Timer(POLL_SECONDS).tick(poll, job_id, outputs, queue=False, show_progress="hidden", **hidden)
+    return poll, job_id, outputs

@@ -1,0 +1,55 @@
+"""How a training job's status looks in the UI: progress bar, loss plot, log tail."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+EMPTY_PLOT = pd.DataFrame({"step": [], "loss": [], "series": []})
+
+
+def _eta(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def progress_html(status: dict) -> str:
+    """A progress bar with state, step, loss, ETA and any error."""
+    step, total = status.get("step") or 0, status.get("total_steps") or 0
+    percent = 100 * step / total if total else 0
+    loss = status.get("loss")
+    parts = [f"<b>Job {html.escape(str(status.get('job_id', '')))}</b> · "
+             f"<span class='job-state' data-state='{html.escape(str(status.get('state')))}'>"
+             f"{html.escape(str(status.get('state')))}</span>",
+             f"step <span class='job-step'>{step}</span> / {total}",
+             f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss —"]
+    if isinstance(status.get("eval_loss"), (int, float)):
+        parts.append(f"eval loss {status['eval_loss']:.4f}")
+    parts.append(f"ETA {_eta(status.get('eta_seconds'))}")
+    bar = (f"<progress class='job-bar' value='{step}' max='{max(total, 1)}' style='width:100%'></progress>"
+           f"<div>{' · '.join(parts)} ({percent:.0f}%)</div>")
+    if status.get("adapter") and status.get("state") == "completed":
+        bar += f"<div>Adapter <b>{html.escape(status['adapter'])}</b> is ready: choose it in the Chat tab.</div>"
+    if status.get("error"):
+        bar += f"<div class='job-error' style='color:#b91c1c'>{html.escape(status['error'])}</div>"
+    return bar
+
+
+def loss_frame(metrics: list[dict]) -> pd.DataFrame:
+    """Long-format loss history for gr.LinePlot: one row per (step, series)."""
+    rows = [{"step": m["step"], "loss": m[key], "series": key}
+            for m in metrics for key in ("loss", "eval_loss") if isinstance(m.get(key), (int, float))]
+    return pd.DataFrame(rows) if rows else EMPTY_PLOT
+
+
+def job_view(status: dict) -> tuple[str, pd.DataFrame, str]:
+    """(progress HTML, loss plot data, log tail) for one job status."""
+    return progress_html(status), loss_frame(status.get("metrics") or []), status.get("log_tail", "")
+
+
+def no_job_view() -> tuple[str, pd.DataFrame, str]:
+    """What the job panel shows before any job exists."""
+    return "<div>No training job yet: upload data and press Start training.</div>", EMPTY_PLOT, ""
