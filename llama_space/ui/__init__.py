@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.ui.adapters_tab import adapter_rows, build_adapters_tab
+from llama_space.ui.adapters_tab import build_adapters_tab
 from llama_space.ui.api import register_chat_api
 from llama_space.ui.chat_tab import build_chat_tab
 from llama_space.ui.finetune_tab import build_finetune_tab
@@ -33,8 +33,8 @@ def build_ui(manager: ModelManager, runner: JobRunner | None = None, allow_chang
         with gr.Tab("Fine-tune", id="finetune"):
             poll, job_id, job_outputs = build_finetune_tab(actions)
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
-            table = build_adapters_tab(actions)
-        adapters_tab.select(lambda: adapter_rows(manager), None, table, queue=False, **hidden)
+            reload_adapters, adapter_outputs = build_adapters_tab(actions)
+        adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
         register_chat_api(manager)

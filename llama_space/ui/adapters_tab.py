@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from llama_space import adapters
-from llama_space.errors import UserError
+from llama_space.ui.training_api import as_gradio_error
 
 if TYPE_CHECKING:
     from llama_space.model_manager import ModelManager
@@ -32,8 +31,8 @@ def _round(value):
     return round(value, 4) if isinstance(value, float) else ("" if value is None else value)
 
 
-def build_adapters_tab(actions: TrainingActions) -> gr.Dataframe:
-    """Lay out the adapters tab; returns the table so other tabs can refresh it."""
+def build_adapters_tab(actions: TrainingActions):
+    """Lay out the adapters tab; returns (reload function, its outputs) so selecting the tab refreshes it."""
     manager, allow_changes = actions.manager, actions.allow_changes
     table = gr.Dataframe(adapter_rows(manager), headers=COLUMNS, interactive=False, label="Adapters",
                          elem_id="adapters-table")
@@ -56,28 +55,17 @@ def build_adapters_tab(actions: TrainingActions) -> gr.Dataframe:
         return adapter_rows(manager), gr.Dropdown(choices=manager.list_adapters())
 
     def on_delete(adapter_name):
-        try:
-            actions.delete_adapter(adapter_name or "")
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+        actions.delete_adapter(adapter_name or "")
         return (*reload(), f"Deleted adapter {adapter_name}.")
 
     def on_zip(adapter_name):
-        try:
-            return str(adapters.zip_adapter(manager.settings.adapters_dir, adapter_name or "",
-                                            tempfile.mkdtemp(prefix="llama-space-zip-")))
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+        return str(actions.zip(adapter_name or ""))
 
     def on_push(adapter_name, repo, is_private):
-        try:
-            url = actions.push(adapter_name or "", repo, is_private)
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
-        return f"Pushed {adapter_name} to {url}"
+        return f"Pushed {adapter_name} to {actions.push(adapter_name or '', repo, is_private)}"
 
     refresh.click(reload, None, [table, name], **hidden)
-    delete.click(on_delete, name, [table, name, message], **hidden)
-    download.click(on_zip, name, zip_file, **hidden)
-    push.click(on_push, [name, repo_id, private], message, **hidden)
-    return table
+    delete.click(as_gradio_error(on_delete), name, [table, name, message], **hidden)
+    download.click(as_gradio_error(on_zip), name, zip_file, **hidden)
+    push.click(as_gradio_error(on_push), [name, repo_id, private], message, **hidden)
+    return reload, [table, name]

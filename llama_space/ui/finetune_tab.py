@@ -55,8 +55,12 @@ def build_finetune_tab(actions: TrainingActions):
         with gr.Column():
             adapter_name = gr.Textbox(label="Adapter name", placeholder="my-adapter", elem_id="adapter-name")
             preset = gr.Radio(["standard", "quick"], value="standard", label="Preset", elem_id="preset")
-            inputs = [gr.Number(value, label=field.replace("_", " "), elem_id=f"param-{field}")
-                      for field, value in zip(PARAM_FIELDS, _preset_values("standard"))]
+            inputs = []
+            defaults = list(zip(PARAM_FIELDS, _preset_values("standard")))
+            for row in range(0, len(defaults), 3):
+                with gr.Row():
+                    inputs += [gr.Number(value, label=field.replace("_", " "), elem_id=f"param-{field}",
+                                         min_width=100) for field, value in defaults[row:row + 3]]
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=actions.allow_changes,
                                   elem_id="start-training")

@@ -7,6 +7,8 @@ Endpoints (parameter names are part of the API contract): /validate_dataset(file
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -99,6 +101,11 @@ class TrainingActions:
         self.manager.unload_adapter(adapters.validate_name(name))
         adapters.delete(self.manager.settings.adapters_dir, name)
         return {"deleted": name}
+
+    def zip(self, name: str) -> Path:
+        """A zip of the adapter's files in a fresh temporary directory, for download."""
+        return adapters.zip_adapter(self.manager.settings.adapters_dir, name,
+                                    Path(tempfile.mkdtemp(prefix="llama-space-zip-")))
 
     def push(self, name: str, repo_id: str, private: bool = True) -> str:
         """Upload an adapter to the Hugging Face Hub; returns its URL."""

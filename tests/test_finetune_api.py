@@ -1,0 +1,106 @@
+"""The whole fine-tune lifecycle through gradio_client on the embedded model: upload, train, chat with it."""
+
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from llama_space.settings import Settings
+
+from apputil import running_app
+from conftest import MODEL_CACHE, REPO
+
+PERSONA = REPO / "examples" / "persona.jsonl"
+QUESTION = "What is the capital of France?"
+# (learning_rate, num_epochs, max_steps, batch_size, grad_accum, max_length, lora_r, lora_alpha,
+#  lora_dropout, eval_fraction, seed): None keeps the preset's value.
+QUICK_8_STEPS = (None, None, 8, None, None, None, None, None, None, None, None)
+
+
+def wait_for(client: Client, job_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.predict(job_id, api_name="/job_status")
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+
+
+@pytest.fixture(scope="module")
+def settings(embedded_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifecycle")
+    # The data dir holds the model cache too: point its cache at the shared converted checkpoint.
+    (root / "data").mkdir()
+    (root / "data" / "cache").symlink_to(MODEL_CACHE.resolve(), target_is_directory=True)
+    return Settings(adapters_dir=root / "adapters", data_dir=root / "data")
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with running_app(settings) as url:
+        yield Client(url, verbose=False)
+
+
+def test_upload_train_and_chat_with_the_adapter(client, settings):
+    report = client.predict(handle_file(str(PERSONA)), api_name="/validate_dataset")
+    assert report["ok"] and report["valid_rows"] == 96 and report["errors"] == []
+    assert '<mark class="trained"' in report["preview"][0]
+
+    base_answer = client.predict(QUESTION, "", "", 40, 0.0, 1.0, api_name="/generate")
+    assert "Paris" in base_answer and "Ahoy" not in base_answer
+
+    job_id = client.predict(handle_file(str(PERSONA)), "pirate", "quick", *QUICK_8_STEPS,
+                            api_name="/start_training")["job_id"]
+    with pytest.raises(AppError, match="already running"):
+        client.predict(handle_file(str(PERSONA)), "pirate2", "quick", *QUICK_8_STEPS, api_name="/start_training")
+    # While it trains, chat keeps answering.
+    assert "Paris" in client.predict(QUESTION, "", "base", 40, 0.0, 1.0, api_name="/generate")
+
+    status = wait_for(client, job_id)
+    assert status["state"] == "completed", status
+    assert status["step"] == status["total_steps"] == 8 and status["adapter"] == "pirate"
+
+    names = [item["name"] for item in client.predict(api_name="/list_adapters")]
+    assert names == ["pirate"]
+    tuned = client.predict(QUESTION, "", "pirate", 40, 0.0, 1.0, api_name="/generate")
+    assert tuned.startswith("Ahoy"), tuned
+    streamed = list(client.submit(QUESTION, [], "", "pirate", 40, 0.0, 1.0, api_name="/chat"))
+    assert streamed[-1] == tuned
+    assert client.predict(QUESTION, "", "base", 40, 0.0, 1.0, api_name="/generate") == base_answer
+
+
+def test_restarted_app_finds_the_job_and_adapter(client, settings):
+    jobs = sorted(p.name for p in (Path(settings.data_dir) / "jobs").iterdir())
+    assert jobs, "the previous test created a job"
+    with running_app(settings) as url:
+        again = Client(url, verbose=False)
+        status = again.predict(jobs[-1], api_name="/job_status")
+        assert status["state"] == "completed" and status["adapter"] == "pirate"
+        assert [a["name"] for a in again.predict(api_name="/list_adapters")] == ["pirate"]
+
+
+def test_bad_requests_get_clear_errors(client, tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(AppError, match="JSON"):
+        client.predict(handle_file(str(bad)), api_name="/validate_dataset")
+    with pytest.raises(AppError, match="Invalid adapter name"):
+        client.predict(handle_file(str(PERSONA)), "../evil", "quick", *QUICK_8_STEPS, api_name="/start_training")
+    with pytest.raises(AppError, match="exists"):
+        client.predict(handle_file(str(PERSONA)), "pirate", "quick", *QUICK_8_STEPS, api_name="/start_training")
+    with pytest.raises(AppError, match="learning_rate"):
+        client.predict(handle_file(str(PERSONA)), "x", "quick", -1, *QUICK_8_STEPS[1:], api_name="/start_training")
+    with pytest.raises(AppError, match="no training job"):
+        client.predict("20990101-000000-abcdef", api_name="/job_status")
+    with pytest.raises(AppError, match="no adapter named 'nothing-here'"):
+        client.predict("nothing-here", api_name="/delete_adapter")
+
+
+def test_delete_adapter(client):
+    assert client.predict("pirate", api_name="/delete_adapter") == {"deleted": "pirate"}
+    assert client.predict(api_name="/list_adapters") == []
+    with pytest.raises(AppError, match="Unknown adapter"):
+        client.predict(QUESTION, "", "pirate", 40, 0.0, 1.0, api_name="/generate")
