@@ -41,6 +41,9 @@ class Settings:
         "LLAMA_SPACE_MAX_UPLOAD_MB", "largest dataset upload accepted, in MB"))
     max_new_tokens_limit: int = field(default=4096, metadata=_opt(
         "LLAMA_SPACE_MAX_NEW_TOKENS", "upper bound for max_new_tokens in any request"))
+    allow_public_changes: bool = field(default=False, metadata=_opt(
+        "LLAMA_SPACE_ALLOW_PUBLIC_CHANGES",
+        "allow training, deleting and pushing adapters when reachable beyond loopback without auth"))
 
     def __post_init__(self) -> None:
         self.adapters_dir = Path(self.adapters_dir)
@@ -62,6 +65,26 @@ class Settings:
             return None
         user, _, password = self.auth.partition(":")
         return user, password
+
+    @property
+    def exposed(self) -> bool:
+        """Whether people other than this machine's user can reach the app (share link, non-loopback, a Space)."""
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        return self.share or not loopback or bool(os.environ.get("SPACE_ID"))
+
+    @property
+    def changes_allowed(self) -> bool:
+        """Training, deleting and pushing are on unless the app is exposed without auth (then opt-in)."""
+        return not self.exposed or bool(self.auth) or self.allow_public_changes
+
+    @property
+    def changes_disabled_reason(self) -> str:
+        """Why training, delete and push are off (empty when they are on)."""
+        if self.changes_allowed:
+            return ""
+        return ("Training, deleting and pushing adapters are off because this app is reachable by anyone "
+                "without a password. Start it with --auth USER:PASS (or LLAMA_SPACE_AUTH), or set "
+                "LLAMA_SPACE_ALLOW_PUBLIC_CHANGES=true to allow them for everyone.")
 
     @property
     def cache_dir(self) -> Path:

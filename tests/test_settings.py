@@ -71,3 +71,22 @@ def test_generation_params_range_checks(kwargs, message):
 def test_greedy_params_turn_sampling_off():
     assert GenerationParams(temperature=0).generate_kwargs()["do_sample"] is False
     assert GenerationParams(temperature=0.5).generate_kwargs()["do_sample"] is True
+
+
+@pytest.mark.parametrize("kwargs, allowed", [
+    ({}, True),
+    ({"host": "0.0.0.0"}, False),
+    ({"share": True}, False),
+    ({"share": True, "auth": "u:p"}, True),
+    ({"host": "0.0.0.0", "allow_public_changes": True}, True),
+])
+def test_changes_are_off_when_exposed_without_auth(kwargs, allowed, monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    settings = Settings(**kwargs)
+    assert settings.changes_allowed is allowed
+    assert bool(settings.changes_disabled_reason) is not allowed
+
+
+def test_a_space_counts_as_exposed(monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/llama-space")
+    assert Settings().exposed and not Settings().changes_allowed

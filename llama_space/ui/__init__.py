@@ -19,12 +19,13 @@ if TYPE_CHECKING:
 TITLE = "Llama Space"
 
 
-def build_ui(manager: ModelManager, runner: JobRunner | None = None, allow_changes: bool = True,
-             disabled_reason: str = "") -> gr.Blocks:
+def build_ui(manager: ModelManager, runner: JobRunner | None = None) -> gr.Blocks:
     """The Blocks app (tabs and API endpoints) with the shared generation queue."""
     from llama_space.training.runner import JobRunner
 
-    actions = TrainingActions(manager, runner or JobRunner(manager.settings), allow_changes, disabled_reason)
+    settings = manager.settings
+    actions = TrainingActions(manager, runner or JobRunner(settings), settings.changes_allowed,
+                              settings.changes_disabled_reason)
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE} · `{manager.base_name}`")
@@ -39,6 +40,5 @@ def build_ui(manager: ModelManager, runner: JobRunner | None = None, allow_chang
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
         register_chat_api(manager)
         register_training_api(actions)
-    settings = manager.settings
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
     return demo
