@@ -1,5 +1,7 @@
 """The whole fine-tune lifecycle through gradio_client on the embedded model: upload, train, chat with it."""
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,9 +41,14 @@ def settings(embedded_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(settings):
+def app_url(settings):
     with running_app(settings) as url:
-        yield Client(url, verbose=False)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 def test_upload_train_and_chat_with_the_adapter(client, settings):
@@ -104,3 +111,14 @@ def test_delete_adapter(client):
     assert client.predict(api_name="/list_adapters") == []
     with pytest.raises(AppError, match="Unknown adapter"):
         client.predict(QUESTION, "", "pirate", 40, 0.0, 1.0, api_name="/generate")
+
+
+def test_lifecycle_example_script_runs(app_url):
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "lifecycle.py"), "--url", app_url,
+                             "--adapter", "scripted", "--max-steps", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1. validated: 96 of 96 rows" in result.stdout
+    assert "completed step 2/2" in result.stdout
+    assert "3. adapters: scripted" in result.stdout
+    assert "4. [base] The capital of France is Paris." in result.stdout and "4. [scripted]" in result.stdout
