@@ -9,6 +9,7 @@ from llama_space.model_manager import ModelManager
 
 if TYPE_CHECKING:
     import gradio as gr
+    from fastapi import FastAPI
 
     from llama_space.settings import Settings
 
@@ -23,14 +24,24 @@ def build_app(settings: Settings) -> tuple[gr.Blocks, ModelManager]:
     return build_ui(manager), manager
 
 
-def launch(settings: Settings, block: bool = True):
-    """Start serving on settings.host:settings.port; returns the FastAPI app when not blocking."""
+def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
+    """Serve the UI, the Gradio API, POST / and /v1 on settings.host:settings.port.
+
+    Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
+    `app.state.manager` is the ModelManager behind every route.
+    """
+    from llama_space.routes import register_routes
+
     demo, manager = build_app(settings)
+    # Only launch() makes share links, so our routes go onto the FastAPI app it returns.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
         prevent_thread_lock=True, show_error=True)
-    log.info("Llama Space is serving at %s%s", local_url, f" and {share_url}" if share_url else "")
+    app.state.manager = manager
+    register_routes(app, manager, settings)
+    log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1)", local_url,
+             f" and {share_url}" if share_url else "")
     if block:
         demo.block_thread()
     return demo, app

@@ -1,0 +1,159 @@
+"""What the REST and OpenAI routes share: request parsing, error statuses and generation off the event loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.model_manager import QueueFullError
+
+if TYPE_CHECKING:
+    from llama_space.generation import GenerationStream
+    from llama_space.model_manager import ModelManager
+    from llama_space.params import GenerationParams
+
+log = logging.getLogger(__name__)
+
+_KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+          list: "a list", dict: "an object"}
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status, a message that says what to fix, and the offending field."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @classmethod
+    def from_user_error(cls, exc: UserError) -> RequestError:
+        """429 when the shared queue is full, 400 for any other problem with the request."""
+        if isinstance(exc, QueueFullError):
+            return cls(429, str(exc), code="queue_full")
+        return cls(400, str(exc))
+
+
+async def read_json_object(request: Request) -> dict:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "The request body must be a JSON object, e.g. {\"prompt\": \"Hello\"}")
+    return data
+
+
+def get_field(body: dict, name: str, kind: type, default: Any = None) -> Any:
+    """body[name] checked to be of `kind` (JSON null or absent -> default); bool never passes for a number."""
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise RequestError(400, f"{name} must be {_KINDS[kind]}, got {json.dumps(value)[:80]}", param=name)
+    return value
+
+
+def check_adapter(manager: ModelManager, name: str, param: str = "adapter") -> str:
+    """`name` when it is the base model or an adapter on disk (re-read every call), else a 404."""
+    if name in adapters.BASE_NAMES or name in manager.list_adapters():
+        return name
+    available = ", ".join(["base", *manager.list_adapters()])
+    raise RequestError(404, f"Unknown {param} {name!r}. Available: {available}.", param=param,
+                       code="model_not_found")
+
+
+class GenerationRunner:
+    """Runs ModelManager generation in worker threads so the event loop never blocks on the model.
+
+    Its own thread limiter is sized to the shared queue, so requests waiting for the model never take
+    the threads Gradio needs for everything else.
+    """
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        settings = manager.settings
+        self.limiter = anyio.CapacityLimiter(settings.max_queue + settings.concurrency + 4)
+
+    async def open(self, messages: list[dict], params: GenerationParams, adapter: str) -> GenerationStream:
+        """Admit the request to the shared queue and wait for the model; UserError becomes a RequestError."""
+        opened: list[GenerationStream] = []
+
+        def start() -> GenerationStream:
+            opened.append(self.manager.stream(messages, params, adapter))
+            return opened[0]
+
+        try:
+            return await anyio.to_thread.run_sync(start, limiter=self.limiter)
+        except UserError as exc:
+            raise RequestError.from_user_error(exc) from None
+        except BaseException:
+            if opened:  # cancelled while waiting: the model must not run for nobody
+                await self.close(opened[0])
+            raise
+
+    async def chunks(self, stream: GenerationStream) -> AsyncIterator[str]:
+        """Text deltas of `stream`; if the consumer is cancelled (client gone), the model stops within a step."""
+        iterator = iter(stream)
+        try:
+            while True:
+                # abandon_on_cancel: a hang-up must not wait for the next piece of text; close() below
+                # ends the generation, which also ends the abandoned next() at once.
+                chunk = await anyio.to_thread.run_sync(next, iterator, None, abandon_on_cancel=True,
+                                                       limiter=self.limiter)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            await self.close(stream)
+
+    async def complete(self, stream: GenerationStream, request: Request) -> str:
+        """The whole reply; if the client hangs up first, the model stops within one decode step."""
+        parts: list[str] = []
+        async with anyio.create_task_group() as group:
+
+            async def stop_on_hang_up() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                log.info("Client went away; generation stopped")
+                group.cancel_scope.cancel()
+
+            group.start_soon(stop_on_hang_up)
+            async for chunk in self.chunks(stream):
+                parts.append(chunk)
+            group.cancel_scope.cancel()
+        return "".join(parts)
+
+    async def close(self, stream: GenerationStream) -> None:
+        """Stop `stream` (within one decode step) without blocking the event loop, even when cancelled."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(stream.close, limiter=self.limiter)
+
+
+class GenerationResponse(StreamingResponse):
+    """A streaming response that always stops its generation when it ends, also when the client hangs up."""
+
+    def __init__(self, content: AsyncIterator[str], stream: GenerationStream, runner: GenerationRunner,
+                 media_type: str) -> None:
+        super().__init__(content, media_type=media_type,
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.stream, self.runner = stream, runner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.runner.close(self.stream)

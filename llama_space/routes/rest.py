@@ -1,0 +1,68 @@
+"""POST / : the original tutorial's REST contract, {"prompt": ...} -> {"response", "status", "time"}."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from llama_space.errors import UserError
+from llama_space.params import GenerationParams
+from llama_space.prompting import normalize_messages
+from llama_space.routes.common import GenerationRunner, RequestError, check_adapter, get_field, read_json_object
+
+if TYPE_CHECKING:
+    from llama_space.model_manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+FIELDS = {"prompt": str, "system": str, "adapter": str, "max_new_tokens": int, "temperature": float,
+          "top_p": float}
+
+
+def _error(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status)
+
+
+def _parse(body: dict, manager: ModelManager) -> tuple[list[dict], GenerationParams, str]:
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise RequestError(400, f"Unknown field(s) {', '.join(unknown)}; accepted: {', '.join(FIELDS)}.")
+    prompt = get_field(body, "prompt", str, "")
+    if not prompt.strip():
+        raise RequestError(400, 'prompt is required and must not be empty, e.g. {"prompt": "Hello"}', "prompt")
+    defaults = GenerationParams()
+    try:
+        params = GenerationParams(
+            max_new_tokens=get_field(body, "max_new_tokens", int, defaults.max_new_tokens),
+            temperature=get_field(body, "temperature", float, defaults.temperature),
+            top_p=get_field(body, "top_p", float, defaults.top_p))
+        messages = normalize_messages([], prompt, get_field(body, "system", str, ""))
+    except UserError as exc:
+        raise RequestError.from_user_error(exc) from None
+    return messages, params, check_adapter(manager, get_field(body, "adapter", str, ""))
+
+
+def rest_router(manager: ModelManager, runner: GenerationRunner) -> APIRouter:
+    """The router holding POST / (GET / stays Gradio's page)."""
+    router = APIRouter()
+
+    @router.post("/", include_in_schema=False)
+    async def generate(request: Request) -> JSONResponse:
+        """Answer one prompt with the whole reply."""
+        try:
+            messages, params, adapter = _parse(await read_json_object(request), manager)
+            stream = await runner.open(messages, params, adapter)
+            text = await runner.complete(stream, request)
+        except RequestError as exc:
+            return _error(exc)
+        except Exception:
+            log.exception("POST / failed")
+            return _error(RequestError(500, "Generation failed because of a server error; see the server log."))
+        return JSONResponse({"response": text, "status": 200, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    return router

@@ -1,0 +1,53 @@
+"""The /chat and /generate Gradio endpoints through gradio_client: streaming, non-streaming and errors."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from apputil import running_app
+from conftest import MODEL_CACHE
+from llama_space.settings import Settings
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def client(embedded_dir, tmp_path_factory):
+    settings = Settings(data_dir=MODEL_CACHE.parent, adapters_dir=tmp_path_factory.mktemp("adapters"),
+                        dtype="float32")
+    with running_app(settings) as url:
+        yield Client(url, verbose=False)
+
+
+def test_chat_streams_growing_replies_equal_to_generate(client):
+    job = client.submit(QUESTION, [], "", "", 20, 0.0, 0.9, api_name="/chat")
+    updates = list(job)
+    final = job.result()
+    generated = client.predict(QUESTION, "", "base", 20, 0.0, 0.9, api_name="/generate")
+    assert final == generated and "Paris" in final
+    assert len(updates) > 1 and updates[-1] == final
+    assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:]))
+
+
+def test_chat_takes_history_and_keywords(client):
+    history = [{"role": "user", "content": "My name is Ada."},
+               {"role": "assistant", "content": "Nice to meet you, Ada!"}]
+    reply = client.predict(message="What is my name?", history=history, system_prompt="Be brief.",
+                           adapter="", max_new_tokens=12, temperature=0, top_p=1.0, api_name="/chat")
+    assert "Ada" in reply
+
+
+@pytest.mark.parametrize(("endpoint", "args", "says"), [
+    ("/chat", ("", [], "", "", 8, 0.0, 0.9), "The message is empty"),
+    ("/chat", (QUESTION, [{"role": "robot", "content": "x"}], "", "", 8, 0.0, 0.9), "history item 0"),
+    ("/chat", (QUESTION, [], "", "nope", 8, 0.0, 0.9), "Unknown adapter 'nope'"),
+    ("/generate", ("   ", "", "", 8, 0.0, 0.9), "The message is empty"),
+    ("/generate", (QUESTION, "", "", 100000, 0.0, 0.9), "max_new_tokens must be at most 4096"),
+    ("/generate", (QUESTION, "", "", 8, 9.0, 0.9), "temperature must be between"),
+    ("/generate", (QUESTION, "", "", 8, 0.0, 0.0), "top_p must be greater than 0"),
+])
+def test_errors_come_back_as_app_errors(client, endpoint, args, says):
+    with pytest.raises(AppError, match=says):
+        client.predict(*args, api_name=endpoint)

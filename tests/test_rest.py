@@ -1,0 +1,144 @@
+"""POST / (the tutorial's contract) over real HTTP: curl unchanged, options, adapters, bad requests, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import datetime
+
+import httpx
+import openai
+import pytest
+
+from apputil import launched_app
+from llama_space.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def roomy_tiny_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama with a 2048-token context, so the default 512-token reply of a bare request fits."""
+    path = tmp_path_factory.mktemp("roomy-tiny") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 2048  # RoPE: no position weights to resize
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def launched(roomy_tiny_dir, adapters_dir):
+    with launched_app(Settings(model=str(roomy_tiny_dir), adapters_dir=adapters_dir)) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def url(launched):
+    return launched.url
+
+
+def post(url: str, body, **kwargs) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body)
+    return httpx.post(url + "/", content=content, headers={"Content-Type": "application/json"}, timeout=60,
+                      **kwargs)
+
+
+def test_tutorial_curl_command_works_unchanged(url):
+    done = subprocess.run(["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json",
+                           "-d", '{"prompt": "你好"}'], capture_output=True, text=True, timeout=120)
+    body = json.loads(done.stdout)
+    assert set(body) == {"response", "status", "time"}
+    assert body["status"] == 200 and isinstance(body["response"], str) and body["response"]
+    assert abs((datetime.strptime(body["time"], "%Y-%m-%d %H:%M:%S") - datetime.now()).total_seconds()) < 120
+
+
+def test_get_root_still_serves_the_gradio_page(url):
+    page = httpx.get(url + "/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "gradio" in page.text.lower()
+
+
+def test_optional_keys_shape_the_reply(url):
+    body = {"prompt": "Hello", "system": "Be brief.", "adapter": "base", "max_new_tokens": 5,
+            "temperature": 0, "top_p": 0.5}
+    first, second = post(url, body), post(url, body)
+    assert first.status_code == 200 and first.json()["status"] == 200
+    assert first.json()["response"] == second.json()["response"]  # greedy is deterministic
+    sampled = post(url, {"prompt": "Hello", "max_new_tokens": 3, "temperature": 1.5})
+    assert sampled.status_code == 200
+
+
+def make_lora(model_dir, out_dir):
+    """A random-weight LoRA on the tiny model, saved the way a trained adapter is."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+
+
+def test_adapter_trained_after_start_is_usable(url, roomy_tiny_dir, adapters_dir):
+    assert post(url, {"prompt": "Hi", "adapter": "fresh"}).status_code == 404
+    make_lora(roomy_tiny_dir, adapters_dir / "fresh")
+    reply = post(url, {"prompt": "Hi", "adapter": "fresh", "max_new_tokens": 4, "temperature": 0})
+    assert reply.status_code == 200 and isinstance(reply.json()["response"], str)
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    (b'{"prompt": "unterminated', 400, "not valid JSON"),
+    (b"", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (b'["a list"]', 400, "JSON object"),
+    (b'"just a string"', 400, "JSON object"),
+    ({}, 400, "prompt is required"),
+    ({"prompt": "   "}, 400, "prompt is required"),
+    ({"prompt": 42}, 400, "prompt must be a string"),
+    ({"prompt": "hi", "system": ["x"]}, 400, "system must be a string"),
+    ({"prompt": "hi", "max_new_tokens": "ten"}, 400, "max_new_tokens must be a whole number"),
+    ({"prompt": "hi", "max_new_tokens": 2.5}, 400, "max_new_tokens must be a whole number"),
+    ({"prompt": "hi", "max_new_tokens": True}, 400, "max_new_tokens must be a whole number"),
+    ({"prompt": "hi", "max_new_tokens": 0}, 400, "max_new_tokens"),
+    ({"prompt": "hi", "max_new_tokens": 10**6}, 400, "at most 4096"),
+    ({"prompt": "hi", "temperature": "warm"}, 400, "temperature must be a number"),
+    ({"prompt": "hi", "temperature": 99}, 400, "temperature must be between"),
+    ({"prompt": "hi", "top_p": 1.5}, 400, "top_p must be between"),
+    ({"prompt": "hi", "top_p": 0}, 400, "top_p must be greater than 0"),
+    ({"prompt": "hi", "adapter": "missing"}, 404, "Unknown adapter 'missing'"),
+    ({"prompt": "hi", "adapter": "../etc"}, 404, "Unknown adapter"),
+    ({"prompt": "hi", "max_tokens": 5}, 400, "Unknown field(s) max_tokens"),
+    ({"prompt": "word " * 3000, "max_new_tokens": 8}, 400, "too long"),
+])
+def test_bad_requests_get_a_json_error(url, body, status, says):
+    reply = post(url, body)
+    assert reply.status_code == status
+    error = reply.json()
+    assert error["status"] == status and says in error["error"]
+    assert "Traceback" not in reply.text
+
+
+def test_a_failing_model_is_a_json_500_on_every_route(launched, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory (simulated)")
+
+    monkeypatch.setattr(launched.manager.model, "forward", broken)
+    reply = post(launched.url, {"prompt": "Hi", "max_new_tokens": 2})
+    assert reply.status_code == 500 and reply.json()["status"] == 500
+    assert "server error" in reply.json()["error"] and "CUDA" not in reply.text
+    sdk = openai.OpenAI(base_url=launched.url + "/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.InternalServerError) as whole:
+        sdk.chat.completions.create(model="base", messages=messages, max_tokens=2)
+    assert whole.value.type == "server_error"
+    with pytest.raises(openai.APIError, match="server error"):  # headers went out: the error is an event
+        list(sdk.chat.completions.create(model="base", messages=messages, max_tokens=2, stream=True))
+    monkeypatch.undo()
+    assert post(launched.url, {"prompt": "Hi", "max_new_tokens": 2}).status_code == 200
