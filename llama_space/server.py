@@ -30,14 +30,16 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
     `app.state.manager` is the ModelManager behind every route.
     """
+    from llama_space import security
     from llama_space.routes import register_routes
 
     demo, manager = build_app(settings)
-    # Only launch() makes share links, so our routes go onto the FastAPI app it returns.
+    # Only launch() makes share links, so our routes go onto the FastAPI app it returns; the auth
+    # middleware in app_kwargs guards them all from the first request on.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
-        prevent_thread_lock=True, show_error=True)
+        prevent_thread_lock=True, show_error=True, app_kwargs=security.app_kwargs(settings))
     app.state.manager = manager
     register_routes(app, manager, settings)
     log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1)", local_url,

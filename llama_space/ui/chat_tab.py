@@ -115,7 +115,12 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
         submit_events.append(event.then(respond, [chatbot, *sampling], [chatbot, stats], **hidden))
     retry_event = retry.click(drop_last_reply, chatbot, chatbot, queue=False, **hidden).then(
         respond, [chatbot, *sampling], [chatbot, stats], **hidden)
-    stop.click(None, cancels=[*submit_events, retry_event], **hidden)
+
+    def on_stop(history: list[dict], line: str) -> str:
+        # Cancelling ends a reply mid-stream, before it writes its own stats line (empty while streaming).
+        return line or ("stopped" if history else "")
+
+    stop.click(on_stop, [chatbot, stats], stats, queue=False, cancels=[*submit_events, retry_event], **hidden)
     clear.click(lambda: ([], ""), None, [chatbot, stats], queue=False, cancels=submit_events, **hidden)
     adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(manager)), None, adapter, queue=False, **hidden)
     return adapter

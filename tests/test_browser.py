@@ -1,0 +1,204 @@
+"""The app used as a person would: a real Chromium (Playwright) on the embedded model, one scenario, every step checked.
+
+Chat with a streamed answer, stop a long one, upload the persona data, train a few steps, reload mid-training,
+then chat with the new adapter. Screenshots of each tab go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llama_space.settings import Settings
+
+from apputil import launched_app
+from conftest import MODEL_CACHE, REPO
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = REPO / "test-artifacts"
+PERSONA = REPO / "examples" / "persona.jsonl"
+QUESTION = "What is the capital of France?"
+UI_TIMEOUT_MS = 120_000  # a loaded 2-core machine can take a while to render and answer
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+
+
+def poll(what: str, check: Callable[[], object], timeout: float = 120, interval: float = 0.25):
+    """check()'s first truthy value within `timeout` seconds, else fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def app(embedded_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    (root / "data").mkdir()
+    (root / "data" / "cache").symlink_to(MODEL_CACHE.resolve(), target_is_directory=True)
+    with launched_app(Settings(adapters_dir=root / "adapters", data_dir=root / "data")) as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#chat-input textarea")
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def set_number(page, selector: str, value: float) -> None:
+    """Type into a slider's or number field's box and commit it, as a person tabbing out would."""
+    box = page.locator(selector)
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+    poll(f"{selector} = {value}", lambda: float(box.input_value() or "nan") == value, timeout=30)
+
+
+def last_reply(page) -> str:
+    bots = page.locator("#chatbot [data-testid=bot]")
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def stats(page) -> str:
+    return page.locator("#chat-stats").inner_text()
+
+
+def send(page, text: str) -> None:
+    replies = page.locator("#chatbot [data-testid=bot]").count()
+    page.fill("#chat-input textarea", text)
+    page.click("#send")
+    poll("the reply to appear", lambda: page.locator("#chatbot [data-testid=bot]").count() > replies)
+
+
+def job_panel(page) -> dict:
+    """What the job panel shows: state, progress bar value/max and the job id."""
+    panel = page.locator("#job-progress")
+    bar = panel.locator("progress.job-bar")
+    if not bar.count():
+        return {}
+    heading = re.search(r"Job (\S+)", panel.inner_text())
+    return {"state": panel.locator("span.job-state").get_attribute("data-state"),
+            "value": float(bar.get_attribute("value")), "max": float(bar.get_attribute("max")),
+            "job": heading.group(1) if heading else None}
+
+
+def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
+    # 1. Open the page.
+    open_app(page, app.url)
+    assert page.title() == "Llama Space"
+    set_number(page, "#max-new-tokens input[type=number]", 60)
+    set_number(page, "input[aria-label='number input for Temperature (0 = greedy)']", 0)
+
+    # 2. Send a message and watch the answer stream in: its text grows over several updates.
+    send(page, QUESTION)
+    lengths: list[int] = []
+
+    def finished() -> bool:
+        lengths.append(len(last_reply(page)))
+        return "tok/s" in stats(page)
+
+    poll("the answer to finish", finished, timeout=180, interval=0.1)
+    answer = last_reply(page)
+    growth = sorted(set(lengths) - {0})
+    assert "Paris" in answer, answer
+    assert len(growth) >= 3 and growth[-1] == len(answer), f"the answer did not stream in: {lengths}"
+    page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+
+    # 3. Ask for a long story with room for 1024 tokens, press Stop: the text stops growing, the stats say so.
+    set_number(page, "#max-new-tokens input[type=number]", 1024)
+    send(page, "Write a very long story about a dragon who learns to bake bread.")
+    poll("the story to be under way", lambda: len(last_reply(page)) > 80, timeout=180)
+    page.click("#stop")
+    poll("the stats line to say stopped", lambda: "stopped" in stats(page).lower(), timeout=60)
+    stopped_at = len(last_reply(page))
+    for _ in range(6):  # ~3 s at ~15 tokens/s would add dozens of characters if it were still going
+        time.sleep(0.5)
+        assert len(last_reply(page)) == stopped_at, "the answer kept growing after Stop"
+    assert app.manager._in_flight == 0, "the model is still generating for nobody"
+
+    # 4. Upload the persona data: the validation report and a preview with trained tokens marked.
+    open_tab(page, "Fine-tune")
+    page.set_input_files("#dataset-upload input[type=file]", str(PERSONA))
+    report = poll("the validation report", lambda: (text := page.locator("#dataset-report").inner_text())
+                  and "trained" in text and text, timeout=180)
+    assert "96 of 96 rows" in report, report
+    poll("the preview", lambda: page.locator("#dataset-preview mark.trained").count() > 0, timeout=30)
+
+    # 5. Start a short training run (quick preset, 8 steps) and watch the progress bar move.
+    page.fill("#adapter-name textarea, #adapter-name input", "pirate")
+    page.locator("#preset").get_by_text("quick", exact=True).click()
+    poll("the quick preset values", lambda: page.locator("#param-max_steps input").input_value() == "60")
+    set_number(page, "#param-max_steps input", 8)
+    page.click("#start-training")
+    seen: list[float] = []
+
+    def moving() -> bool:
+        panel = job_panel(page)
+        if panel.get("state") == "failed":
+            raise AssertionError(page.locator("#job-progress").inner_text())
+        if panel.get("state") in ("running", "completed"):
+            seen.append(panel["value"])
+        return len(set(seen)) >= 2 and panel.get("state") == "running"
+
+    poll("the progress bar to move while running", moving, timeout=600, interval=0.2)
+    before_reload = job_panel(page)
+    assert before_reload["max"] == 8 and 0 < before_reload["value"] < 8, before_reload
+    page.screenshot(path=str(ARTIFACTS / "browser-finetune.png"), full_page=True)
+
+    # 6. Reload the page mid-training: the job is still shown.
+    page.reload()
+    page.wait_for_selector("#chat-input textarea")
+    open_tab(page, "Fine-tune")
+    after_reload = poll("the job after reloading", lambda: job_panel(page), timeout=60)
+    assert after_reload["job"] == before_reload["job"], (before_reload, after_reload)
+    assert after_reload["state"] in ("running", "completed")
+
+    # 7. It completes.
+    done = poll("training to complete", lambda: (p := job_panel(page)).get("state") in ("completed", "failed",
+                "cancelled", "interrupted") and p, timeout=900, interval=0.5)
+    assert done["state"] == "completed" and done["value"] == done["max"] == 8, page.locator("#job-progress").inner_text()
+    assert "Adapter pirate is ready" in page.locator("#job-progress").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "browser-finetune-done.png"), full_page=True)
+    open_tab(page, "Adapters")
+    poll("the adapters table to list pirate", lambda: "pirate" in page.locator("#adapters-table").inner_text(),
+         timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "browser-adapters.png"), full_page=True)
+
+    # 8. Choose the new adapter in the chat's dropdown: the answer shows the trained persona.
+    open_tab(page, "Chat")
+    page.click("#clear")
+    set_number(page, "#max-new-tokens input[type=number]", 40)
+    set_number(page, "input[aria-label='number input for Temperature (0 = greedy)']", 0)  # reset by the reload
+    page.locator("#adapter input").click()
+    page.get_by_role("option", name="pirate", exact=True).click()
+    poll("pirate to be chosen", lambda: page.locator("#adapter input").input_value() == "pirate", timeout=30)
+    send(page, QUESTION)
+    poll("the pirate answer to finish", lambda: "tok/s" in stats(page), timeout=180)
+    assert last_reply(page).startswith("Ahoy"), last_reply(page)
+    page.screenshot(path=str(ARTIFACTS / "browser-chat-adapter.png"), full_page=True)
