@@ -181,6 +181,21 @@ def oauth_enabled() -> bool:
     return bool(os.environ.get("OAUTH_CLIENT_ID")) and bool(os.environ.get("SPACE_ID"))
 
 
+def login_button():
+    """A "Sign in with Hugging Face" button inside the current Blocks on an OAuth Space; None elsewhere."""
+    if not oauth_enabled():
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("authlib") is None or importlib.util.find_spec("itsdangerous") is None:
+        log.error("This Space has OAuth on, but gradio[oauth] is not installed: nobody can sign in, so "
+                  "training, deleting and pushing stay off. Add gradio[oauth] to requirements.txt.")
+        return None
+    import gradio as gr
+
+    return gr.LoginButton()
+
+
 def space_owner() -> str:
     """The user or organization owning this Space (Spaces set SPACE_AUTHOR_NAME)."""
     return os.environ.get("SPACE_AUTHOR_NAME", "")

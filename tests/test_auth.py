@@ -249,6 +249,28 @@ def test_oauth_changes_need_the_space_owner(on_oauth_space):
     run_as({"preferred_username": "member", "orgs": [{"preferred_username": "owner"}]})
 
 
+def test_oauth_login_guards_the_change_actions(on_oauth_space, tmp_path):
+    """On an OAuth Space without a password the controls are on, and each change checks the login."""
+    from types import SimpleNamespace
+
+    from gradio.context import LocalContext
+
+    from llama_space.ui.training_api import TrainingActions
+
+    settings = Settings(adapters_dir=tmp_path / "adapters", data_dir=tmp_path / "data")
+    assert settings.exposed and not settings.changes_allowed  # a Space, no --auth
+    manager = SimpleNamespace(settings=settings, unload_adapter=lambda name: None)
+    actions = TrainingActions(manager, runner=None, allow_changes=True)
+    for userinfo, error in [(None, "Sign in with Hugging Face"), ({"preferred_username": "x"}, "Only owner"),
+                            ({"preferred_username": "owner"}, "no adapter named 'gone'")]:
+        token = LocalContext.request.set(FakeRequest(userinfo))
+        try:
+            with pytest.raises(UserError, match=error):
+                actions.delete_adapter("gone")
+        finally:
+            LocalContext.request.reset(token)
+
+
 def test_oauth_rules_are_off_elsewhere(monkeypatch):
     for name in ("SPACE_ID", "OAUTH_CLIENT_ID"):
         monkeypatch.delenv(name, raising=False)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from llama_space import security
 from llama_space.ui.adapters_tab import build_adapters_tab
 from llama_space.ui.api import register_chat_api
 from llama_space.ui.chat_tab import build_chat_tab
@@ -24,11 +25,14 @@ def build_ui(manager: ModelManager, runner: JobRunner | None = None) -> gr.Block
     from llama_space.training.runner import JobRunner
 
     settings = manager.settings
-    actions = TrainingActions(manager, runner or JobRunner(settings), settings.changes_allowed,
+    # On an OAuth Space the controls stay on; each change then needs the owner's HF login (security.py).
+    actions = TrainingActions(manager, runner or JobRunner(settings),
+                              settings.changes_allowed or security.oauth_enabled(),
                               settings.changes_disabled_reason)
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE} · `{manager.base_name}`")
+        security.login_button()
         with gr.Tab("Chat", id="chat"):
             build_chat_tab(manager)
         with gr.Tab("Fine-tune", id="finetune"):
