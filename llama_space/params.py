@@ -35,6 +35,9 @@ class GenerationParams:
             raise UserError("top_p must be greater than 0 (use temperature 0 for greedy decoding)")
         _check_range("top_k", self.top_k, 0, 100_000)
         _check_range("repetition_penalty", self.repetition_penalty, 0.5, 2.0)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -2**63 <= self.seed < 2**64):  # what torch.manual_seed takes
+            raise UserError(f"seed must be a whole number between {-2**63} and {2**64 - 1}, got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if len(self.stop) > 8 or any(not isinstance(s, str) or not s for s in self.stop):

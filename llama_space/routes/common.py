@@ -49,6 +49,8 @@ async def read_json_object(request: Request) -> dict:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"The request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "The request body is nested too deeply to be a request.") from None
     if not isinstance(data, dict):
         raise RequestError(400, "The request body must be a JSON object, e.g. {\"prompt\": \"Hello\"}")
     return data
