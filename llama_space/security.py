@@ -245,6 +245,11 @@ FINISHED_STATES = ("completed", "cancelled", "failed")
 
 
 def _pid_alive(pid: int) -> bool:
+    if Path("/proc/self").exists():
+        try:
+            return bool(Path(f"/proc/{pid}/cmdline").read_bytes())  # a zombie's is empty: it is gone
+        except OSError:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
