@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.errors import ModelLoadError
+from llama_space.fast_decode import attention_implementation, prepare_decode
 
 if TYPE_CHECKING:
     import torch
@@ -122,9 +123,12 @@ def choose_cpu_dtype(model: PreTrainedModel) -> torch.dtype:
     return best
 
 
-def load_model(model: str, device: str, dtype: str, cache_dir: Path
+def load_model(model: str, device: str, dtype: str, cache_dir: Path, compile: str = "auto"
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load (model, tokenizer, source) ready for generation; raise ModelLoadError with a fix on failure."""
+    """Load (model, tokenizer, source) ready for generation; raise ModelLoadError with a fix on failure.
+
+    `compile` (auto|on|off) picks the compiled static-cache decode path (see fast_decode).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,6 +142,8 @@ def load_model(model: str, device: str, dtype: str, cache_dir: Path
         kwargs["dtype"] = torch.bfloat16
     if device.startswith("cuda"):
         kwargs["device_map"] = "auto" if device == "cuda" else device
+    if attention := attention_implementation(device):
+        kwargs["attn_implementation"] = attention
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, token=token, trust_remote_code=False)
         loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -152,6 +158,7 @@ def load_model(model: str, device: str, dtype: str, cache_dir: Path
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ModelLoadError(f"{source} has no chat template; choose an instruct/chat model")
+    prepare_decode(loaded, tokenizer, compile)
     return loaded, tokenizer, source
 
 

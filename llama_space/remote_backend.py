@@ -1,0 +1,294 @@
+"""Chat through an external OpenAI-compatible server (vLLM, another Llama Space) instead of the in-process model.
+
+`RemoteBackend` offers what the UI and the routes use from `ModelManager`; adapters are the remote's
+model ids other than the base (vLLM serves each LoRA adapter named by `--lora-modules NAME=PATH`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.params import GenerationParams
+
+if TYPE_CHECKING:
+    from llama_space.model_manager import ModelManager
+    from llama_space.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # rough English average, for counting without a tokenizer
+DEFAULT_CONTEXT_WINDOW = 4096  # when the remote does not say (vLLM does, as max_model_len)
+TIMEOUT = httpx.Timeout(10.0, read=300.0)  # reads wait for the remote's queue as well
+
+
+def make_backend(settings: Settings) -> ModelManager | RemoteBackend:
+    """The chat backend the settings ask for: the remote server at backend_url, else the in-process model."""
+    if settings.backend_url:
+        return RemoteBackend(settings)
+    from llama_space.model_manager import ModelManager
+
+    return ModelManager(settings)
+
+
+class RemoteBackend:
+    """A ModelManager look-alike whose generation runs on an OpenAI-compatible server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.backend_url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        headers = {"Authorization": f"Bearer {settings.backend_api_key}"} if settings.backend_api_key else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+        self.base_name = settings.model
+        self._context_window = DEFAULT_CONTEXT_WINDOW
+        self._tokenizer = None
+
+    def load(self) -> RemoteBackend:
+        """Check the server answers and find the base model; a UserError says what is wrong."""
+        cards = self._models()
+        ids = [card["id"] for card in cards]
+        if self.base_name and self.base_name not in ids:
+            raise UserError(f"The chat backend at {self.url} does not serve {self.base_name!r}; "
+                            f"it serves: {', '.join(ids)}.")
+        base = next(c for c in cards if c["id"] == self.base_name) if self.base_name else _base_card(cards)
+        self.base_name = base["id"]
+        self._context_window = int(base.get("max_model_len") or DEFAULT_CONTEXT_WINDOW)
+        self._tokenizer = _local_tokenizer(self.settings.model)
+        log.info("Chat backend: %s at %s (adapters: %s)", self.base_name, self.url,
+                 ", ".join(ids[1:]) or "none")
+        return self
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    @property
+    def tokenizer(self):
+        """The base model's local tokenizer (dataset validation needs it); UserError when there is none."""
+        if self._tokenizer is None:
+            raise UserError("The chat backend is remote and no tokenizer for its base model is on this machine; "
+                            "start the app with --model set to the backend's base model (Hub id or path).")
+        return self._tokenizer
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the remote model attends to (its max_model_len when it says so)."""
+        return self._context_window
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` encodes to: exact with a local tokenizer, else estimated from its length."""
+        if self._tokenizer is not None:
+            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return max(1, -(-len(text) // CHARS_PER_TOKEN)) if text else 0
+
+    # ---- adapters: whatever the remote serves ----------------------------------------------------
+    def list_adapters(self) -> list[str]:
+        """The remote's model ids other than the base, asked again on every call."""
+        return [card["id"] for card in self._models() if card["id"] != self.base_name]
+
+    def load_adapter(self, name: str) -> None:
+        """Check the remote serves adapter `name` (it loads its own adapters)."""
+        self._model_id(name)
+
+    def unload_adapter(self, name: str) -> None:
+        """Nothing to free here: the remote manages its adapters' memory."""
+
+    def loaded_adapters(self) -> list[str]:
+        """The adapters the remote serves."""
+        return self.list_adapters()
+
+    def _model_id(self, adapter: str) -> str:
+        if adapter in adapters.BASE_NAMES or adapter == self.base_name:
+            return self.base_name
+        available = self.list_adapters()
+        if adapter not in available:
+            raise UserError(f"Unknown adapter {adapter!r}. Available at {self.url}: base, "
+                            f"{', '.join(available) or 'none'} (vLLM: add it with --lora-modules NAME=PATH).")
+        return adapter
+
+    # ---- generation -----------------------------------------------------------------------------
+    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> RemoteStream:
+        """Start a streamed reply on the remote; errors it answers with are raised here as UserError."""
+        if params.max_new_tokens > self.settings.max_new_tokens_limit:
+            raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
+        body = request_body(self._model_id(adapter or ""), messages, params)
+        return RemoteStream(self, body)
+
+    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+        """The whole reply at once."""
+        return "".join(self.stream(messages, params, adapter))
+
+    def _models(self) -> list[dict]:
+        response = self._request("GET", "/models")
+        try:
+            response.read()
+        finally:
+            response.close()
+        cards = response.json().get("data") or []
+        if not cards:
+            raise UserError(f"The chat backend at {self.url} lists no models.")
+        return cards
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """An open (streamed) response with a 2xx status; connection problems and errors become UserError."""
+        try:
+            response = self._client.send(self._client.build_request(method, path, **kwargs), stream=True)
+        except httpx.TransportError as exc:
+            raise UserError(f"The chat backend at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
+                            "check that it runs and LLAMA_SPACE_BACKEND_URL.") from None
+        if response.is_success:
+            return response
+        try:
+            response.read()
+        finally:
+            response.close()
+        raise remote_error(response, self.url)
+
+
+class RemoteStream:
+    """Iterate for text deltas of one remote reply; `close()` (or leaving the loop) hangs up, which stops it.
+
+    After iteration: `prompt_tokens`, `completion_tokens`, `finish_reason` ("stop" | "length" | "cancelled"),
+    `time_to_first_token`, `tokens_per_second`, `dropped_messages` (the remote trims nothing: always 0).
+    """
+
+    def __init__(self, backend: RemoteBackend, body: dict) -> None:
+        self._started = time.perf_counter()
+        self.prompt_tokens = sum(backend.count_tokens(m["content"]) for m in body["messages"])
+        self._reported_tokens: int | None = None  # the remote's usage count, when it sends one
+        self._chunks = 0
+        self.finish_reason = "stop"
+        self.time_to_first_token: float | None = None
+        self.dropped_messages = 0
+        self._first_at: float | None = None
+        self._finished_at: float | None = None
+        self._response = backend._request("POST", "/chat/completions", json=body)
+
+    @property
+    def completion_tokens(self) -> int:
+        """The remote's count; until it reports one (or when cut short), the content chunks seen."""
+        return self._reported_tokens if self._reported_tokens is not None else self._chunks
+
+    @property
+    def tokens_per_second(self) -> float:
+        end = self._finished_at or time.perf_counter()
+        if self._first_at is None or self.completion_tokens < 2 or end <= self._first_at:
+            return 0.0
+        return (self.completion_tokens - 1) / (end - self._first_at)
+
+    def __iter__(self) -> Iterator[str]:
+        completed = False
+        try:
+            for data in _sse_data(self._response):
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise UserError(_message(chunk, "the backend failed while streaming"))
+                self._read_usage(chunk.get("usage"))
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content") or ""
+                    if choice.get("finish_reason"):
+                        self.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
+                    if delta:
+                        self._chunks += 1  # vLLM sends one token per chunk; Llama Space about a word
+                        if self._first_at is None:
+                            self._first_at = time.perf_counter()
+                            self.time_to_first_token = self._first_at - self._started
+                        yield delta
+            completed = True
+        finally:
+            self._finished_at = time.perf_counter()
+            if not completed:
+                self.finish_reason = "cancelled"
+            self._response.close()
+
+    def _read_usage(self, usage: dict | None) -> None:
+        if usage:
+            self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
+            self._reported_tokens = usage.get("completion_tokens", self._reported_tokens)
+
+    def close(self) -> None:
+        """Hang up; the remote stops generating when it notices."""
+        if self._finished_at is None:
+            self.finish_reason = "cancelled"
+            self._finished_at = time.perf_counter()
+        self._response.close()
+
+
+def request_body(model: str, messages: list[dict], params: GenerationParams) -> dict:
+    """The chat-completions body for `params`; top_k and repetition_penalty are vLLM's extensions."""
+    body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
+            "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p}
+    if params.stop:
+        body["stop"] = params.stop
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if not params.greedy and params.top_k:
+        body["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty
+    return body
+
+
+def remote_error(response: httpx.Response, url: str) -> UserError:
+    """The remote's error message as a UserError (429 as the shared queue's QueueFullError)."""
+    from llama_space.model_manager import QueueFullError
+
+    try:
+        message = _message(response.json(), response.text)
+    except ValueError:
+        message = response.text.strip()[:300] or response.reason_phrase
+    if response.status_code == 429:
+        return QueueFullError(message)
+    if response.status_code >= 500:
+        return UserError(f"The chat backend at {url} failed (HTTP {response.status_code}): {message}")
+    return UserError(message)
+
+
+def _message(payload: object, fallback: str) -> str:
+    """The message in OpenAI's {"error": {"message"}}, vLLM's {"message"} or FastAPI's {"detail"} shapes."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for key in ("message", "detail", "error"):
+            if payload.get(key):
+                return str(payload[key])
+    return fallback
+
+
+def _sse_data(response: httpx.Response) -> Iterator[str]:
+    """The `data:` payloads of a server-sent event stream, up to [DONE]."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (keep-alives), event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield data
+
+
+def _base_card(cards: list[dict]) -> dict:
+    """The base model: the first card that is no adapter of another (vLLM gives adapters a parent)."""
+    return next((card for card in cards if not card.get("parent")), cards[0])
+
+
+def _local_tokenizer(model: str):
+    """The base model's tokenizer when it is on this machine (exact token counts), else None."""
+    if not model:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure just means counting approximately
+        log.info("No local tokenizer for %s; token counts are estimates", model)
+        return None

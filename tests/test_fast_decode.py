@@ -1,0 +1,83 @@
+"""The compiled static-cache decode path: same greedy text as the plain path; streaming and stop still work.
+
+Compiling with inductor takes over a minute on 2 cores, so these tests trace the same path with dynamo's
+"eager" backend: generate still switches to the static cache and the compiled forward, which is the
+plumbing under test; inductor's kernels are torch's responsibility.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+from llama_space.errors import UserError
+from llama_space.fast_decode import attention_implementation, generate_overrides, prepare_decode, should_compile
+from llama_space.model_manager import ModelManager
+from llama_space.params import GenerationParams
+from llama_space.prompting import normalize_messages
+from llama_space.settings import Settings
+
+
+def tiny_manager(tiny_model_dir, tmp_path_factory) -> ModelManager:
+    directory = tmp_path_factory.mktemp("fast")
+    return ModelManager(Settings(model=str(tiny_model_dir), dtype="float32", device="cpu", data_dir=directory,
+                                 adapters_dir=directory / "adapters")).load()
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dir, tmp_path_factory):
+    return tiny_manager(tiny_model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fast(tiny_model_dir, tmp_path_factory):
+    manager = tiny_manager(tiny_model_dir, tmp_path_factory)
+    plan = prepare_decode(manager.model, manager.tokenizer, "on", backend="eager")
+    assert plan.compiled and plan.warmup_seconds > 0
+    return manager
+
+
+def test_auto_compiles_on_cuda_only():
+    assert should_compile("auto", "cuda")[0] and not should_compile("auto", "cpu")[0]
+    assert should_compile("on", "cpu")[0] and not should_compile("off", "cuda")[0]
+    with pytest.raises(UserError, match="auto, on, off"):
+        should_compile("fast", "cpu")
+
+
+def test_plain_cpu_load_keeps_the_eager_dynamic_cache_path(plain):
+    model = plain.model
+    assert model.generation_config.cache_implementation is None
+    assert getattr(model.generation_config, "compile_config", None) is None
+    assert attention_implementation("cpu") is None  # transformers' default: SDPA
+    assert generate_overrides(model) == {}
+
+
+def test_compiled_greedy_stream_equals_plain(plain, fast):
+    params = GenerationParams(temperature=0, max_new_tokens=24)
+    for text in ("Tell me about dragons.", "What is the capital of France?"):
+        messages = normalize_messages([], text)
+        expected = plain.stream(messages, params)
+        reference = "".join(expected)
+        compiled = fast.stream(messages, params)
+        chunks = [chunk for chunk in compiled if chunk]
+        assert "".join(chunks) == reference and len(chunks) > 1
+        assert compiled.completion_tokens == expected.completion_tokens == 24
+    model = fast.model
+    assert model.generation_config.cache_implementation == "static"
+    assert hasattr(model, "_compiled_call")  # generate took the compiled decode step
+
+
+def test_stop_ends_compiled_generation(fast):
+    generation = fast.stream(normalize_messages([], "Write a long story."),
+                             GenerationParams(temperature=0, max_new_tokens=400))
+    texts = (chunk for chunk in generation if chunk)
+    for _ in range(3):
+        next(texts)
+    generation.close()
+    assert generation.finish_reason == "cancelled" and generation.completion_tokens < 400
+
+
+def test_lora_requests_decode_eagerly(fast):
+    model = fast.model
+    peft_like = SimpleNamespace(generation_config=model.generation_config, peft_config={"a": None})
+    assert generate_overrides(peft_like) == {"disable_compile": True}
+    assert generate_overrides(model) == {}
