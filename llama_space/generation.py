@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from llama_space.fast_decode import generate_overrides
 from llama_space.params import GenerationParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+HEARTBEAT_SECONDS = 0.25  # longest gap between items of a stream's iteration, text or not
+
+# What `begin` hands the worker once the model is free: the model to run and its adapter context.
+Started = tuple[Any, Callable[[], AbstractContextManager]]
 
 
 class _StopAndCount:
@@ -30,7 +38,9 @@ class _StopAndCount:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         # Checked after every decode step, so a stop ends the forward passes within one step.
-        return torch.full((input_ids.shape[0],), self.stop_event.is_set(), dtype=torch.bool)
+        # On the ids' device: generate ORs this into its own flags, and a CPU tensor would fail on CUDA.
+        return torch.full((input_ids.shape[0],), self.stop_event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 class GenerationStream:
@@ -40,9 +50,11 @@ class GenerationStream:
     `time_to_first_token`, `tokens_per_second`, `dropped_messages`.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int],
-                 params: GenerationParams, adapter_context: Callable[[], AbstractContextManager],
-                 release: Callable[[], None], dropped_messages: int = 0) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], params: GenerationParams,
+                 begin: Callable[[threading.Event], Started | None], finish: Callable[[bool], None],
+                 dropped_messages: int = 0) -> None:
+        """Start the worker; it calls `begin(stop_event)` to wait for the model (None: stopped while waiting)
+        and `finish(began)` when done."""
         from transformers import TextIteratorStreamer
 
         self.prompt_tokens = len(input_ids)
@@ -52,19 +64,25 @@ class GenerationStream:
         self.time_to_first_token: float | None = None
         self._stop = threading.Event()
         self._criteria = _StopAndCount(self._stop, len(input_ids))
-        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        # The timeout makes iteration yield "" while waiting, so consumers can be cancelled meanwhile.
+        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                              timeout=HEARTBEAT_SECONDS)
         self._error: BaseException | None = None
         self._started = time.perf_counter()
         self._finished_at: float | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(model, input_ids, adapter_context, release), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(input_ids, begin, finish), daemon=True)
         self._thread.start()
 
-    def _run(self, model, input_ids, adapter_context, release) -> None:
+    def _run(self, input_ids, begin, finish) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
+        started = None
         try:
+            started = begin(self._stop)
+            if started is None:  # stopped while waiting for the model
+                return
+            model, adapter_context = started
             ids = torch.tensor([input_ids], device=model.device)
             if self.params.seed is not None:
                 torch.manual_seed(self.params.seed)
@@ -72,13 +90,13 @@ class GenerationStream:
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=self._streamer,
                                stopping_criteria=StoppingCriteriaList([self._criteria]),
                                pad_token_id=self._streamer.tokenizer.pad_token_id,
-                               **self.params.generate_kwargs())
+                               **self.params.generate_kwargs(), **generate_overrides(model))
         except BaseException as exc:  # re-raised in the consuming thread
             self._error = exc
-            self._streamer.end()
         finally:
+            self._streamer.end()  # a second end after generate's own is harmless: iteration stops at the first
             self._finished_at = time.perf_counter()
-            release()
+            finish(started is not None)
 
     @property
     def completion_tokens(self) -> int:
@@ -93,9 +111,10 @@ class GenerationStream:
         return (self.completion_tokens - 1) / (end - first)
 
     def __iter__(self) -> Iterator[str]:
+        """Text deltas; "" every HEARTBEAT_SECONDS while no text comes (waiting for the model)."""
         text, completed = "", False
         try:
-            for delta in self._streamer:
+            for delta in self._deltas():
                 if self.time_to_first_token is None and delta:
                     self.time_to_first_token = time.perf_counter() - self._started
                 text += delta
@@ -118,6 +137,15 @@ class GenerationStream:
             raise self._error
         if self.completion_tokens >= self.params.max_new_tokens:
             self.finish_reason = "length"
+
+    def _deltas(self) -> Iterator[str]:
+        while True:
+            try:
+                yield next(self._streamer)
+            except StopIteration:
+                return
+            except queue.Empty:
+                yield ""
 
     def close(self) -> None:
         """Stop generating (if still running) and wait for the worker to finish its current step."""

@@ -152,20 +152,31 @@ class ModelManager:
             self._check_adapter(adapter)  # fail fast, before queueing
         prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
         self._admit()
-        self._lock.acquire()
+        try:
+            return GenerationStream(self.tokenizer, prompt.input_ids, params,
+                                    lambda stop: self._begin(adapter, stop), self._finish,
+                                    dropped_messages=prompt.dropped_messages)
+        except BaseException:
+            self._leave()
+            raise
+
+    def _begin(self, adapter: str, stop: threading.Event):
+        """Wait for the model (giving up if `stop` is set), load the adapter; (model, adapter context)."""
+        while not self._lock.acquire(timeout=0.05):
+            if stop.is_set():
+                return None
         try:
             if adapter not in adapters.BASE_NAMES:
                 self._load_adapter_locked(adapter)
-            model = self._peft if self._peft is not None else self.model
-            return GenerationStream(model, self.tokenizer, prompt.input_ids, params,
-                                    lambda: self._adapter_context(adapter), self._release,
-                                    dropped_messages=prompt.dropped_messages)
         except BaseException:
-            self._release()
+            self._lock.release()
             raise
+        model = self._peft if self._peft is not None else self.model
+        return model, lambda: self._adapter_context(adapter)
 
-    def _release(self) -> None:
-        self._lock.release()
+    def _finish(self, began: bool) -> None:
+        if began:
+            self._lock.release()
         self._leave()
 
     def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:

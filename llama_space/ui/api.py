@@ -22,6 +22,9 @@ def register_chat_api(manager: ModelManager) -> None:
     def chat(message: str, history: list[dict], system_prompt: str = "", adapter: str = "",
              max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.9) -> Iterator[str]:
         """Stream a reply to `message` after `history` ([{role, content}]); each update is the whole reply so far."""
+        # Gradio can cancel a generator only after its first update: without this one, a request cancelled
+        # while it waits for the model would later generate for nobody.
+        yield ""
         try:
             messages = normalize_messages(history, message, system_prompt)
             stream = manager.stream(messages, GenerationParams(max_new_tokens, temperature, top_p), adapter)

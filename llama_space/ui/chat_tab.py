@@ -20,13 +20,15 @@ BASE_CHOICE = "base"
 
 
 def coalesce(chunks: Iterator[str], interval: float = UPDATE_INTERVAL) -> Iterator[str]:
-    """Yield the accumulated text at most once per `interval`, and always once at the end."""
+    """Yield the accumulated text at most once per `interval`, and always once at the end.
+
+    An empty chunk (a stream's heartbeat while it waits for the model) is passed on as a repeat of the
+    text so far, so Gradio gets a point at which it can cancel the request.
+    """
     text, last, pending = "", 0.0, False
     for chunk in chunks:
-        if not chunk:
-            continue
         text += chunk
-        pending = True
+        pending = pending or bool(chunk)
         now = time.monotonic()
         if now - last >= interval:
             yield text
@@ -94,6 +96,7 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
                 p: float, k: float, penalty: float):
         if not history or history[-1]["role"] != "user":
             return
+        yield history, ""  # an early update makes the request cancellable while it waits (see ui/api.py)
         try:
             params = GenerationParams(max_new_tokens=int(max_new), temperature=temp, top_p=p, top_k=int(k),
                                       repetition_penalty=penalty)
