@@ -58,8 +58,11 @@ def page(app):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.set_default_timeout(UI_TIMEOUT_MS)
-        yield page
-        browser.close()
+        try:
+            yield page
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "browser-last.png"), full_page=True)  # what it looked like at the end
+            browser.close()
 
 
 def open_app(page, url: str) -> None:

@@ -123,7 +123,9 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
         # Cancelling ends a reply mid-stream, before it writes its own stats line (empty while streaming).
         return line or ("stopped" if history else "")
 
-    stop.click(on_stop, [chatbot, stats], stats, queue=False, cancels=[*submit_events, retry_event], **hidden)
+    # Cancel first, then write the line, so no late update of the cancelled reply can overwrite it.
+    stop.click(None, cancels=[*submit_events, retry_event], **hidden).then(
+        on_stop, [chatbot, stats], stats, queue=False, **hidden)
     clear.click(lambda: ([], ""), None, [chatbot, stats], queue=False, cancels=submit_events, **hidden)
     adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(manager)), None, adapter, queue=False, **hidden)
     return adapter
