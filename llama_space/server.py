@@ -5,22 +5,24 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from llama_space.model_manager import ModelManager
+from llama_space.remote_backend import make_backend
 
 if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
 
+    from llama_space.model_manager import ModelManager
+    from llama_space.remote_backend import RemoteBackend
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings) -> tuple[gr.Blocks, ModelManager]:
-    """Load the model and build the UI (no server started yet)."""
+def build_app(settings: Settings) -> tuple[gr.Blocks, ModelManager | RemoteBackend]:
+    """Load the model (or connect to the remote chat backend) and build the UI (no server started yet)."""
     from llama_space.ui import build_ui
 
-    manager = ModelManager(settings).load()
+    manager = make_backend(settings).load()
     return build_ui(manager), manager
 
 

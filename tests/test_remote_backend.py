@@ -106,15 +106,11 @@ def test_unreachable_backend_says_where():
         RemoteBackend(Settings(backend_url=url)).load()
 
 
-def test_app_chats_through_the_other_instance(remote, monkeypatch, tmp_path):
+def test_app_chats_through_the_other_instance(remote, tmp_path):
     """The whole first app (Gradio /chat and OpenAI route) answering with the second one's model."""
     import openai
     from gradio_client import Client
 
-    from llama_space import server
-
-    # What server.build_app does once it builds its backend with make_backend (kept if it already does).
-    monkeypatch.setattr(server, "ModelManager", make_backend, raising=False)
     expected = remote.manager.generate(HELLO, GREEDY, "pirate")
     settings = Settings(backend_url=remote.url + "/v1", backend_api_key=KEY, adapters_dir=tmp_path,
                         data_dir=tmp_path, max_new_tokens_limit=256)
