@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
-        help_text = f"{meta['help']} [env {meta['env']}; default {f.default!s}]"
+        # argparse %-formats help strings: escape a literal "%".
+        help_text = f"{meta['help']} [env {meta['env']}; default {f.default!s}]".replace("%", "%%")
         if f.type == "bool":
             parser.add_argument(flag, action="store_const", const="true", default=None, help=help_text)
         else:
