@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 from llama_space.errors import UserError
@@ -57,3 +60,96 @@ def read_metadata(path: Path) -> dict:
     except (OSError, ValueError):
         pass
     return meta
+
+
+def staging_path(adapters_dir: Path, name: str) -> Path:
+    """A hidden temp dir inside `adapters_dir` to write adapter `name` into before publishing it."""
+    path = Path(adapters_dir) / f".tmp-{validate_name(name)}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_metadata(path: Path, metadata: dict) -> None:
+    """Write our metadata file into adapter dir `path`."""
+    (Path(path) / METADATA_FILE).write_text(json.dumps(metadata, indent=1, sort_keys=True))
+
+
+def publish(staging: Path, adapters_dir: Path, name: str) -> Path:
+    """Rename the fully written `staging` dir to adapters/<name> in one step; refuse to replace an adapter."""
+    target = adapter_path(adapters_dir, name)
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (Path(staging) / f).is_file()]
+    if missing:
+        raise UserError(f"adapter {name!r} was not saved completely (missing {', '.join(missing)})")
+    if target.exists():
+        raise UserError(exists_message(name))
+    try:
+        Path(staging).rename(target)  # also fails, rather than replaces, if a non-empty dir appeared meanwhile
+    except OSError as exc:
+        raise UserError(exists_message(name)) from exc
+    return target
+
+
+def exists_message(name: str) -> str:
+    """The error for a name that is already taken."""
+    return f"Adapter {name!r} exists; choose another name or delete it."
+
+
+def _existing(adapters_dir: Path, name: str) -> Path:
+    path = adapter_path(adapters_dir, name)
+    if not is_complete(path):
+        raise UserError(f"There is no adapter named {name!r}.")
+    return path
+
+
+def describe(adapters_dir: Path) -> list[dict]:
+    """One dict per complete adapter, sorted by name: {"name", **metadata} for UI tables."""
+    return [{**read_metadata(Path(adapters_dir) / name), "name": name} for name in list_names(adapters_dir)]
+
+
+def delete(adapters_dir: Path, name: str) -> None:
+    """Remove adapter `name`; it vanishes from listings at once (renamed away, then deleted)."""
+    path = _existing(adapters_dir, name)
+    doomed = path.with_name(f".deleting-{name}-{os.getpid()}")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def zip_adapter(adapters_dir: Path, name: str, out_dir: Path) -> Path:
+    """Write out_dir/<name>.zip holding the folder <name>/ with the adapter's files; return its path."""
+    path = _existing(adapters_dir, name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}.zip"
+    tmp = out_dir / f".{name}.zip.tmp-{os.getpid()}"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(path.iterdir()):
+            if file.is_file():
+                archive.write(file, f"{name}/{file.name}")
+    os.replace(tmp, target)
+    return target
+
+
+def push_to_hub(adapters_dir: Path, name: str, repo_id: str, token: str | None = None,
+                private: bool = True) -> str:
+    """Upload adapter `name` to the Hub model repo `repo_id` (created if needed); return the repo URL."""
+    path = _existing(adapters_dir, name)
+    token = token or os.environ.get("HF_TOKEN") or None
+    if not token:
+        raise UserError("Pushing to the Hub needs a token with write access: create one at "
+                        "https://huggingface.co/settings/tokens and set HF_TOKEN (or pass it).")
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise UserError("The Hub is switched off here (HF_HUB_OFFLINE=1); unset it to push, "
+                        "or download the adapter as a zip instead.")
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type="model",
+                          commit_message=f"Upload LoRA adapter {name} from Llama Space")
+    except Exception as exc:  # noqa: BLE001 - network, auth and repo-name failures all become one clear message
+        raise UserError(f"Could not push {name!r} to {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}. "
+                        "Check the network connection, the repo id (user/name) and that HF_TOKEN may "
+                        "write there.") from exc
+    return str(url)

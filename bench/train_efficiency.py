@@ -1,0 +1,198 @@
+"""Training efficiency: Llama Space's packed LoRA training vs the old tutorial's padded, checkpointed one.
+
+Both train the same LoRA (r=8, all linear layers) on the same rows for the same number of optimizer
+steps with the same learning rate and 16 examples per step, then report real (non-pad) tokens per
+second, the final loss (mean token loss of the trained model over all rows, measured the same way for
+both), and peak memory (RSS on CPU, max allocated on CUDA). Each way runs in its own process so the
+peak-memory figures are its own.
+
+    .venv/bin/python bench/train_efficiency.py                 # embedded SmolLM2-135M, examples/persona.jsonl
+    .venv/bin/python bench/train_efficiency.py --model tiny    # smoke run on a 2-layer random Llama
+
+ours:     padding-free packing (position_ids, no attention mask), length-grouped steps, no activation
+          checkpointing on CPU, batch 4 x grad-accum 4 (TrainingParams defaults).
+tutorial: DataCollatorForSeq2Seq padding each batch to its longest row, random batches, activation
+          checkpointing on, batch 4 x grad-accum 4, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class CountingCollator:
+    """Wraps a collator and counts the real (non-pad) tokens of every batch it builds."""
+
+    def __init__(self, collator) -> None:
+        self.collator, self.tokens = collator, 0
+
+    def __call__(self, features):
+        from llama_space.training.collate import real_tokens
+
+        batch = self.collator(features)
+        self.tokens += real_tokens(batch)
+        return batch
+
+
+def generated_rows(path: Path, count: int = 96) -> Path:
+    """Alpaca rows of mixed lengths (short answers and long explanations), like real instruction data."""
+    rng = random.Random(0)
+    words = "the river mountain harbour lantern engine garden signal market winter paper bridge".split()
+    with open(path, "w") as f:
+        for i in range(count):
+            answer = " ".join(rng.choice(words) for _ in range(rng.choice([8, 15, 40, 120])))
+            f.write(json.dumps({"instruction": f"Describe item {i} in a few words.", "output": answer}) + "\n")
+    return path
+
+
+def model_path(name: str, work: Path) -> str:
+    """The embedded model's checkpoint, a path as given, or a freshly built tiny random Llama."""
+    from llama_space.model_loading import embedded_checkpoint
+
+    embedded = embedded_checkpoint(REPO / "data" / "cache")
+    if name == "embedded":
+        return embedded
+    if name != "tiny":
+        return name
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(work / "tiny")
+    tokenizer.save_pretrained(work / "tiny")
+    return str(work / "tiny")
+
+
+def build_trainer(way: str, model, tokenizer, rows: list[dict], steps: int, lr: float, out: Path):
+    """The Trainer for `way`: ours from the product code, the tutorial's from plain transformers."""
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from llama_space.training.params import TrainingParams
+    from llama_space.training.trainer import build_trainer as ours
+
+    params = TrainingParams(max_steps=steps, learning_rate=lr, save_steps=10**6, seed=0)
+    if way == "ours":
+        trainer = ours(model, params, out, rows, [], TrainerCallback(), activation_checkpointing=False)
+    else:
+        args = TrainingArguments(
+            output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=4, max_steps=steps,
+            learning_rate=lr, lr_scheduler_type="linear", activation_checkpointing=True, use_cpu=True, seed=0,
+            logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False)
+        collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+        trainer.remove_callback(PrinterCallback)
+    trainer.data_collator = CountingCollator(trainer.data_collator)
+    return trainer
+
+
+def mean_token_loss(model, rows: list[dict]) -> float:
+    """Mean cross-entropy over every labelled token, one row at a time (the same for both ways)."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in rows:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            target = labels[0, 1:]
+            total += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+            count += int((target != -100).sum())
+    return total / count
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far: steadier than wall time when other work shares the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_way(way: str, model_dir: str, data: Path, steps: int, lr: float) -> dict:
+    """Train one way in this process and return its measurements."""
+    import torch
+    from transformers import set_seed
+
+    from llama_space.data import build_examples
+    from llama_space.training.lora import add_lora, load_base
+    from llama_space.training.params import TrainingParams
+
+    set_seed(0)
+    model, tokenizer = load_base(model_dir, REPO / "data" / "cache")
+    rows = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in build_examples(data, tokenizer, 384)]
+    model = add_lora(model, TrainingParams(seed=0))
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(way, model, tokenizer, rows, steps, lr, Path(out))
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        trainer.train()
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"way": way, "steps": trainer.state.global_step, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+            "real_tokens": trainer.data_collator.tokens, "tokens_per_s": round(trainer.data_collator.tokens / seconds, 1),
+            "train_loss_last5": round(sum(losses[-5:]) / len(losses[-5:]), 4),
+            "final_loss": round(mean_token_loss(model, rows), 4), "peak_mib": round(peak / 2**20, 1),
+            "rows": len(rows), "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded", help="embedded (default), tiny, or a model path")
+    parser.add_argument("--data", type=Path, default=REPO / "examples" / "persona.jsonl",
+                        help="Alpaca/chat JSONL to train on (generated rows if the file is missing)")
+    parser.add_argument("--steps", type=int, default=6,
+                        help="optimizer steps per way, 16 examples each (6 = one pass over persona.jsonl)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads per way (default: torch's choice); "
+                        "1 makes CPU time a fair measure when other work shares the machine")
+    parser.add_argument("--way", choices=["ours", "tutorial"], help=argparse.SUPPRESS)  # one child run
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.way:
+        print(json.dumps(run_way(args.way, args.model_dir, args.data, args.steps, args.lr)))
+        return 0
+    with tempfile.TemporaryDirectory() as work:
+        data = args.data if args.data.is_file() else generated_rows(Path(work) / "rows.jsonl")
+        model_dir = model_path(args.model, Path(work))
+        results = {}
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+        for way in ("ours", "tutorial"):
+            child = subprocess.run([sys.executable, __file__, "--way", way, "--model-dir", model_dir,
+                                    "--data", str(data), "--steps", str(args.steps), "--lr", str(args.lr)],
+                                   capture_output=True, text=True, check=True, env=env)
+            results[way] = json.loads(child.stdout.strip().splitlines()[-1])
+            print(json.dumps(results[way]))
+    ours, tutorial = results["ours"], results["tutorial"]
+    print(f"\nmodel {args.model}, data {data.name}, {args.steps} optimizer steps x 16 examples")
+    print(f"{'':10}{'tokens/s':>10}{'tok/cpu-s':>11}{'final loss':>12}{'peak MiB':>10}{'seconds':>9}")
+    for way, r in results.items():
+        per_cpu = r["real_tokens"] / r["cpu_seconds"]
+        print(f"{way:10}{r['tokens_per_s']:>10}{per_cpu:>11.1f}{r['final_loss']:>12}{r['peak_mib']:>10}"
+              f"{r['seconds']:>9}")
+    speedup = ours["tokens_per_s"] / tutorial["tokens_per_s"]
+    cpu_speedup = (ours["real_tokens"] / ours["cpu_seconds"]) / (tutorial["real_tokens"] / tutorial["cpu_seconds"])
+    print(f"ours / tutorial: {speedup:.2f}x real tokens/s ({cpu_speedup:.2f}x per CPU second), "
+          f"final loss {ours['final_loss']} vs "
+          f"{tutorial['final_loss']}, peak memory {ours['peak_mib'] / tutorial['peak_mib']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

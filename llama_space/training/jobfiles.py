@@ -1,0 +1,91 @@
+"""The layout of a job directory and the atomic file writes the UI polls."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+JOB_FILE = "job.json"  # the job's configuration, written once at creation
+STATUS_FILE = "status.json"  # current state and progress, rewritten atomically
+METRICS_FILE = "metrics.jsonl"  # one JSON line per logged training step or evaluation
+LOG_FILE = "train.log"  # the training process's stdout and stderr
+CANCEL_FILE = "cancel"  # its presence asks the training process to stop
+PID_FILE = "pid"  # pid of the process the runner launched
+CHECKPOINTS_DIR = "checkpoints"
+KEPT_ADAPTER_DIR = "adapter"  # where a trained adapter waits when its name was taken meanwhile
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: a non-finite float is written as null (the error field says what happened)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file and rename it over `path`, so a reader never sees a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    clean = {key: _finite_or_none(value) for key, value in data.items()}
+    tmp.write_text(json.dumps(clean, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`, or {} when it does not exist."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def update_status(job_dir: Path, **changes) -> dict:
+    """Merge `changes` into status.json, stamp `updated`, and return the new status."""
+    status = {**read_json(Path(job_dir) / STATUS_FILE), **changes, "updated": time.time()}
+    write_json_atomic(Path(job_dir) / STATUS_FILE, status)
+    return status
+
+
+def append_metrics(job_dir: Path, record: dict) -> None:
+    """Append one record to metrics.jsonl (a line is small enough to be written whole)."""
+    clean = {key: _finite_or_none(value) for key, value in record.items()}
+    with open(Path(job_dir) / METRICS_FILE, "a") as f:
+        f.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(job_dir: Path) -> list[dict]:
+    """All metric records; a line cut short by a crash is skipped."""
+    try:
+        lines = (Path(job_dir) / METRICS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def truncate_metrics(job_dir: Path, step: int) -> None:
+    """Drop records after `step`: on resume those steps are trained (and logged) again."""
+    kept = [r for r in read_metrics(job_dir) if r.get("step", 0) <= step]
+    tmp = Path(job_dir) / f".{METRICS_FILE}.tmp-{os.getpid()}"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, Path(job_dir) / METRICS_FILE)
+
+
+def log_tail(job_dir: Path, lines: int = 20) -> str:
+    """The last `lines` lines of train.log (read from its end: the log of a long run is large)."""
+    try:
+        with open(Path(job_dir) / LOG_FILE, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            tail = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "".join(tail.splitlines(keepends=True)[-lines:])

@@ -1,0 +1,154 @@
+"""The on-disk job registry: data_dir/jobs/<job_id>/ holds each job's config, data copy, status and log.
+
+The registry is the source of truth across app restarts: a job whose process is gone while its
+status still says queued/running is marked `interrupted` (or `cancelled` if a cancel was asked) when read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.model_loading import base_model_name, resolve_model
+from llama_space.training import checkpoints, jobfiles
+from llama_space.training.params import TrainingParams
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from llama_space.settings import Settings
+
+_JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+def process_alive(pid: int, job_dir: Path) -> bool:
+    """Whether `pid` runs and is this job's process (a recycled pid belongs to some other command line)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            # The job dir's name (the job id) rather than its path: a shell user may pass a relative path.
+            # Zombies have an empty command line, so an exited but unreaped child counts as dead.
+            return Path(job_dir).name.encode() in cmdline.read_bytes()
+        except OSError:
+            return False
+    try:  # no /proc (macOS): the pid check alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_pid(job_dir: Path, status: dict) -> int | None:
+    """The job's process id: the one the training process reported, else the one the runner launched."""
+    if status.get("pid"):
+        return int(status["pid"])
+    try:
+        return int((Path(job_dir) / jobfiles.PID_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class JobRegistry:
+    """Creates job directories and reads their status, reconciling it with the processes that run them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.data_dir).resolve() / "jobs"
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
+        from transformers import AutoTokenizer
+
+        source = resolve_model(self.settings.model, self.settings.cache_dir)
+        if source not in self._tokenizers:
+            self._tokenizers[source] = AutoTokenizer.from_pretrained(source, token=os.environ.get("HF_TOKEN"))
+        return self._tokenizers[source]
+
+    def create(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams) -> str:
+        """Validate the name and the data, copy the data into a new job dir, write job.json; return the id."""
+        from llama_space.data import build_examples, dataset_fingerprint
+
+        adapters_dir = Path(self.settings.adapters_dir).resolve()
+        if adapters.adapter_path(adapters_dir, adapter_name).exists():
+            raise UserError(adapters.exists_message(adapter_name))
+        dataset = Path(dataset_path)
+        if not dataset.is_file():
+            raise UserError(f"Dataset file {dataset.name!r} not found; upload it again.")
+        max_bytes = self.settings.max_upload_mb * 2**20
+        examples = build_examples(dataset, self._tokenizer(), params.max_length, max_bytes=max_bytes)
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        job_dir = self.root / job_id
+        job_dir.mkdir(parents=True)
+        copy = job_dir / ("dataset" + dataset.suffix.lower())
+        shutil.copyfile(dataset, copy)
+        config = {
+            "job_id": job_id, "model": self.settings.model, "base_model": base_model_name(self.settings.model),
+            "cache_dir": str(Path(self.settings.cache_dir).resolve()), "adapters_dir": str(adapters_dir),
+            "adapter": adapter_name, "dataset": copy.name, "dataset_name": dataset.name,
+            "dataset_fingerprint": dataset_fingerprint(copy), "examples": len(examples),
+            "max_bytes": max_bytes, "params": params.to_dict()}
+        jobfiles.write_json_atomic(job_dir / jobfiles.JOB_FILE, config)
+        jobfiles.update_status(job_dir, job_id=job_id, state="queued", adapter=adapter_name, created=time.time(),
+                               step=0, total_steps=None, loss=None, eval_loss=None, eta_seconds=None,
+                               error=None, pid=None, started=None, finished=None)
+        return job_id
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory of job `job_id`; UserError for a malformed or unknown id."""
+        path = self.root / job_id if isinstance(job_id, str) and _JOB_ID.match(job_id) else None
+        if path is None or not (path / jobfiles.JOB_FILE).is_file():
+            raise UserError(f"There is no training job {job_id!r}.")
+        return path
+
+    def config(self, job_id: str) -> dict:
+        """The job's job.json."""
+        return jobfiles.read_json(self.job_dir(job_id) / jobfiles.JOB_FILE)
+
+    def status(self, job_id: str) -> dict:
+        """status.json plus derived fields, after marking a job whose process is gone."""
+        job_dir = self.job_dir(job_id)
+        status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+        if status.get("state", "queued") in jobfiles.ACTIVE_STATES:
+            pid = job_pid(job_dir, status)
+            if pid is None or not process_alive(pid, job_dir):
+                status = self.mark_stopped(job_id)
+        return self._derived(job_dir, status)
+
+    def mark_stopped(self, job_id: str, error: str | None = None) -> dict:
+        """Record that the job's process is gone: cancelled if a cancel was asked, else interrupted/failed."""
+        job_dir = self.job_dir(job_id)
+        if (job_dir / jobfiles.CANCEL_FILE).exists():
+            shutil.rmtree(job_dir / jobfiles.CHECKPOINTS_DIR, ignore_errors=True)
+            return jobfiles.update_status(job_dir, state="cancelled", eta_seconds=None, finished=time.time())
+        state = "failed" if error else "interrupted"
+        return jobfiles.update_status(job_dir, state=state, error=error, eta_seconds=None, finished=time.time())
+
+    def _derived(self, job_dir: Path, status: dict) -> dict:
+        latest = checkpoints.latest(job_dir / jobfiles.CHECKPOINTS_DIR)
+        started = status.get("started")
+        end = status.get("finished") or time.time()
+        return {**status, "job_id": job_dir.name,
+                "resumable": status.get("state") == "interrupted",
+                "checkpoint_step": checkpoints.step_of(latest) if latest else None,
+                "elapsed_seconds": round(end - started, 1) if started else None}
+
+    def list_jobs(self) -> list[dict]:
+        """Every job's status, newest first."""
+        if not self.root.is_dir():
+            return []
+        ids = [p.name for p in self.root.iterdir() if _JOB_ID.match(p.name) and (p / jobfiles.JOB_FILE).is_file()]
+        found = [self.status(job_id) for job_id in ids]
+        return sorted(found, key=lambda s: (s.get("created") or 0, s["job_id"]), reverse=True)
+
+    def active(self) -> dict | None:
+        """The queued or running job, if any."""
+        return next((s for s in self.list_jobs() if s.get("state") in jobfiles.ACTIVE_STATES), None)

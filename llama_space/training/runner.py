@@ -1,0 +1,154 @@
+"""Launching and watching training processes: one job at a time, never in the app's own process.
+
+Each job runs as `python -m llama_space.training.train --job-dir DIR` in its own session, so the app
+never blocks and a crash in training cannot take the app down (nor an app restart the training). With
+several CUDA GPUs visible it runs under `accelerate launch --multi_gpu` (one process per GPU, DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import llama_space
+from llama_space.errors import UserError
+from llama_space.settings import Settings
+from llama_space.training import jobfiles
+from llama_space.training.jobs import JobRegistry
+from llama_space.training.params import TrainingParams
+
+TRAIN_MODULE = "llama_space.training.train"
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def train_command(job_dir: Path, resume: bool) -> list[str]:
+    """The command line that runs the job in `job_dir`."""
+    args = [TRAIN_MODULE, "--job-dir", str(job_dir)] + (["--resume"] if resume else [])
+    gpus = _cuda_devices()
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "-m", *args]
+    return [sys.executable, "-m", *args]
+
+
+class JobRunner:
+    """Starts, watches, cancels and resumes training jobs stored under settings.data_dir/jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = JobRegistry(settings)
+        self._lock = threading.RLock()  # serialises launches with the status reads that could mark them dead
+
+    def start(self, dataset_path: str | Path, adapter_name: str,
+              params: TrainingParams | dict | None = None) -> str:
+        """Validate and launch a new job; return its id. Refused while another job is queued or running."""
+        if not isinstance(params, TrainingParams):
+            params = TrainingParams.from_dict(params or {})
+        with self._lock:
+            self._refuse_if_busy()
+            job_id = self.registry.create(dataset_path, adapter_name, params)
+            self._launch(job_id, resume=False)
+        return job_id
+
+    def resume(self, job_id: str) -> dict:
+        """Continue an interrupted job from its last complete checkpoint (from the start if it has none)."""
+        with self._lock:
+            status = self.registry.status(job_id)
+            if not status["resumable"]:
+                raise UserError(f"Job {job_id} is {status['state']}; only an interrupted job can be resumed.")
+            self._refuse_if_busy()
+            self._launch(job_id, resume=True)
+            return self.registry.status(job_id)
+
+    def cancel(self, job_id: str) -> dict:
+        """Ask a job to stop (within one optimizer step); an interrupted job is cancelled at once."""
+        with self._lock:
+            status = self.registry.status(job_id)
+            job_dir = self.registry.job_dir(job_id)
+            if status["state"] not in (*jobfiles.ACTIVE_STATES, "interrupted"):
+                raise UserError(f"Job {job_id} is already {status['state']}; there is nothing to cancel.")
+            (job_dir / jobfiles.CANCEL_FILE).touch()
+            if status["state"] == "interrupted":  # no process left to notice the flag
+                self.registry.mark_stopped(job_id)
+            return self.registry.status(job_id)
+
+    def status(self, job_id: str) -> dict:
+        """status.json (state, step, total_steps, loss, eval_loss, eta_seconds, adapter, error, ...) plus
+        job_id, resumable, checkpoint_step, elapsed_seconds and log_tail (last lines of train.log)."""
+        with self._lock:
+            status = self.registry.status(job_id)
+        return {**status, "log_tail": jobfiles.log_tail(self.registry.job_dir(job_id))}
+
+    def metrics(self, job_id: str) -> list[dict]:
+        """The job's loss/eval_loss history, one record per logged step."""
+        return jobfiles.read_metrics(self.registry.job_dir(job_id))
+
+    def jobs(self) -> list[dict]:
+        """Every job's status, newest first."""
+        with self._lock:
+            return self.registry.list_jobs()
+
+    def active(self) -> dict | None:
+        """The queued or running job, if any."""
+        with self._lock:
+            return self.registry.active()
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
+        """Block until the job is no longer queued/running (or `timeout` seconds pass); return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(job_id)
+            if status["state"] not in jobfiles.ACTIVE_STATES:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                return status
+            time.sleep(poll)
+
+    def _refuse_if_busy(self) -> None:
+        running = self.registry.active()
+        if running:
+            raise UserError(f"A training job is already running (job {running['job_id']}); "
+                            "wait for it to finish or cancel it.")
+
+    def _launch(self, job_id: str, resume: bool) -> None:
+        job_dir = self.registry.job_dir(job_id)
+        # Queued before the process exists, and without the pid of an earlier run, so nothing reads it as dead.
+        jobfiles.update_status(job_dir, state="queued", pid=None, error=None)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(llama_space.__file__).parent.parent),
+                                                             os.environ.get("PYTHONPATH")]))}
+        try:
+            with open(job_dir / jobfiles.LOG_FILE, "ab") as log:
+                process = subprocess.Popen(train_command(job_dir, resume), stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        except OSError as exc:
+            self.registry.mark_stopped(job_id, f"Could not start the training process: {exc}")
+            raise UserError(f"Could not start the training process: {exc}") from exc
+        (job_dir / jobfiles.PID_FILE).write_text(str(process.pid))
+        threading.Thread(target=self._reap, args=(job_id, process), daemon=True,
+                         name=f"reap-{job_id}").start()
+
+    def _reap(self, job_id: str, process: subprocess.Popen) -> None:
+        """Wait for the process (so it leaves no zombie) and record a death it could not report itself."""
+        code = process.wait()
+        with self._lock:
+            job_dir = self.registry.job_dir(job_id)
+            state = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE).get("state")
+            # A late reaper must leave a resumed job alone: the status then belongs to a newer launch.
+            if state not in jobfiles.ACTIVE_STATES or (job_dir / jobfiles.PID_FILE).read_text() != str(process.pid):
+                return
+            if code < 0:  # killed by a signal: resumable from its last checkpoint
+                self.registry.mark_stopped(job_id)
+            else:
+                tail = jobfiles.log_tail(job_dir, 5).strip()
+                self.registry.mark_stopped(job_id, f"The training process exited with code {code} "
+                                                   f"before reporting why. Last log lines:\n{tail}")
+

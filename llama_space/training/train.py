@@ -1,0 +1,211 @@
+"""The training job process: `python -m llama_space.training.train --job-dir DIR [--resume]`.
+
+Reads DIR/job.json, trains a LoRA adapter with transformers' Trainer, reports through DIR/status.json,
+DIR/metrics.jsonl and its own stderr (DIR/train.log when the runner starts it), and publishes the adapter
+atomically into the adapters dir. Runs unchanged under `accelerate launch` for several GPUs.
+
+JobRunner writes job.json; by hand, this is enough (dataset relative to DIR or absolute):
+    {"model": "", "adapter": "my-adapter", "dataset": "data.jsonl", "adapters_dir": "/app/adapters",
+     "cache_dir": "/app/data/cache", "params": {"max_steps": 60, "learning_rate": 0.002}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.training import checkpoints, jobfiles
+from llama_space.training.jobs import process_alive
+from llama_space.training.params import TrainingParams
+
+log = logging.getLogger("llama_space.training")
+
+OOM_HELP = ("Out of memory{where}. Lower batch_size or max_length, or set gradient_checkpointing to on, "
+            "then start the job again.")
+
+
+def failure_message(exc: BaseException, step: int | None = None) -> str:
+    """What to tell the user about an exception that ended training."""
+    import torch
+
+    where = f" at step {step}" if step else ""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
+        return OOM_HELP.format(where=where)
+    return f"Training failed{where}: {type(exc).__name__}: {str(exc)[:500]} (details in train.log)"
+
+
+def check_startable(job_dir: Path, resume: bool) -> None:
+    """Refuse to start a job that is finished, running in another process, or stopped without --resume."""
+    status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+    state, pid = status.get("state", "queued"), status.get("pid")
+    if state in ("completed", "cancelled"):
+        raise UserError(f"job {job_dir.name} is already {state}")
+    if state == "running" and pid and pid != os.getpid() and process_alive(pid, job_dir):
+        raise UserError(f"job {job_dir.name} is already running (pid {pid})")
+    if state in ("running", "failed", "interrupted") and not resume:
+        raise UserError(f"job {job_dir.name} is {state}; pass --resume to continue from its last checkpoint")
+
+
+def is_main_process() -> bool:
+    """Rank 0 reports and publishes; `accelerate launch` sets RANK for each process, a plain run has none."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def load_config(job_dir: Path) -> dict:
+    """job.json with defaults filled in for the keys a hand-written one may leave out."""
+    from llama_space.data import DEFAULT_MAX_BYTES, dataset_fingerprint
+    from llama_space.model_loading import base_model_name
+
+    config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
+    missing = [key for key in ("adapter", "dataset", "adapters_dir", "cache_dir") if key not in config]
+    if missing:
+        raise UserError(f"{job_dir / jobfiles.JOB_FILE} lacks {', '.join(missing)}")
+    model = config.setdefault("model", "")
+    config.setdefault("base_model", base_model_name(model))
+    config.setdefault("job_id", job_dir.name)
+    config.setdefault("max_bytes", DEFAULT_MAX_BYTES)
+    config.setdefault("params", {})
+    config["dataset"] = job_dir / config["dataset"]  # an absolute path stays as it is
+    config.setdefault("dataset_fingerprint", dataset_fingerprint(config["dataset"]))
+    config.setdefault("dataset_name", config["dataset"].name)
+    adapters.validate_name(config["adapter"])
+    return config
+
+
+def train_job(job_dir: Path) -> dict:
+    """Train and publish; return the final status fields. Raises on failure."""
+    config = load_config(job_dir)
+    params = TrainingParams.from_dict(config["params"])
+    adapters_dir, name = Path(config["adapters_dir"]), config["adapter"]
+    if adapters.adapter_path(adapters_dir, name).exists():
+        raise UserError(adapters.exists_message(name))
+    checkpoints_dir = job_dir / jobfiles.CHECKPOINTS_DIR
+    trainer, progress = None, None
+    if not (job_dir / jobfiles.CANCEL_FILE).exists():  # loading a large model takes a while; skip it if cancelled
+        trainer, progress = prepare_trainer(job_dir, config, params)
+        resume_from = checkpoints.latest(checkpoints_dir)
+        log.info("device %s; resuming from %s", trainer.args.device, resume_from or "scratch")
+        if not progress.cancel_requested():
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if progress is None or progress.cancelled or progress.cancel_requested():
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+        return {"state": "cancelled", "eta_seconds": None}
+    eval_loss = final_eval_loss(trainer, progress)
+    if trainer.is_world_process_zero():
+        metadata = {
+            "base_model": config["base_model"], "job_id": config["job_id"],
+            "dataset_fingerprint": config["dataset_fingerprint"], "dataset_name": config["dataset_name"],
+            "hyperparameters": params.to_dict(), "train_loss": progress.final_train_loss(),
+            "eval_loss": eval_loss, "steps": trainer.state.global_step,
+            "train_examples": len(trainer.train_dataset),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        publish(trainer.model, job_dir, adapters_dir, name, metadata)
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    return {"state": "completed", "eta_seconds": 0, "eval_loss": eval_loss}
+
+
+def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams):
+    """Load the base model and data, add LoRA, and build the Trainer with our progress callback."""
+    from transformers import set_seed
+
+    from llama_space.data import build_examples
+    from llama_space.training import lora
+    from llama_space.training.collate import split_examples
+    from llama_space.training.progress import JobProgress
+    from llama_space.training.trainer import build_trainer
+
+    set_seed(params.seed)
+    model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]))
+    examples = build_examples(config["dataset"], tokenizer, params.max_length,
+                              max_bytes=config["max_bytes"])
+    train_rows, eval_rows = split_examples(examples, params.eval_fraction, params.seed)
+    log.info("%d training / %d eval examples", len(train_rows), len(eval_rows))
+    checkpointing = lora.wants_checkpointing(model, params)
+    progress = JobProgress(job_dir)
+    trainer = build_trainer(lora.add_lora(model, params), params, job_dir / jobfiles.CHECKPOINTS_DIR,
+                            train_rows, eval_rows, progress, checkpointing)
+    return trainer, progress
+
+
+def final_eval_loss(trainer, progress) -> float | None:
+    """Eval loss of the final weights (reusing an evaluation of the last step); None without eval data."""
+    if trainer.eval_dataset is None:
+        return None
+    if progress.last_eval is not None and progress.last_eval[0] == trainer.state.global_step:
+        return progress.last_eval[1]
+    return trainer.evaluate()["eval_loss"]
+
+
+def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict) -> None:
+    """Save the adapter into a temp dir and rename it into adapters/<name>; never overwrite another one."""
+    from llama_space.training import lora
+
+    staging = adapters.staging_path(adapters_dir, name)
+    lora.save_adapter(model, staging, metadata["base_model"])
+    adapters.write_metadata(staging, metadata)
+    try:
+        adapters.publish(staging, adapters_dir, name)
+    except UserError as exc:  # the name was taken while we trained: keep the work in the job dir
+        kept = job_dir / jobfiles.KEPT_ADAPTER_DIR
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.move(str(staging), str(kept))
+        raise UserError(f"{exc} The trained adapter is kept in {kept}.") from exc
+    log.info("published adapter %r into %s", name, adapters_dir)
+
+
+def run(job_dir: Path, resume: bool) -> int:
+    """Run the job in `job_dir`, recording how it ended; exit status 0 unless it failed."""
+    if not is_main_process():
+        train_job(job_dir)
+        return 0
+    check_startable(job_dir, resume)
+    status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+    jobfiles.update_status(job_dir, state="running", pid=os.getpid(), error=None, eta_seconds=None,
+                           started=status.get("started") or time.time(), finished=None)
+    try:
+        outcome = train_job(job_dir)
+    except KeyboardInterrupt:
+        jobfiles.update_status(job_dir, state="interrupted", finished=time.time())
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - any failure must end as a visible status, never silently
+        step = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE).get("step")
+        log.error("training failed:\n%s", traceback.format_exc())
+        jobfiles.update_status(job_dir, state="failed", error=failure_message(exc, step), finished=time.time(),
+                               eta_seconds=None)
+        return 1
+    jobfiles.update_status(job_dir, **outcome, finished=time.time())
+    log.info("job %s %s", job_dir.name, outcome["state"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one Llama Space LoRA training job (see job.json).")
+    parser.add_argument("--job-dir", required=True, type=Path, help="job directory holding job.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a failed/interrupted job from its last complete checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job_dir = args.job_dir.resolve()
+    if not (job_dir / jobfiles.JOB_FILE).is_file():
+        parser.error(f"{job_dir / jobfiles.JOB_FILE} not found")
+    try:
+        return run(job_dir, args.resume)
+    except UserError as exc:  # refused to start; the job's status is left as it was
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""transformers Trainer set up for our jobs: atomic checkpoints, packed batches, logits only where trained."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from llama_space.training import checkpoints
+from llama_space.training.collate import packing_collator
+from llama_space.training.params import TrainingParams
+
+
+IGNORE_INDEX = -100
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch) instead of the global RNG.
+
+    Trainer draws each epoch's order when the epoch starts; a job resumed mid-epoch (after the first) starts
+    from a freshly seeded RNG and would see other batches than an uninterrupted run with the same seed.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+
+class JobTrainer(Trainer):
+    """A Trainer whose checkpoints appear all at once, and whose loss projects only trained positions."""
+
+    _staging: Path | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:  # resumable: the same batches after a kill and resume
+            return EpochSeededLengthSampler(sampler.lengths, sampler.batch_size, self.args.seed)
+        return sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Sum of token cross-entropies over the labelled tokens, divided by the labelled tokens of the step.
+
+        Only positions that predict a labelled (assistant) token go through the LM head: with prompts
+        masked that skips about half of the (batch tokens x vocabulary) logits and their gradients.
+        """
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]  # the logits at position i predict token i + 1
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        picked = targets[:, keep]
+        loss = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1).float(), picked.flatten(),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        # Trainer counts the labelled tokens of all micro-batches of a step, so the loss is a true mean
+        # over the step; without that count (evaluation) it is the mean over this batch.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is None:
+            loss = loss / (picked != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.args.world_size  # DDP averages gradients; the count covers every rank
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_output_dir(self, trial) -> str:
+        # Trainer saves `<output dir>/checkpoint-<step>`; while saving, that output dir is our temp dir.
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        step = self.state.global_step
+        checkpoints_dir = Path(self.args.output_dir)
+        staging = checkpoints.staging_dir(checkpoints_dir, step)
+        if self.args.should_save:
+            checkpoints.make_empty(staging)
+        self.accelerator.wait_for_everyone()  # under DDP every rank writes its RNG state into the same dir
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            checkpoints.publish(staging / f"{checkpoints.PREFIX}{step}", checkpoints_dir, step)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluate: bool,
+                       activation_checkpointing: bool) -> TrainingArguments:
+    """TrainingArguments for a job: log every step, checkpoint (and evaluate) every save_steps."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type="linear",
+        num_train_epochs=params.num_epochs,
+        max_steps=params.max_steps or -1,
+        seed=params.seed,
+        # Examples of similar length share optimizer steps; the longest group runs first, so OOM shows early.
+        train_sampling_strategy="group_by_length",
+        bf16=cuda,
+        use_cpu=not cuda,
+        activation_checkpointing=activation_checkpointing,
+        logging_strategy="steps",
+        logging_steps=1,
+        # The default filter hides NaN losses; our callback must see them to stop the run.
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=params.save_steps,
+        save_strategy="steps",
+        save_steps=params.save_steps,
+        save_total_limit=None,  # our checkpoints.publish prunes
+        # Keys are input_ids/labels/position_ids already; skip signature inspection of the PEFT wrapper.
+        remove_unused_columns=False,
+        dataloader_pin_memory=cuda,
+        disable_tqdm=True,
+        report_to="none",
+    )
+
+
+def build_trainer(model, params: TrainingParams, checkpoints_dir: Path, train_rows: list[dict],
+                  eval_rows: list[dict], callback: TrainerCallback, activation_checkpointing: bool
+                  ) -> JobTrainer:
+    """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing."""
+    args = training_arguments(params, checkpoints_dir, evaluate=bool(eval_rows),
+                              activation_checkpointing=activation_checkpointing)
+    trainer = JobTrainer(model=model, args=args, train_dataset=train_rows,
+                                      eval_dataset=eval_rows or None, data_collator=packing_collator(),
+                                      callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # our callback logs each step in a readable line
+    return trainer

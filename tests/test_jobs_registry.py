@@ -1,0 +1,173 @@
+"""The job registry without training: validation at creation, restart, liveness and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llama_space.errors import UserError
+from llama_space.settings import Settings
+from llama_space.training import JobRunner, TrainingParams, jobfiles
+
+
+def write_alpaca(path: Path, rows: int = 12) -> Path:
+    with open(path, "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n")
+    return path
+
+
+@pytest.fixture
+def settings(tiny_model_dir, tmp_path) -> Settings:
+    return Settings(model=str(tiny_model_dir), data_dir=tmp_path / "data", adapters_dir=tmp_path / "adapters")
+
+
+def test_create_validates_copies_and_records_the_job(settings, tmp_path):
+    runner = JobRunner(settings)
+    data = write_alpaca(tmp_path / "upload.jsonl")
+    job_id = runner.registry.create(data, "my-adapter", TrainingParams(max_steps=3))
+    job_dir = runner.registry.job_dir(job_id)
+    assert job_dir == settings.data_dir.resolve() / "jobs" / job_id
+    config = runner.registry.config(job_id)
+    assert (job_dir / config["dataset"]).read_bytes() == data.read_bytes()
+    assert config["adapter"] == "my-adapter" and config["base_model"] == str(settings.model)
+    assert config["params"]["max_steps"] == 3 and config["examples"] == 12 and len(config["dataset_fingerprint"]) == 16
+    status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+    assert status["state"] == "queued" and status["adapter"] == "my-adapter"
+
+
+def test_bad_dataset_or_name_fails_at_start_without_a_job(settings, tmp_path):
+    runner = JobRunner(settings)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "Say nothing", "output": " "}) + "\n")
+    with pytest.raises(UserError, match="Nothing to train"):
+        runner.start(bad, "fine-name", {"max_steps": 2})
+    good = write_alpaca(tmp_path / "good.jsonl")
+    for name in ("../x", "/abs", "a\x00b", "\u0430dapter"):
+        with pytest.raises(UserError, match="Invalid adapter name"):
+            runner.start(good, name, {"max_steps": 2})
+    (settings.adapters_dir / "taken").mkdir(parents=True)
+    with pytest.raises(UserError, match="'taken' exists; choose another name or delete it"):
+        runner.start(good, "taken", {"max_steps": 2})
+    with pytest.raises(UserError, match="unknown training parameter"):
+        runner.start(good, "fine-name", {"epochs": 2})
+    assert runner.jobs() == []
+
+
+def test_unknown_or_malformed_job_ids_are_user_errors(settings):
+    runner = JobRunner(settings)
+    for job_id in ("20250101-000000-abcdef", "../../etc", "", None):
+        with pytest.raises(UserError, match="no training job"):
+            runner.status(job_id)
+
+
+def _fake_running(registry, job_id, pid):
+    jobfiles.update_status(registry.job_dir(job_id), state="running", pid=pid, started=time.time())
+
+
+def test_restart_finds_jobs_and_marks_dead_ones_interrupted(settings, tmp_path):
+    first = JobRunner(settings)
+    data = write_alpaca(tmp_path / "d.jsonl")
+    dead, stranger, never = (first.registry.create(data, f"a{i}", TrainingParams(max_steps=2)) for i in range(3))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _fake_running(first.registry, dead, gone.pid)
+    _fake_running(first.registry, stranger, os.getpid())  # alive, but its command line is not this job's
+
+    restarted = JobRunner(settings)  # what an app restart sees
+    listed = restarted.jobs()
+    assert [j["job_id"] for j in listed] == [never, stranger, dead]  # newest first
+    assert {j["state"] for j in listed} == {"interrupted"}
+    assert all(j["resumable"] for j in listed) and restarted.active() is None
+
+
+def test_live_job_blocks_a_second_start_and_cancel_of_interrupted_job(settings, tmp_path):
+    runner = JobRunner(settings)
+    data = write_alpaca(tmp_path / "d.jsonl")
+    job_id = runner.registry.create(data, "first", TrainingParams(max_steps=2))
+    job_dir = runner.registry.job_dir(job_id)
+    # A stand-in process whose command line names the job dir, like a real training process.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
+    try:
+        _fake_running(runner.registry, job_id, stand_in.pid)
+        assert JobRunner(settings).active()["job_id"] == job_id
+        with pytest.raises(UserError, match=f"already running \\(job {job_id}\\); wait .* or cancel it"):
+            runner.start(data, "second", {"max_steps": 2})
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert runner.status(job_id)["state"] == "interrupted"
+    cancelled = runner.cancel(job_id)
+    assert cancelled["state"] == "cancelled" and not cancelled["resumable"]
+    with pytest.raises(UserError, match="already cancelled"):
+        runner.cancel(job_id)
+    with pytest.raises(UserError, match="only an interrupted job can be resumed"):
+        runner.resume(job_id)
+
+
+def test_cli_refuses_a_finished_job_and_keeps_its_status(settings, tmp_path):
+    from llama_space.training import train
+
+    runner = JobRunner(settings)
+    job_id = runner.registry.create(write_alpaca(tmp_path / "d.jsonl"), "done", TrainingParams(max_steps=2))
+    job_dir = runner.registry.job_dir(job_id)
+    jobfiles.update_status(job_dir, state="completed")
+    assert train.main(["--job-dir", str(job_dir)]) == 2
+    assert runner.status(job_id)["state"] == "completed"
+    jobfiles.update_status(job_dir, state="failed", error="earlier failure")
+    assert train.main(["--job-dir", str(job_dir)]) == 2  # a failed job needs --resume
+    assert runner.status(job_id)["error"] == "earlier failure"
+
+
+@pytest.mark.parametrize("raised, state, message", [
+    ("oom", "failed", "Out of memory at step 3. Lower batch_size or max_length"),
+    ("cuda-oom-text", "failed", "Out of memory at step 3"),
+    ("bug", "failed", "Training failed at step 3: ValueError: shapes do not match (details in train.log)"),
+    ("user", "failed", "adapter 'x' exists"),
+    ("ctrl-c", "interrupted", None),
+])
+def test_any_failure_ends_as_a_clear_status(settings, tmp_path, monkeypatch, raised, state, message):
+    import torch
+
+    from llama_space.training import train
+
+    errors = {"oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              "cuda-oom-text": RuntimeError("DefaultCPUAllocator: not enough memory: out of memory"),
+              "bug": ValueError("shapes do not match"), "user": UserError("adapter 'x' exists"),
+              "ctrl-c": KeyboardInterrupt()}
+
+    def failing_job(job_dir):
+        jobfiles.update_status(job_dir, step=3)
+        raise errors[raised]
+
+    runner = JobRunner(settings)
+    job_id = runner.registry.create(write_alpaca(tmp_path / "d.jsonl"), "x", TrainingParams(max_steps=5))
+    monkeypatch.setattr(train, "train_job", failing_job)
+    code = train.run(runner.registry.job_dir(job_id), resume=False)
+    status = jobfiles.read_json(runner.registry.job_dir(job_id) / jobfiles.STATUS_FILE)
+    assert (code != 0, status["state"]) == (True, state)
+    assert status["error"] == message if message is None else message in status["error"]
+
+
+@pytest.mark.parametrize("script, state, message", [
+    ("import sys; sys.exit(3)", "failed", "exited with code 3 before reporting why"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "interrupted", None),
+])
+def test_a_process_that_dies_silently_is_reaped_and_reported(settings, tmp_path, monkeypatch, script, state, message):
+    from llama_space.training import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "train_command",
+                        lambda job_dir, resume: [sys.executable, "-c", script, str(job_dir)])
+    runner = JobRunner(settings)
+    job_id = runner.start(write_alpaca(tmp_path / "d.jsonl"), "silent", {"max_steps": 2})
+    status = runner.wait(job_id, timeout=30, poll=0.05)
+    assert status["state"] == state
+    assert status["error"] is None if message is None else message in status["error"]
+    pid = int((runner.registry.job_dir(job_id) / jobfiles.PID_FILE).read_text())
+    assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left behind
