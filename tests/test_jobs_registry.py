@@ -95,8 +95,11 @@ def test_live_job_blocks_a_second_start_and_cancel_of_interrupted_job(settings, 
     # A stand-in process whose command line names the job dir, like a real training process.
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
     try:
+        cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
+        assert job_id.encode() in cmdline.read_bytes(), cmdline.read_bytes()
         _fake_running(runner.registry, job_id, stand_in.pid)
-        assert JobRunner(settings).active()["job_id"] == job_id
+        active = JobRunner(settings).active()
+        assert active and active["job_id"] == job_id, (runner.status(job_id), cmdline.read_bytes())
         with pytest.raises(UserError, match=f"already running \\(job {job_id}\\); wait .* or cancel it"):
             runner.start(data, "second", {"max_steps": 2})
     finally:

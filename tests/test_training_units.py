@@ -189,3 +189,20 @@ def test_unknown_lora_targets_name_the_real_linear_layers(tiny_model_dir, tmp_pa
     model, _ = load_base(str(tiny_model_dir), tmp_path)
     with pytest.raises(UserError, match="c_attn.*its linear layers are: .*down_proj.*q_proj"):
         add_lora(model, TrainingParams(target_modules=["c_attn"]))
+
+
+def test_length_grouped_order_depends_only_on_seed_and_epoch():
+    import torch
+
+    from llama_space.training.trainer import EpochSeededLengthSampler
+
+    lengths = [5, 80, 12, 40, 7, 66, 30, 9, 51, 18, 3, 70]
+
+    def order(epoch: int) -> list[int]:
+        torch.manual_seed(epoch * 1000 + 1)  # the global RNG (restored differently on resume) must not matter
+        sampler = EpochSeededLengthSampler(lengths, batch_size=4, seed=42)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(2) == order(2) and sorted(order(2)) == list(range(12))
+    assert order(1) != order(2)

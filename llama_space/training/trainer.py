@@ -13,7 +13,6 @@ from llama_space.training import checkpoints
 from llama_space.training.collate import packing_collator
 from llama_space.training.params import TrainingParams
 
-
 IGNORE_INDEX = -100
 
 
@@ -132,8 +131,7 @@ def build_trainer(model, params: TrainingParams, checkpoints_dir: Path, train_ro
     """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing."""
     args = training_arguments(params, checkpoints_dir, evaluate=bool(eval_rows),
                               activation_checkpointing=activation_checkpointing)
-    trainer = JobTrainer(model=model, args=args, train_dataset=train_rows,
-                                      eval_dataset=eval_rows or None, data_collator=packing_collator(),
-                                      callbacks=[callback])
+    trainer = JobTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
+                         data_collator=packing_collator(), callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # our callback logs each step in a readable line
     return trainer
