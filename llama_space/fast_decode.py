@@ -1,11 +1,13 @@
-"""Decode speed-ups chosen once at load time: attention kernel, static KV cache + torch.compile, CPU threads.
+"""Decode speed-ups: attention kernel and compiled static-cache decoding (chosen at load), CPU threads (per step).
 
 What pays where (measured on 2 CPU cores; see BENCHMARKS.md):
-- CPU: bfloat16 weights (model_loading.choose_cpu_dtype) are the big win. A static cache plus
-  torch.compile decodes only ~10% faster there, costs ~85 s of compiling before the first reply, and
-  changes bf16 greedy text (the padded static cache sums attention in another order), so "auto" leaves
-  it off on CPU. Threads matter more: libgomp's spinning threads collapse decode 5x when another process
-  (a training job) wants the same cores, so the app asks for passive waiting (`quiet_openmp`).
+- CPU: bfloat16 weights (model_loading.choose_cpu_dtype) are the big win, 1.7x over fp32. A static
+  cache plus torch.compile decodes no faster there, costs over a minute of compiling before the first
+  reply and changes bf16 greedy text (the padded static cache sums attention in another order), so
+  "auto" leaves it off on CPU. Threads matter as much: torch's OpenMP threads spin at every barrier, so
+  when another process (a training job) wants the cores, decode with all cores collapses 5-10x, while
+  one thread keeps its speed. `ThreadGovernor` watches the other processes' CPU use while decoding and
+  switches between all cores and one thread.
 - CUDA: a static cache lets `generate` compile the decode step with CUDA graphs ("reduce-overhead"),
   which removes the per-layer kernel-launch overhead that dominates batch-1 decode; "auto" turns it on.
   Attention is SDPA, or FlashAttention-2 when the `flash_attn` package is installed.
@@ -40,15 +42,6 @@ class DecodePlan:
     compiled: bool
     reason: str
     warmup_seconds: float = 0.0
-
-
-def quiet_openmp() -> None:
-    """Ask OpenMP to sleep rather than spin while waiting (only effective before torch is imported).
-
-    With spinning (libgomp's default) each of ~450 small parallel ops per token waits for a thread the
-    OS has descheduled, and decode on 2 shared cores drops from ~11 to ~2 tok/s.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def attention_implementation(device: str) -> str | None:
@@ -122,3 +115,59 @@ def _warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None
         for _ in range(2):
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
                            min_new_tokens=3, do_sample=False, pad_token_id=pad)
+
+
+def decode_hooks(model) -> list:
+    """Per-step hooks (StoppingCriteria that never stop) for generating with `model`: CPU thread choice."""
+    return [ThreadGovernor()] if model.device.type == "cpu" and os.path.exists(PROC_STAT) else []
+
+
+PROC_STAT = "/proc/stat"
+
+
+def cpu_seconds() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds busy on the whole machine, CPU seconds used by this process)."""
+    with open(PROC_STAT) as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+class ThreadGovernor:
+    """Every `interval` seconds of decoding, use the cores other processes leave free (at least one).
+
+    Called by `generate` after every step, in the thread that runs the model, which is the thread whose
+    OpenMP thread count `torch.set_num_threads` sets.
+    """
+
+    def __init__(self, cores: int | None = None, interval: float = 0.5, sample=cpu_seconds,
+                 set_threads=None) -> None:
+        import torch
+
+        self.cores = cores or os.cpu_count() or 1
+        self.interval = interval
+        self._sample = sample
+        self._set_threads = set_threads or torch.set_num_threads
+        self._last = sample()
+        self.threads: int | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if time.monotonic() - self._last[0] >= self.interval:
+            self.update()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def update(self) -> None:
+        """Measure the other processes' CPU use since the last update and pick the thread count."""
+        now = self._sample()
+        wall, busy, ours = (b - a for a, b in zip(self._last, now))
+        self._last = now
+        if wall <= 0:
+            return
+        others = max(0.0, (busy - ours) / wall)  # cores the rest of the machine kept busy
+        threads = min(self.cores, max(1, int(self.cores - others + 0.25)))
+        if threads != self.threads:
+            self._set_threads(threads)
+            self.threads = threads
+            log.debug("Other processes use %.1f cores: decoding with %d threads", others, threads)

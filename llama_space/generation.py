@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from llama_space.fast_decode import generate_overrides
+from llama_space.fast_decode import decode_hooks, generate_overrides
 from llama_space.params import GenerationParams
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class GenerationStream:
                 torch.manual_seed(self.params.seed)
             with adapter_context(), torch.inference_mode():
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=self._streamer,
-                               stopping_criteria=StoppingCriteriaList([self._criteria]),
+                               stopping_criteria=StoppingCriteriaList([self._criteria, *decode_hooks(model)]),
                                pad_token_id=self._streamer.tokenizer.pad_token_id,
                                **self.params.generate_kwargs(), **generate_overrides(model))
         except BaseException as exc:  # re-raised in the consuming thread

@@ -188,10 +188,7 @@ class RemoteStream:
     def __iter__(self) -> Iterator[str]:
         completed = False
         try:
-            for data in _sse_data(self._response):
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise UserError(_message(chunk, "the backend failed while streaming"))
+            for chunk in self._chunks_of_reply():
                 self._read_usage(chunk.get("usage"))
                 for choice in chunk.get("choices") or []:
                     delta = (choice.get("delta") or {}).get("content") or ""
@@ -205,10 +202,23 @@ class RemoteStream:
                         yield delta
             completed = True
         finally:
-            self._finished_at = time.perf_counter()
+            self._finished_at = self._finished_at or time.perf_counter()
             if not completed:
                 self.finish_reason = "cancelled"
             self._response.close()
+
+    def _chunks_of_reply(self) -> Iterator[dict]:
+        """The JSON chunks of the stream; a remote that fails or vanishes mid-reply raises UserError."""
+        try:
+            for data in _sse_data(self._response):
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise UserError(_message(chunk, "the chat backend failed while streaming"))
+                yield chunk
+        except httpx.HTTPError as exc:
+            if self._finished_at is not None:  # close() hung up meanwhile
+                return
+            raise UserError(f"The chat backend stopped answering mid-reply ({type(exc).__name__}: {exc}).") from None
 
     def _read_usage(self, usage: dict | None) -> None:
         if usage:

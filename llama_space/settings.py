@@ -46,7 +46,7 @@ class Settings:
         "allow training, deleting and pushing adapters when reachable beyond loopback without auth"))
     compile: str = field(default="auto", metadata=_opt(
         "LLAMA_SPACE_COMPILE", "auto, on or off: static KV cache + torch.compile for decoding "
-        "(auto: on for CUDA, off for CPU where it compiles for minutes and gains ~10%)"))
+        "(auto: on for CUDA; off for CPU, where compiling takes over a minute and decodes no faster)"))
     backend_url: str = field(default="", metadata=_opt(
         "LLAMA_SPACE_BACKEND_URL", "chat through this OpenAI-compatible server (e.g. vLLM at "
         "http://host:8000/v1) instead of loading the model here"))

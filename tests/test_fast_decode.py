@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.fast_decode import attention_implementation, generate_overrides, prepare_decode, should_compile
+from llama_space.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks, generate_overrides,
+                                     prepare_decode, should_compile)
 from llama_space.model_manager import ModelManager
 from llama_space.params import GenerationParams
 from llama_space.prompting import normalize_messages
@@ -81,3 +82,23 @@ def test_lora_requests_decode_eagerly(fast):
     peft_like = SimpleNamespace(generation_config=model.generation_config, peft_config={"a": None})
     assert generate_overrides(peft_like) == {"disable_compile": True}
     assert generate_overrides(model) == {}
+
+
+def test_thread_governor_leaves_the_cores_others_use():
+    # (wall seconds, machine busy CPU seconds, this process's CPU seconds), as cpu_seconds() reads them
+    samples = iter([(0, 0, 0), (1, 2.0, 2.0), (2, 3.9, 3.0), (3, 5.9, 4.0), (4, 6.9, 5.0)])
+    chosen = []
+    governor = ThreadGovernor(cores=2, sample=lambda: next(samples), set_threads=chosen.append)
+    for _ in range(4):
+        governor.update()
+    # alone: both cores; another process on ~1 core: one thread (spinning threads would collapse); alone again
+    assert chosen == [2, 1, 2]
+
+
+def test_thread_governor_never_stops_generation(plain):
+    import torch
+
+    [governor] = decode_hooks(plain.model)
+    assert isinstance(governor, ThreadGovernor)
+    ids = torch.ones((1, 5), dtype=torch.long)
+    assert not governor(ids, None).any()
