@@ -47,7 +47,8 @@ class ModelManager:
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
         self.model, self.tokenizer, self.source = load_model(
-            self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir)
+            self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir,
+            compile=self.settings.compile)
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
         return self
 

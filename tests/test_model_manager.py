@@ -131,3 +131,13 @@ def test_full_queue_refuses_at_once(manager):
         for stream in held:
             stream.close()
     assert "Paris" in manager.generate(FRANCE, GREEDY)
+
+
+def test_compile_setting_reaches_the_decode_plan(monkeypatch, tiny_model_dir):
+    import llama_space.model_loading as model_loading
+
+    modes = []
+    monkeypatch.setattr(model_loading, "prepare_decode", lambda model, tokenizer, mode: modes.append(mode))
+    for mode in ("on", "off"):
+        ModelManager(Settings(model=str(tiny_model_dir), compile=mode)).load()
+    assert modes == ["on", "off"]
