@@ -1,33 +1,30 @@
-"""Safe sharing: one login in front of every route on the port, Hugging Face OAuth for changes, scratch clean-up.
+"""Safe sharing: one login in front of every route on the port (the `app_kwargs` for `demo.launch`).
 
 Gradio's `auth=` guards only Gradio's own routes; `AuthMiddleware` sits in front of all of them (the UI,
 /gradio_api/..., POST / and /v1) and lets an anonymous request reach only what the login page needs.
+Hugging Face OAuth for changes lives in `llama_space.oauth`, scratch clean-up in `llama_space.janitor`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import logging
-import os
-import re
 import secrets
-import shutil
-import tempfile
-import time
-from contextlib import asynccontextmanager
 from http.cookies import SimpleCookie
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_space.errors import UserError
+from llama_space.janitor import Janitor, janitor_lifespan
+from llama_space.oauth import check_oauth_change, login_button, oauth_enabled
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from llama_space.settings import Settings
+
+# Re-exported: the UI and the tests reach OAuth and the janitor through this module.
+__all__ = ["AuthMiddleware", "Janitor", "app_kwargs", "check_oauth_change", "login_button", "oauth_enabled"]
 
 log = logging.getLogger(__name__)
 
@@ -173,175 +170,6 @@ class AuthMiddleware:
             headers.append((b"www-authenticate", challenge.encode()))
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
-
-
-# ---- Hugging Face OAuth (a Space with `hf_oauth: true`) ---------------------------------------------------
-def oauth_enabled() -> bool:
-    """Whether this runs on a Space with OAuth turned on (the Space then sets OAUTH_CLIENT_ID and SPACE_ID)."""
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and bool(os.environ.get("SPACE_ID"))
-
-
-def login_button():
-    """A "Sign in with Hugging Face" button inside the current Blocks on an OAuth Space; None elsewhere."""
-    if not oauth_enabled():
-        return None
-    import importlib.util
-
-    if importlib.util.find_spec("authlib") is None or importlib.util.find_spec("itsdangerous") is None:
-        log.error("This Space has OAuth on, but gradio[oauth] is not installed: nobody can sign in, so "
-                  "training, deleting and pushing stay off. Add gradio[oauth] to requirements.txt.")
-        return None
-    import gradio as gr
-
-    return gr.LoginButton()
-
-
-def space_owner() -> str:
-    """The user or organization owning this Space (Spaces set SPACE_AUTHOR_NAME)."""
-    return os.environ.get("SPACE_AUTHOR_NAME", "")
-
-
-def oauth_user(request) -> dict | None:
-    """The Hugging Face profile (OpenID userinfo) logged in on `request` (a gr.Request), or None."""
-    from gradio import helpers, oauth
-
-    if request is None:
-        return None
-    try:
-        info = oauth._get_valid_oauth_info_from_session(helpers._session_from_request(request))
-    except Exception:  # noqa: BLE001 - no session middleware or a garbled session: not logged in
-        return None
-    return (info or {}).get("userinfo") or None
-
-
-def may_change(profile: dict | None, owner: str) -> bool:
-    """Whether this HF profile may train, delete or push: the Space's owner, or a member of the owning org."""
-    if not profile or not owner:
-        return False
-    orgs = {org.get("preferred_username") or org.get("name") for org in profile.get("orgs") or []
-            if isinstance(org, dict)}
-    return profile.get("preferred_username") == owner or owner in orgs
-
-
-def check_oauth_change() -> None:
-    """On an OAuth Space, refuse a change unless the current Gradio request is logged in as the owner."""
-    if not oauth_enabled():
-        return
-    from gradio.context import LocalContext
-
-    profile = oauth_user(LocalContext.request.get(None))
-    owner = space_owner()
-    if profile is None:
-        raise UserError("Sign in with Hugging Face (button at the top) to train, delete or push adapters.")
-    if not may_change(profile, owner):
-        raise UserError(f"Only {owner or 'the Space owner'} may train, delete or push adapters on this Space; "
-                        f"you are signed in as {profile.get('preferred_username')!r}. Duplicate the Space "
-                        "to train your own.")
-
-
-# ---- scratch clean-up -------------------------------------------------------------------------------------
-_STALE_ADAPTER_DIR = re.compile(r"^\.(?:tmp|deleting)-.+-(\d+)$")  # adapters.staging_path / adapters.delete
-FINISHED_STATES = ("completed", "cancelled", "failed")
-
-
-def _pid_alive(pid: int) -> bool:
-    if Path("/proc/self").exists():
-        try:
-            return bool(Path(f"/proc/{pid}/cmdline").read_bytes())  # a zombie's is empty: it is gone
-        except OSError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> bool:
-    try:
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-class Janitor:
-    """Removes what finished work leaves behind: training scratch, dead staging dirs, old uploads and zips."""
-
-    def __init__(self, settings: Settings, upload_dir: str | Path | None = None,
-                 upload_max_age: float = 24 * 3600, zip_max_age: float = 3600) -> None:
-        self.jobs_dir = Path(settings.data_dir).resolve() / "jobs"
-        self.adapters_dir = Path(settings.adapters_dir)
-        self.upload_dir = Path(upload_dir) if upload_dir else None
-        self.upload_max_age, self.zip_max_age = upload_max_age, zip_max_age
-
-    def sweep(self) -> dict[str, int]:
-        """One pass; returns how many things of each kind it removed."""
-        return {"job_scratch": self._job_scratch(), "staging": self._stale_staging(),
-                "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),
-                "zips": self._old_entries(Path(tempfile.gettempdir()), "llama-space-zip-*", self.zip_max_age)}
-
-    def _job_scratch(self) -> int:
-        """A finished job keeps its status, metrics and log; its checkpoints and dataset copy go."""
-        from llama_space.training import jobfiles
-
-        removed = 0
-        if not self.jobs_dir.is_dir():
-            return 0
-        for job_dir in self.jobs_dir.iterdir():
-            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE) if job_dir.is_dir() else {}
-            if status.get("state") not in FINISHED_STATES:
-                continue
-            dataset = str(jobfiles.read_json(job_dir / jobfiles.JOB_FILE).get("dataset", ""))
-            scratch = [job_dir / jobfiles.CHECKPOINTS_DIR]
-            if re.fullmatch(r"dataset\.[a-z]{1,8}", dataset):  # only the copy the registry made, never a path
-                scratch.append(job_dir / dataset)
-            removed += sum(_remove(path) for path in scratch if path.exists())
-        return removed
-
-    def _stale_staging(self) -> int:
-        """Half-written (.tmp-NAME-PID) or half-deleted (.deleting-NAME-PID) adapter dirs of dead processes."""
-        if not self.adapters_dir.is_dir():
-            return 0
-        stale = [path for path in self.adapters_dir.iterdir()
-                 if (m := _STALE_ADAPTER_DIR.match(path.name)) and not _pid_alive(int(m.group(1)))]
-        return sum(_remove(path) for path in stale)
-
-    @staticmethod
-    def _old_entries(root: Path | None, pattern: str, max_age: float) -> int:
-        if root is None or not root.is_dir():
-            return 0
-        cutoff = time.time() - max_age
-        old = [path for path in root.glob(pattern) if path.lstat().st_mtime < cutoff]
-        return sum(_remove(path) for path in old)
-
-
-def janitor_lifespan(settings: Settings, interval: float = 3600):
-    """A FastAPI lifespan that sweeps at start-up and then every `interval` seconds while serving."""
-
-    @asynccontextmanager
-    async def lifespan(app):
-        janitor = Janitor(settings, getattr(app, "uploaded_file_dir", None))
-
-        async def loop() -> None:
-            while True:
-                try:
-                    removed = await asyncio.to_thread(janitor.sweep)
-                    if any(removed.values()):
-                        log.info("cleaned up %s", removed)
-                except Exception:  # noqa: BLE001 - a failed sweep must not stop serving; the next one retries
-                    log.exception("clean-up failed")
-                await asyncio.sleep(interval)
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-
-    return lifespan
 
 
 def app_kwargs(settings: Settings) -> dict:

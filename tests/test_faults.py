@@ -20,7 +20,8 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from llama_space import adapters, security
+from llama_space import adapters
+from llama_space.janitor import Janitor
 from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles
 from llama_space.training.jobs import job_pid
@@ -274,7 +275,7 @@ def test_failed_save_leaves_the_previous_adapter_intact(tiny_model_dir, tmp_path
     assert not (tmp_path / "adapters" / "new").exists()
     assert adapters.list_names(tmp_path / "adapters") == ["old"]
     # The half-written staging dir is hidden from listings and swept once its process is gone.
-    janitor = security.Janitor(runner.registry.settings)
+    janitor = Janitor(runner.registry.settings)
     poll("the staging dir to be swept", lambda: janitor.sweep()["staging"] == 1, timeout=60)
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["old"]
     FIGURES["disk full at publish"] = {"state": status["state"], "error": status["error"],

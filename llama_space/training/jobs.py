@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.model_loading import base_model_name, resolve_model
+from llama_space.procutil import pid_alive
 from llama_space.training import checkpoints, jobfiles
 from llama_space.training.params import TrainingParams
 
@@ -30,21 +31,8 @@ _JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 def process_alive(pid: int, job_dir: Path) -> bool:
     """Whether `pid` runs and is this job's process (a recycled pid belongs to some other command line)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self").exists():
-        try:
-            # The job dir's name (the job id) rather than its path: a shell user may pass a relative path.
-            # Zombies have an empty command line, so an exited but unreaped child counts as dead.
-            return Path(job_dir).name.encode() in cmdline.read_bytes()
-        except OSError:
-            return False
-    try:  # no /proc (macOS): the pid check alone
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # The job dir's name (the job id) rather than its path: a shell user may pass a relative path.
+    return pid_alive(pid, Path(job_dir).name)
 
 
 def job_pid(job_dir: Path, status: dict) -> int | None:

@@ -1,0 +1,108 @@
+"""Scratch clean-up: what finished work leaves behind goes, at start-up and then periodically while serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space.procutil import pid_alive
+
+if TYPE_CHECKING:
+    from llama_space.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_STALE_ADAPTER_DIR = re.compile(r"^\.(?:tmp|deleting)-.+-(\d+)$")  # adapters.staging_path / adapters.delete
+FINISHED_STATES = ("completed", "cancelled", "failed")
+
+
+def _remove(path: Path) -> bool:
+    try:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Janitor:
+    """Removes what finished work leaves behind: training scratch, dead staging dirs, old uploads and zips."""
+
+    def __init__(self, settings: Settings, upload_dir: str | Path | None = None,
+                 upload_max_age: float = 24 * 3600, zip_max_age: float = 3600) -> None:
+        self.jobs_dir = Path(settings.data_dir).resolve() / "jobs"
+        self.adapters_dir = Path(settings.adapters_dir)
+        self.upload_dir = Path(upload_dir) if upload_dir else None
+        self.upload_max_age, self.zip_max_age = upload_max_age, zip_max_age
+
+    def sweep(self) -> dict[str, int]:
+        """One pass; returns how many things of each kind it removed."""
+        return {"job_scratch": self._job_scratch(), "staging": self._stale_staging(),
+                "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),
+                "zips": self._old_entries(Path(tempfile.gettempdir()), "llama-space-zip-*", self.zip_max_age)}
+
+    def _job_scratch(self) -> int:
+        """A finished job keeps its status, metrics and log; its checkpoints and dataset copy go."""
+        from llama_space.training import jobfiles
+
+        removed = 0
+        if not self.jobs_dir.is_dir():
+            return 0
+        for job_dir in self.jobs_dir.iterdir():
+            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE) if job_dir.is_dir() else {}
+            if status.get("state") not in FINISHED_STATES:
+                continue
+            dataset = str(jobfiles.read_json(job_dir / jobfiles.JOB_FILE).get("dataset", ""))
+            scratch = [job_dir / jobfiles.CHECKPOINTS_DIR]
+            if re.fullmatch(r"dataset\.[a-z]{1,8}", dataset):  # only the copy the registry made, never a path
+                scratch.append(job_dir / dataset)
+            removed += sum(_remove(path) for path in scratch if path.exists())
+        return removed
+
+    def _stale_staging(self) -> int:
+        """Half-written (.tmp-NAME-PID) or half-deleted (.deleting-NAME-PID) adapter dirs of dead processes."""
+        if not self.adapters_dir.is_dir():
+            return 0
+        stale = [path for path in self.adapters_dir.iterdir()
+                 if (m := _STALE_ADAPTER_DIR.match(path.name)) and not pid_alive(int(m.group(1)))]
+        return sum(_remove(path) for path in stale)
+
+    @staticmethod
+    def _old_entries(root: Path | None, pattern: str, max_age: float) -> int:
+        if root is None or not root.is_dir():
+            return 0
+        cutoff = time.time() - max_age
+        old = [path for path in root.glob(pattern) if path.lstat().st_mtime < cutoff]
+        return sum(_remove(path) for path in old)
+
+
+def janitor_lifespan(settings: Settings, interval: float = 3600):
+    """A FastAPI lifespan that sweeps at start-up and then every `interval` seconds while serving."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        janitor = Janitor(settings, getattr(app, "uploaded_file_dir", None))
+
+        async def loop() -> None:
+            while True:
+                try:
+                    removed = await asyncio.to_thread(janitor.sweep)
+                    if any(removed.values()):
+                        log.info("cleaned up %s", removed)
+                except Exception:  # noqa: BLE001 - a failed sweep must not stop serving; the next one retries
+                    log.exception("clean-up failed")
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
