@@ -1,12 +1,13 @@
-"""N simultaneous chat streams against the launched app, and whether batching them would beat serialising.
+"""N simultaneous chat streams against the launched app, serialised and batched, and what batching can give.
 
     python bench/concurrency.py           # embedded model; N = 1, 2, 4, 8 streams of 64 tokens; 2 rounds
 
-Part 1 sends N streamed POST /v1/chat/completions at once to the app (a child process; it runs one
-generation at a time) and reports aggregate tokens/s, per-stream decode tokens/s and TTFT.
+Part 1 sends N streamed POST /v1/chat/completions at once to the app (a child process) and reports
+aggregate tokens/s, per-stream decode tokens/s and TTFT, twice: with LLAMA_SPACE_CONCURRENCY=1 (one
+generation at a time) and with the default batching (up to 8 requests decoded together); "x serial"
+is the batched aggregate over the serial one, measured in the same run.
 Part 2 times one decode step of the same model in-process at batch 1, 2, 4 and 8 (KV cache of ~150
-tokens, best of 5 interleaved rounds): if a batch-B step costs much less than B batch-1 steps, batching
-concurrent requests pays.
+tokens, best of 5 interleaved rounds): the ceiling batching could reach on this machine.
 Prints tables, then one JSON line.
 """
 
@@ -60,6 +61,24 @@ def burst(url: str, n: int, max_new_tokens: int) -> tuple[float, list[Sample]]:
     return time.perf_counter() - began, samples
 
 
+def serve_bursts(source: str, counts: list[int], concurrency: int, args: argparse.Namespace) -> dict:
+    """Bursts of each size in `counts` against an app decoding `concurrency` requests together."""
+    runs: dict[int, list[tuple[float, list[Sample]]]] = {n: [] for n in counts}
+    with common.served_app(source, max_queue=max(counts) + 1, concurrency=concurrency) as url:
+        burst(url, 1, 8)  # warm-up
+        for _ in range(args.rounds):
+            for n in counts:
+                runs[n].append(burst(url, n, args.max_new_tokens))
+    streams = {}
+    for n, results in runs.items():
+        samples = [s for _, batch in results for s in batch]
+        streams[n] = {"aggregate_tps": round(median([sum(s.tokens for s in b) / wall for wall, b in results]), 2),
+                      "per_stream_decode_tps": round(median([s.decode_tps for s in samples]), 2),
+                      "ttft_median_ms": round(median([s.ttft for s in samples]) * 1e3),
+                      "ttft_max_ms": round(max(s.ttft for s in samples) * 1e3)}
+    return streams
+
+
 def step_seconds(model, batch: int, context: int, steps: int = 8) -> float:
     """Seconds for one greedy decode step of `batch` sequences with `context` tokens already cached."""
     import torch
@@ -85,19 +104,8 @@ def main() -> None:
 
     source = resolve_model(args.model, REPO / "data" / "cache")
     counts = [int(n) for n in args.streams.split(",")]
-    runs: dict[int, list[tuple[float, list[Sample]]]] = {n: [] for n in counts}
-    with common.served_app(source, max_queue=max(counts) + 1) as url:
-        burst(url, 1, 8)  # warm-up
-        for _ in range(args.rounds):
-            for n in counts:
-                runs[n].append(burst(url, n, args.max_new_tokens))
-    streams = {}
-    for n, results in runs.items():
-        samples = [s for _, batch in results for s in batch]
-        streams[n] = {"aggregate_tps": round(median([sum(s.tokens for s in b) / wall for wall, b in results]), 2),
-                      "per_stream_decode_tps": round(median([s.decode_tps for s in samples]), 2),
-                      "ttft_median_ms": round(median([s.ttft for s in samples]) * 1e3),
-                      "ttft_max_ms": round(max(s.ttft for s in samples) * 1e3)}
+    modes = {"serial": 1, "batched": max(counts)}
+    streams = {mode: serve_bursts(source, counts, concurrency, args) for mode, concurrency in modes.items()}
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
     batches = (1, 2, 4, 8)
@@ -112,10 +120,13 @@ def main() -> None:
                  "aggregate_tps": round(b / t, 1), "speedup_vs_serial": round(b * best[1] / t, 2)}
              for b, t in best.items()}
 
-    print(f"{'streams':>8}{'aggregate tok/s':>17}{'per-stream tok/s':>18}{'TTFT median ms':>16}{'TTFT max ms':>13}")
-    for n, row in streams.items():
-        print(f"{n:>8}{row['aggregate_tps']:>17.1f}{row['per_stream_decode_tps']:>18.1f}"
-              f"{row['ttft_median_ms']:>16}{row['ttft_max_ms']:>13}")
+    print(f"{'mode':>8}{'streams':>8}{'aggregate tok/s':>17}{'x serial':>10}{'per-stream tok/s':>18}"
+          f"{'TTFT median ms':>16}{'TTFT max ms':>13}")
+    for mode, rows in streams.items():
+        for n, row in rows.items():
+            row["x_serial"] = round(row["aggregate_tps"] / streams["serial"][n]["aggregate_tps"], 2)
+            print(f"{mode:>8}{n:>8}{row['aggregate_tps']:>17.1f}{row['x_serial']:>10.2f}"
+                  f"{row['per_stream_decode_tps']:>18.1f}{row['ttft_median_ms']:>16}{row['ttft_max_ms']:>13}")
     print(f"\n{'batch':>8}{'step ms':>10}{'x batch 1':>11}{'tok/s':>8}{'vs serial':>11}")
     for b, row in steps.items():
         print(f"{b:>8}{row['step_ms']:>10.1f}{row['cost_vs_batch1']:>11.2f}{row['aggregate_tps']:>8.1f}"

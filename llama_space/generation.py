@@ -1,4 +1,4 @@
-"""One streaming generation: `model.generate` on a worker thread, text out through a streamer, a real stop."""
+"""One streaming generation: text out through a streamer, a real stop, and the serial decoder (`generate`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from llama_space.fast_decode import decode_hooks, generate_overrides
 from llama_space.params import GenerationParams
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 
 HEARTBEAT_SECONDS = 0.25  # longest gap between items of a stream's iteration, text or not
@@ -22,90 +22,78 @@ HEARTBEAT_SECONDS = 0.25  # longest gap between items of a stream's iteration, t
 Started = tuple[Any, Callable[[], AbstractContextManager]]
 
 
-class _StopAndCount:
-    """StoppingCriteria that ends generation when `stop_event` is set and records decode progress."""
-
-    def __init__(self, stop_event: threading.Event, prompt_len: int) -> None:
-        self.stop_event = stop_event
-        self.prompt_len = prompt_len
-        self.generated = 0
-        self.first_token_at: float | None = None
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        self.generated = input_ids.shape[1] - self.prompt_len
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        # Checked after every decode step, so a stop ends the forward passes within one step.
-        # On the ids' device: generate ORs this into its own flags, and a CPU tensor would fail on CUDA.
-        return torch.full((input_ids.shape[0],), self.stop_event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
-
-
 class GenerationStream:
     """Iterate to get text deltas; `close()` (or leaving the loop) stops the model within one decode step.
+
+    The consumer side (iteration, stop strings, statistics) is the same whoever decodes: `run_serial`
+    (one `model.generate` per request on a worker thread) or a `batching.BatchEngine` that decodes
+    many requests together. Both feed it through `put`/`end` and watch `stop_requested`.
 
     After iteration: `prompt_tokens`, `completion_tokens`, `finish_reason` ("stop" | "length" | "cancelled"),
     `time_to_first_token`, `tokens_per_second`, `dropped_messages`.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], params: GenerationParams,
-                 begin: Callable[[threading.Event], Started | None], finish: Callable[[bool], None],
-                 dropped_messages: int = 0) -> None:
-        """Start the worker; it calls `begin(stop_event)` to wait for the model (None: stopped while waiting)
-        and `finish(began)` when done."""
+                 on_end: Callable[[], None] = lambda: None, dropped_messages: int = 0) -> None:
+        """A stream waiting for its decoder; `on_end` runs once when decoding ends (however it ends)."""
         from transformers import TextIteratorStreamer
 
+        self.input_ids = input_ids
         self.prompt_tokens = len(input_ids)
         self.dropped_messages = dropped_messages
         self.params = params
         self.finish_reason = "stop"
         self.time_to_first_token: float | None = None
+        self.generated = 0
+        self._first_token_at: float | None = None
         self._stop = threading.Event()
-        self._criteria = _StopAndCount(self._stop, len(input_ids))
+        self._done = threading.Event()
+        self._on_end = on_end
         # The timeout makes iteration yield "" while waiting, so consumers can be cancelled meanwhile.
-        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                              timeout=HEARTBEAT_SECONDS)
+        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                             timeout=HEARTBEAT_SECONDS)
         self._error: BaseException | None = None
         self._started = time.perf_counter()
         self._finished_at: float | None = None
-        self._thread = threading.Thread(target=self._run, args=(input_ids, begin, finish), daemon=True)
-        self._thread.start()
 
-    def _run(self, input_ids, begin, finish) -> None:
+    # ---- decoder side ---------------------------------------------------------------------------
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def record(self, generated: int) -> None:
+        """Note that `generated` tokens exist so far (the decode clock starts at the first)."""
+        self.generated = generated
+        if self._first_token_at is None:
+            self._first_token_at = time.perf_counter()
+
+    def put(self, token_id: int) -> None:
+        """One more generated token."""
         import torch
-        from transformers import StoppingCriteriaList
 
-        started = None
+        self.record(self.generated + 1)
+        self.streamer.put(torch.tensor([token_id]))
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Decoding is over (`error`: why it failed); wakes the consumer. Only the first call counts."""
+        if self._done.is_set():
+            return
+        self._error = error
+        self._finished_at = time.perf_counter()
+        self.streamer.end()  # a second end after generate's own is harmless: iteration stops at the first
         try:
-            started = begin(self._stop)
-            if started is None:  # stopped while waiting for the model
-                return
-            model, adapter_context = started
-            ids = torch.tensor([input_ids], device=model.device)
-            if self.params.seed is not None:
-                torch.manual_seed(self.params.seed)
-            with adapter_context(), torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=self._streamer,
-                               stopping_criteria=StoppingCriteriaList([self._criteria, *decode_hooks(model)]),
-                               pad_token_id=self._streamer.tokenizer.pad_token_id,
-                               **self.params.generate_kwargs(), **generate_overrides(model))
-        except BaseException as exc:  # re-raised in the consuming thread
-            self._error = exc
+            self._on_end()
         finally:
-            self._streamer.end()  # a second end after generate's own is harmless: iteration stops at the first
-            self._finished_at = time.perf_counter()
-            finish(started is not None)
+            self._done.set()
 
     @property
     def completion_tokens(self) -> int:
-        return self._criteria.generated
+        return self.generated
 
     @property
     def tokens_per_second(self) -> float:
         end = self._finished_at or time.perf_counter()
-        first = self._criteria.first_token_at
+        first = self._first_token_at
         if first is None or self.completion_tokens < 2 or end <= first:
             return 0.0
         return (self.completion_tokens - 1) / (end - first)
@@ -130,7 +118,7 @@ class GenerationStream:
         finally:
             # Leaving the loop early (client gone, generator closed) stops the model as well.
             if completed:
-                self._thread.join()
+                self._done.wait()
             else:
                 self.close()
         if self._error is not None:
@@ -141,18 +129,71 @@ class GenerationStream:
     def _deltas(self) -> Iterator[str]:
         while True:
             try:
-                yield next(self._streamer)
+                yield next(self.streamer)
             except StopIteration:
                 return
             except queue.Empty:
                 yield ""
 
     def close(self) -> None:
-        """Stop generating (if still running) and wait for the worker to finish its current step."""
-        if self._thread.is_alive():
+        """Stop generating (if still running) and wait for the decoder to finish its current step."""
+        if not self._done.is_set():
             self._stop.set()
             self.finish_reason = "cancelled"
-        self._thread.join()
+        self._done.wait()
+
+
+class _StopAndCount:
+    """StoppingCriteria that ends `generate` when the stream is stopped and records decode progress."""
+
+    def __init__(self, stream: GenerationStream) -> None:
+        self.stream = stream
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.stream.record(input_ids.shape[1] - self.stream.prompt_tokens)
+        # Checked after every decode step, so a stop ends the forward passes within one step.
+        # On the ids' device: generate ORs this into its own flags, and a CPU tensor would fail on CUDA.
+        return torch.full((input_ids.shape[0],), self.stream.stop_requested, dtype=torch.bool,
+                          device=input_ids.device)
+
+
+def run_serial(stream: GenerationStream, begin: Callable[[threading.Event], Started | None],
+               release: Callable[[], None]) -> None:
+    """Decode `stream` alone with `model.generate` on a worker thread.
+
+    The worker calls `begin(stop_event)` to wait for the model (None: stopped while waiting) and
+    `release()` once generate is done with it.
+    """
+    threading.Thread(target=_generate, args=(stream, begin, release), daemon=True).start()
+
+
+def _generate(stream: GenerationStream, begin, release) -> None:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    error = None
+    try:
+        started = begin(stream._stop)
+        if started is None:  # stopped while waiting for the model
+            return
+        try:
+            model, adapter_context = started
+            ids = torch.tensor([stream.input_ids], device=model.device)
+            if stream.params.seed is not None:
+                torch.manual_seed(stream.params.seed)
+            with adapter_context(), torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
+                               stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
+                               pad_token_id=stream.streamer.tokenizer.pad_token_id,
+                               **stream.params.generate_kwargs(), **generate_overrides(model))
+        finally:
+            release()
+    except BaseException as exc:  # re-raised in the consuming thread
+        error = exc
+    finally:
+        stream.end(error)
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.generation import GenerationStream
+from llama_space.batching import EngineHost, make_engine
+from llama_space.generation import GenerationStream, run_serial
 from llama_space.model_loading import base_model_name, load_model, same_base
 from llama_space.params import GenerationParams
 from llama_space.prompting import build_prompt
@@ -28,8 +29,10 @@ class QueueFullError(UserError):
 class ModelManager:
     """Loads the model once; serves streaming generation with a per-request adapter choice.
 
-    One lock serialises generation and adapter swaps. An admission counter bounds how many requests
-    may wait for it, so every route (UI, Gradio API, REST, OpenAI) shares one queue.
+    Up to `settings.concurrency` requests decode together in one batch (batching.BatchEngine), each
+    with its own adapter; a model whose decode step is compiled serves them one at a time instead.
+    One lock serialises decode steps and adapter swaps. An admission counter bounds how many requests
+    may be in progress or waiting, so every route (UI, Gradio API, REST, OpenAI) shares one queue.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -43,6 +46,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._admission = threading.Lock()
         self._in_flight = 0
+        self._engine = None  # BatchEngine when requests are batched
 
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
@@ -50,7 +54,19 @@ class ModelManager:
             self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir,
             compile=self.settings.compile)
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
+        host = EngineHost(lock=self._lock, model=self._current_model, prepare_adapter=self._load_adapter_locked,
+                          adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer)
+        self._engine = make_engine(host, self.settings.concurrency)
         return self
+
+    def _current_model(self):
+        """(the model to run, whether it is the PeftModel holding the adapters)."""
+        return (self._peft, True) if self._peft is not None else (self.model, False)
+
+    @property
+    def batching(self) -> bool:
+        """Whether concurrent requests decode together."""
+        return self._engine is not None
 
     @property
     def context_window(self) -> int:
@@ -154,12 +170,16 @@ class ModelManager:
         prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
         self._admit()
         try:
-            return GenerationStream(self.tokenizer, prompt.input_ids, params,
-                                    lambda stop: self._begin(adapter, stop), self._finish,
-                                    dropped_messages=prompt.dropped_messages)
+            stream = GenerationStream(self.tokenizer, prompt.input_ids, params, on_end=self._leave,
+                                      dropped_messages=prompt.dropped_messages)
         except BaseException:
             self._leave()
             raise
+        if self._engine is not None:
+            self._engine.submit(stream, adapter)
+        else:
+            run_serial(stream, lambda stop: self._begin(adapter, stop), self._lock.release)
+        return stream
 
     def _begin(self, adapter: str, stop: threading.Event):
         """Wait for the model (giving up if `stop` is set), load the adapter; (model, adapter context)."""
@@ -172,13 +192,7 @@ class ModelManager:
         except BaseException:
             self._lock.release()
             raise
-        model = self._peft if self._peft is not None else self.model
-        return model, lambda: self._adapter_context(adapter)
-
-    def _finish(self, began: bool) -> None:
-        if began:
-            self._lock.release()
-        self._leave()
+        return self._current_model()[0], lambda: self._adapter_context(adapter)
 
     def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
         """The whole reply at once."""

@@ -35,8 +35,9 @@ class Settings:
         "LLAMA_SPACE_API_KEY", "bearer key required by the /v1 OpenAI-compatible routes when set"))
     max_queue: int = field(default=16, metadata=_opt(
         "LLAMA_SPACE_MAX_QUEUE", "generation requests waiting at most; more are refused at once"))
-    concurrency: int = field(default=1, metadata=_opt(
-        "LLAMA_SPACE_CONCURRENCY", "generation requests running at the same time"))
+    concurrency: int = field(default=8, metadata=_opt(
+        "LLAMA_SPACE_CONCURRENCY", "generation requests decoded at the same time, together in one batch "
+        "(1: one at a time)"))
     max_upload_mb: int = field(default=50, metadata=_opt(
         "LLAMA_SPACE_MAX_UPLOAD_MB", "largest dataset upload accepted, in MB"))
     max_new_tokens_limit: int = field(default=4096, metadata=_opt(

@@ -118,18 +118,19 @@ def test_unknown_or_unsafe_adapter_is_refused(manager, name):
 
 
 def test_full_queue_refuses_at_once(manager):
-    held = [manager.stream(FRANCE, GenerationParams(temperature=0, max_new_tokens=2000))]
+    held = manager.stream(FRANCE, GenerationParams(temperature=0, max_new_tokens=2000))
+    others = manager.settings.max_queue + manager.settings.concurrency - 1
     try:
-        # concurrency 1 running + max_queue 1 waiting: the waiter blocks, so fake it through the counter.
-        manager._admit()
+        for _ in range(others):  # the other running and waiting slots, taken through the counter
+            manager._admit()
         started = time.perf_counter()
         with pytest.raises(QueueFullError, match="busy"):
             manager.stream(FRANCE, GREEDY)
         assert time.perf_counter() - started < 0.5
-        manager._leave()
+        for _ in range(others):
+            manager._leave()
     finally:
-        for stream in held:
-            stream.close()
+        held.close()
     assert "Paris" in manager.generate(FRANCE, GREEDY)
 
 

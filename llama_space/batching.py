@@ -1,0 +1,309 @@
+"""Continuous batching: requests that arrive while others are replying join their decode steps.
+
+A decode step reads every weight of the model whatever the batch size, so on a memory-bound machine
+eight sequences cost about 1.7x one step on 2 CPU cores and far less than that on a GPU: serving
+requests together gives several times the throughput of serving them in turn (BENCHMARKS.md).
+One engine thread owns the model between steps:
+
+- a new request is prefilled alone (its whole prompt in one forward pass), then joins the batch;
+- each step decodes one token for every request in the batch: their KV caches live in one
+  DynamicCache, left-padded to a common length, with the padding masked out;
+- each row samples with its own parameters (`sampling.RowSampler`) and its own LoRA adapter (PEFT's
+  mixed-adapter batches: `adapter_names`, "__base__" for the base model);
+- a row leaves when it ends (end of sequence, token limit, stopped) and the padding columns no row
+  needs any more are cut off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.fast_decode import decode_hooks
+from llama_space.sampling import RowSampler, eos_token_ids
+
+if TYPE_CHECKING:
+    import torch
+
+    from llama_space.generation import GenerationStream
+
+log = logging.getLogger(__name__)
+
+PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
+IDLE_WAIT_SECONDS = 0.25  # how often an idle engine looks for stopped waiters
+IDLE_EXIT_SECONDS = 10.0  # an engine thread idle this long ends (the next request starts a new one)
+_ENGINES: weakref.WeakSet[BatchEngine] = weakref.WeakSet()
+
+
+@dataclass
+class _Row:
+    """One request in the batch."""
+
+    stream: GenerationStream
+    adapter: str
+    sampler: RowSampler
+    tokens: list[int]  # prompt + generated so far
+    generated: int = 0
+
+    @property
+    def last(self) -> int:
+        return self.tokens[-1]
+
+
+@dataclass
+class EngineHost:
+    """What the engine needs from the model's owner (the ModelManager)."""
+
+    lock: threading.Lock  # held for each step; adapter loads and unloads take it between steps
+    model: Callable[[], tuple[Any, bool]]  # (model to call, whether it is a PeftModel)
+    prepare_adapter: Callable[[str], None]  # load a named adapter (under the lock); UserError if impossible
+    adapter_loaded: Callable[[str], bool]
+    tokenizer: Any = None
+    hooks: list = field(default_factory=list)  # per-step callbacks (CPU thread governor)
+
+
+def supports_batching(model) -> tuple[bool, str]:
+    """(can `model` be batched here?, why not)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    config = getattr(model.generation_config, "compile_config", None)
+    if config is not None or model.generation_config.cache_implementation == "static":
+        return False, "the decode step is compiled for one sequence at a time"
+    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=model.config).layers):
+        return False, "the model uses sliding-window or other special cache layers"
+    return True, ""
+
+
+class BatchEngine:
+    """Decodes up to `max_batch` streams together on one background thread."""
+
+    def __init__(self, host: EngineHost, max_batch: int) -> None:
+        self.host = host
+        self.max_batch = max_batch
+        self._waiting: collections.deque[tuple[GenerationStream, str]] = collections.deque()
+        self._rows: list[_Row] = []
+        self._cache = None  # DynamicCache holding every row's keys and values, [rows, heads, length, dim]
+        self._mask: torch.Tensor | None = None  # [rows, length]: 1 for real tokens, 0 for left padding
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()  # guards starting and ending the thread
+        self._closing = False
+        self.eos = eos_token_ids(host.model()[0], host.tokenizer)
+        self.largest_batch = 0  # the most rows decoded in one step so far
+
+    def submit(self, stream: GenerationStream, adapter: str) -> None:
+        """Queue `stream` (for `adapter`, "" or a base name for none); it joins the next step it fits in."""
+        with self._thread_lock:
+            self._waiting.append((stream, adapter))
+            self._wake.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
+                self._thread.start()
+                _ENGINES.add(self)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """End the engine thread after its current step (at interpreter exit: a daemon thread killed
+        inside torch would abort the process)."""
+        self._closing = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def active(self) -> int:
+        """Rows decoding now."""
+        return len(self._rows)
+
+    # ---- the engine thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        import torch
+
+        idle_since = time.monotonic()
+        with torch.inference_mode():
+            while not self._closing:
+                self._wake.clear()
+                self._end_stopped()
+                if self._rows or self._waiting:
+                    with self.host.lock:
+                        self._admit()
+                        if self._rows:
+                            self._step()
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS and self._exit_if_idle():
+                    return
+                else:
+                    self._wake.wait(IDLE_WAIT_SECONDS)
+
+    def _exit_if_idle(self) -> bool:
+        """End the thread unless a request arrived meanwhile (then submit saw a running thread)."""
+        with self._thread_lock:
+            if self._waiting:
+                return False
+            self._thread = None
+            return True
+
+    def _end_stopped(self) -> None:
+        for stream, adapter in list(self._waiting):
+            if stream.stop_requested:
+                self._waiting.remove((stream, adapter))
+                stream.end()
+        kept = [i for i, row in enumerate(self._rows) if not row.stream.stop_requested]
+        if len(kept) < len(self._rows):
+            self._keep_rows(kept, ended=None)
+
+    def _admit(self) -> None:
+        """Prefill waiting requests while the batch has room."""
+        while self._waiting and len(self._rows) < self.max_batch:
+            stream, adapter = self._waiting.popleft()
+            if stream.stop_requested:
+                stream.end()
+                continue
+            try:
+                self._prefill(stream, adapter)
+            except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
+                if not isinstance(exc, UserError):
+                    log.exception("Prefill failed")
+                stream.end(exc)
+
+    def _prefill(self, stream: GenerationStream, adapter: str) -> None:
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
+        if name != PEFT_BASE:
+            self.host.prepare_adapter(name)
+        model, is_peft = self.host.model()
+        ids = torch.tensor([stream.input_ids], device=model.device)
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
+                    logits_to_keep=1, **({"adapter_names": [name]} if is_peft else {}))
+        stream.streamer.put(ids[0].cpu())  # the prompt, as generate hands it over: the streamer skips it
+        row = _Row(stream, name, RowSampler(stream.params, model.device), list(stream.input_ids))
+        self._join(cache, len(stream.input_ids))
+        self._rows.append(row)
+        self._take(row, out.logits[0, -1])
+        if self._finished(row):  # a one-token reply, or end of sequence at once
+            self._keep_rows(list(range(len(self._rows) - 1)), ended=None)
+
+    def _step(self) -> None:
+        """One token for every row."""
+        import torch
+
+        model, is_peft = self.host.model()
+        self._drop_rows_without_adapter(is_peft)
+        if not self._rows:
+            return
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+        ids = torch.tensor([[row.last] for row in self._rows], device=model.device)
+        positions = self._mask.sum(dim=1, keepdim=True)  # real tokens before the new one, per row
+        self._mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
+        kwargs = {"adapter_names": [row.adapter for row in self._rows]} if is_peft else {}
+        try:
+            out = model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
+                        cache=self._cache, use_cache=True, logits_to_keep=1, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
+            log.exception("Decode step failed for a batch of %d", len(self._rows))
+            self._keep_rows([], ended=exc)
+            return
+        for hook in self.host.hooks:
+            hook(ids, None)
+        for row, logits in zip(list(self._rows), out.logits[:, -1]):
+            self._take(row, logits)
+        finished = [i for i, row in enumerate(self._rows) if self._finished(row)]
+        if finished:
+            self._keep_rows([i for i in range(len(self._rows)) if i not in finished], ended=None)
+
+    def _take(self, row: _Row, logits: torch.Tensor) -> None:
+        token = row.sampler.choose(logits, row.tokens)
+        row.tokens.append(token)
+        row.generated += 1
+        row.stream.put(token)
+
+    def _finished(self, row: _Row) -> bool:
+        return row.last in self.eos or row.generated >= row.stream.params.max_new_tokens
+
+    def _drop_rows_without_adapter(self, is_peft: bool) -> None:
+        missing = [i for i, row in enumerate(self._rows)
+                   if row.adapter != PEFT_BASE and not (is_peft and self.host.adapter_loaded(row.adapter))]
+        for i in missing:
+            self._rows[i].stream.end(UserError(f"Adapter {self._rows[i].adapter!r} was unloaded or deleted "
+                                               "while replying; choose another adapter and ask again."))
+        if missing:
+            self._keep_rows([i for i in range(len(self._rows)) if i not in missing], ended=None)
+
+    # ---- the shared cache -----------------------------------------------------------------------
+    def _join(self, cache, length: int) -> None:
+        """Add a prefilled row's cache (`length` real tokens, no padding) to the batch's."""
+        import torch
+
+        mask = torch.ones((1, length), dtype=torch.long, device=cache.layers[0].keys.device)
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            return
+        width = max(self._mask.shape[1], length)
+        for ours, theirs in zip(self._cache.layers, cache.layers):
+            ours.keys = torch.cat([_left_pad(ours.keys, width), _left_pad(theirs.keys, width)])
+            ours.values = torch.cat([_left_pad(ours.values, width), _left_pad(theirs.values, width)])
+        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
+
+    def _keep_rows(self, keep: list[int], ended: BaseException | None) -> None:
+        """Keep only rows `keep`; end the others' streams (with `ended` as their error)."""
+        import torch
+
+        for i, row in enumerate(self._rows):
+            if i not in keep:
+                row.stream.end(ended)
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        unused = int((self._mask.cumsum(dim=1) == 0).sum(dim=1).min())  # padding columns every row has
+        if unused:
+            self._mask = self._mask[:, unused:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+
+@atexit.register
+def _shut_down_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.shutdown()
+
+
+def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, heads, length, dim] -> [rows, heads, width, dim] with zeros in front."""
+    import torch.nn.functional as F
+
+    return F.pad(states, (0, 0, width - states.shape[2], 0))
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    return F.pad(mask, (width - mask.shape[1], 0))
+
+
+def make_engine(host: EngineHost, max_batch: int) -> BatchEngine | None:
+    """A BatchEngine for the host's model, or None (with the reason logged) when it must decode serially."""
+    model, _ = host.model()
+    if max_batch < 2:
+        return None
+    ok, why = supports_batching(model)
+    if not ok:
+        log.info("Requests decode one at a time: %s", why)
+        return None
+    host.hooks = decode_hooks(model)
+    return BatchEngine(host, max_batch)
