@@ -8,7 +8,8 @@
         with running_app(settings) as url:
             yield url  # "http://127.0.0.1:PORT": UI at /, Gradio API, POST /, /v1
 
-`launched_app` yields a LaunchedApp instead, for tests that also need the manager or the Blocks.
+`launched_app` yields a LaunchedApp instead, for tests that also need the manager or the Blocks;
+`embedded_settings` runs the embedded model without converting it again.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import dataclasses
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.settings import Settings
+
+from conftest import MODEL_CACHE
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -35,6 +39,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def embedded_settings(root: Path) -> Settings:
+    """Settings for the embedded model with data and adapters under `root`, whose model cache is the shared
+    converted checkpoint (converting takes ~20 s)."""
+    (root / "data").mkdir()
+    (root / "data" / "cache").symlink_to(MODEL_CACHE.resolve(), target_is_directory=True)
+    return Settings(adapters_dir=root / "adapters", data_dir=root / "data")
 
 
 @dataclasses.dataclass

@@ -8,46 +8,28 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from llama_space.settings import Settings
-
-from apputil import launched_app
-from conftest import MODEL_CACHE, REPO
+from apputil import embedded_settings, launched_app
+from conftest import REPO
+from jobutil import PERSONA, poll
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = REPO / "test-artifacts"
-PERSONA = REPO / "examples" / "persona.jsonl"
 QUESTION = "What is the capital of France?"
 UI_TIMEOUT_MS = 120_000  # a loaded 2-core machine can take a while to render and answer
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
 
 
-def poll(what: str, check: Callable[[], object], timeout: float = 120, interval: float = 0.25):
-    """check()'s first truthy value within `timeout` seconds, else fail saying what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def app(embedded_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(MODEL_CACHE.resolve(), target_is_directory=True)
-    with launched_app(Settings(adapters_dir=root / "adapters", data_dir=root / "data")) as launched:
+    with launched_app(embedded_settings(tmp_path_factory.mktemp("browser"))) as launched:
         yield launched
 
 

@@ -22,14 +22,16 @@ from gradio_client import Client, handle_file
 
 from llama_space import adapters
 from llama_space.janitor import Janitor
+from llama_space.procutil import pid_alive
 from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles
 from llama_space.training.jobs import job_pid
 
 from apputil import free_port, launched_app
+from jobutil import PERSONA, ended, finished, make_runner, poll, write_alpaca
+from jobutil import one_thread_jobs  # noqa: F401 - an autouse fixture: job processes train on one thread
 from conftest import REPO
 
-PERSONA = REPO / "examples" / "persona.jsonl"
 ARTIFACTS = REPO / "test-artifacts"
 FIGURES: dict = {}
 # (learning_rate, num_epochs, max_steps, batch_size, grad_accum, max_length, lora_r, lora_alpha, lora_dropout,
@@ -38,35 +40,11 @@ QUICK_100_STEPS = (None, None, 100, 2, None, 96, None, None, None, None, None)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_jobs():
-    """Job processes inherit this: the tiny model trains fastest on one thread, and parallel runs don't fight."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
+def fault_figures():
+    """Write the figures the tests gathered once they have all run."""
+    yield
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "fault-figures.json").write_text(json.dumps(FIGURES, indent=1))
-
-
-def poll(what: str, check, timeout: float = 180, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def write_alpaca(path: Path, rows: int = 24) -> Path:
-    with open(path, "w") as f:
-        for i in range(rows):
-            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n")
-    return path
-
-
-def make_runner(model: Path, root: Path) -> JobRunner:
-    return JobRunner(Settings(model=str(model), data_dir=root / "data", adapters_dir=root / "adapters"))
 
 
 def step_losses(runner: JobRunner, job_id: str) -> dict[int, float]:
@@ -139,8 +117,8 @@ def test_repeated_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir
         check = mid_checkpoint(after) if moment == "checkpoint write" else at_random_moment(after, rng)
         killed = wait_and_kill(job_dir, check)
         assert killed is not None, f"the job ended before the {moment} kill after step {after}"
-        stopped = poll("the job to be marked interrupted",
-                       lambda: (s := runner.status(job_id))["state"] not in ("queued", "running") and s)
+        stopped = poll("the job to be marked interrupted", lambda: ended(runner.status(job_id)), timeout=180,
+                       interval=0.2)
         assert stopped["state"] == "interrupted" and stopped["resumable"], stopped
         left = sorted(p.name for p in (job_dir / jobfiles.CHECKPOINTS_DIR).glob(".tmp-checkpoint-*"))
         if moment == "checkpoint write":
@@ -151,9 +129,9 @@ def test_repeated_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir
         runner = make_runner(tiny_model_dir, tmp_path / "killed")  # as after an app restart
         runner.resume(job_id)
 
-    done = runner.wait(job_id, timeout=600, poll=0.2)
+    done = finished(runner, job_id, timeout=600)
     assert done["state"] == "completed", done["log_tail"]
-    reference = baseline.wait(baseline_id, timeout=600, poll=0.2)
+    reference = finished(baseline, baseline_id, timeout=600)
     assert reference["state"] == "completed", reference["log_tail"]
 
     resumed, steady = step_losses(runner, job_id), step_losses(baseline, baseline_id)
@@ -207,8 +185,7 @@ def test_app_and_training_killed_then_resumed_after_restart(tiny_model_dir, tmp_
         os.kill(app.pid, signal.SIGKILL)
         os.kill(trainer_pid, signal.SIGKILL)
         app.wait(timeout=60)
-        poll("the training process to be gone", lambda: not Path(f"/proc/{trainer_pid}/cmdline").exists()
-             or not Path(f"/proc/{trainer_pid}/cmdline").read_bytes(), timeout=60)
+        poll("the training process to be gone", lambda: not pid_alive(trainer_pid), timeout=60)
         assert jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)["state"] == "running"  # stale on disk
 
         port = free_port()
@@ -218,8 +195,8 @@ def test_app_and_training_killed_then_resumed_after_restart(tiny_model_dir, tmp_
         assert status["state"] == "interrupted" and status["resumable"], status
         assert status["checkpoint_step"] >= checkpointed["checkpoint_step"]
         client.predict(job_id, api_name="/resume_training")
-        done = poll("the resumed job to finish", lambda: (s := client.predict(job_id, api_name="/job_status"))[
-            "state"] not in ("queued", "running") and s, timeout=600, interval=1)
+        done = poll("the resumed job to finish", lambda: ended(client.predict(job_id, api_name="/job_status")),
+                    timeout=600, interval=1)
         assert done["state"] == "completed" and done["step"] == done["total_steps"] == 100, done
         assert [a["name"] for a in client.predict(api_name="/list_adapters")] == ["restarted"]
         assert isinstance(client.predict("Hello", "", "restarted", 8, 0.0, 1.0, api_name="/generate"), str)
@@ -267,7 +244,7 @@ def test_failed_save_leaves_the_previous_adapter_intact(tiny_model_dir, tmp_path
 
     runner = make_runner(tiny_model_dir, tmp_path)
     job_id = runner.start(write_alpaca(tmp_path / "d.jsonl"), "new", TrainingParams(max_steps=3, save_steps=2))
-    status = runner.wait(job_id, timeout=300, poll=0.2)
+    status = finished(runner, job_id, timeout=300)
 
     assert status["state"] == "failed", status["log_tail"]
     assert "No space left on device" in status["error"] and status["error"].startswith("Training failed"), status

@@ -5,55 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from pathlib import Path
 
 import pytest
 
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.model_loading import base_model_name
-from llama_space.settings import Settings
-from llama_space.training import JobRunner, TrainingParams, jobfiles
+from llama_space.training import TrainingParams, jobfiles
+
+from jobutil import finished, make_runner, poll, write_alpaca
+from jobutil import one_thread_jobs  # noqa: F401 - an autouse fixture: job processes train on one thread
 
 STATUS_KEYS = {"state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error", "pid",
                "created", "started", "updated", "finished", "job_id", "resumable", "checkpoint_step",
                "elapsed_seconds", "log_tail"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_jobs():
-    """Job processes inherit this: the tiny model trains fastest on one thread, and parallel runs don't fight."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
-
-
-def write_alpaca(path: Path, rows: int = 24) -> Path:
-    with open(path, "w") as f:
-        for i in range(rows):
-            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n")
-    return path
-
-
-def make_runner(model: Path, root: Path) -> JobRunner:
-    return JobRunner(Settings(model=str(model), data_dir=root / "data", adapters_dir=root / "adapters"))
-
-
-def wait_for(check, timeout: float = 90, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finished(runner: JobRunner, job_id: str, timeout: float = 120) -> dict:
-    status = runner.wait(job_id, timeout=timeout, poll=0.2)
-    assert status["state"] not in ("queued", "running"), status["log_tail"]
-    return status
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +99,8 @@ def test_cancel_stops_within_a_step_and_publishes_nothing(tiny_model_dir, tmp_pa
     job_id = runner.start(data, "never", TrainingParams(max_steps=500, batch_size=2, grad_accum=2, save_steps=2))
     with pytest.raises(UserError, match=f"already running \\(job {job_id}\\)"):
         runner.start(data, "second", {"max_steps": 2})
-    seen = wait_for(lambda: (s := runner.status(job_id))["state"] == "running" and s["step"] >= 3 and s,
-                    what="a few training steps")
+    seen = poll("a few training steps", lambda: (s := runner.status(job_id))["state"] == "running"
+                and s["step"] >= 3 and s, timeout=90, interval=0.05)
     runner.cancel(job_id)
     status = finished(runner, job_id)
     assert status["state"] == "cancelled" and status["error"] is None
@@ -148,10 +113,11 @@ def test_kill_9_then_resume_completes_from_checkpoint(tiny_model_dir, tmp_path):
     runner = make_runner(tiny_model_dir, tmp_path)
     params = TrainingParams(max_steps=30, batch_size=2, grad_accum=2, save_steps=3, learning_rate=1e-2)
     job_id = runner.start(write_alpaca(tmp_path / "d.jsonl"), "survivor", params)
-    running = wait_for(lambda: (s := runner.status(job_id))["checkpoint_step"] and s["step"] < 24 and s,
-                       what="a checkpoint")
+    running = poll("a checkpoint", lambda: (s := runner.status(job_id))["checkpoint_step"] and s["step"] < 24 and s,
+                   timeout=90, interval=0.05)
     os.kill(running["pid"], signal.SIGKILL)
-    status = wait_for(lambda: (s := runner.status(job_id))["state"] == "interrupted" and s, what="interrupted")
+    status = poll("the job to be marked interrupted",
+                  lambda: (s := runner.status(job_id))["state"] == "interrupted" and s, timeout=90, interval=0.05)
     assert status["resumable"] and status["checkpoint_step"] >= 3
     checkpoint = status["checkpoint_step"]
 
