@@ -191,7 +191,7 @@ class BatchEngine:
         row = _Row(stream, name, RowSampler(stream.params, model.device), list(stream.input_ids))
         self._join(cache, len(stream.input_ids))
         self._rows.append(row)
-        self._take(row, out.logits[0, -1])
+        self._take(row, int(row.sampler.choose(out.logits[0, -1], row.tokens)))
         if self._finished(row):  # a one-token reply, or end of sequence at once
             self._keep_rows(list(range(len(self._rows) - 1)), ended=None)
 
@@ -217,14 +217,15 @@ class BatchEngine:
             return
         for hook in self.host.hooks:
             hook(ids, None)
-        for row, logits in zip(list(self._rows), out.logits[:, -1]):
-            self._take(row, logits)
+        chosen = torch.stack([row.sampler.choose(logits, row.tokens)
+                              for row, logits in zip(self._rows, out.logits[:, -1])]).tolist()
+        for row, token in zip(self._rows, chosen):
+            self._take(row, token)
         finished = [i for i, row in enumerate(self._rows) if self._finished(row)]
         if finished:
             self._keep_rows([i for i in range(len(self._rows)) if i not in finished], ended=None)
 
-    def _take(self, row: _Row, logits: torch.Tensor) -> None:
-        token = row.sampler.choose(logits, row.tokens)
+    def _take(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
         row.generated += 1
         row.stream.put(token)

@@ -39,19 +39,20 @@ class RowSampler:
             else:
                 self.generator.manual_seed(params.seed % 2**64)
 
-    def choose(self, logits: torch.Tensor, tokens: list[int]) -> int:
-        """The next token id given this row's `logits` [vocab] and its `tokens` so far (prompt included)."""
+    def choose(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+        """The next token id (a 0-d tensor on the logits' device, so a batch syncs with the host once)
+        given this row's `logits` [vocab] and its `tokens` so far (prompt included)."""
         import torch
 
         scores = logits.float().unsqueeze(0)
         if self.penalty is not None:
             scores = self.penalty(torch.tensor([tokens], device=scores.device), scores)
         if self.greedy:
-            return int(scores.argmax(dim=-1))
+            return scores[0].argmax()
         for warper in self.warpers:
             scores = warper(None, scores)
         probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return torch.multinomial(probs, 1, generator=self.generator)[0, 0]
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
