@@ -1,7 +1,7 @@
 """The app used as a person would: a real Chromium (Playwright) on the embedded model, one scenario, every step checked.
 
-Chat with a streamed answer, stop a long one, upload the persona data, train a few steps, reload mid-training,
-then chat with the new adapter. Screenshots of each tab go to test-artifacts/.
+Chat with a streamed answer, stop a long one, clear another, upload the persona data, train a few steps,
+reload mid-training, then chat with the new adapter. Screenshots of each tab go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ def stats(page) -> str:
     return page.locator("#chat-stats").inner_text()
 
 
+def error_marks(page) -> list[str]:
+    """Gradio's red "Error" badges on components and its error toasts, as their text."""
+    return page.locator("span.error, [data-testid=toast-body].error").all_inner_texts()
+
+
 def send(page, text: str) -> None:
     replies = page.locator("#chatbot [data-testid=bot]").count()
     page.fill("#chat-input textarea", text)
@@ -126,6 +131,19 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
         time.sleep(0.5)
         assert len(last_reply(page)) == stopped_at, "the answer kept growing after Stop"
     assert app.manager._in_flight == 0, "the model is still generating for nobody"
+    # The stopped reply ends by itself: no red "Error" badge or error toast (Gradio's cancels= left one at times).
+    assert not error_marks(page), error_marks(page)
+
+    # 3b. Ask again and press Clear mid-answer: the chat empties and stays empty, with no error shown.
+    send(page, "Tell me a long story about a lighthouse keeper.")
+    poll("the second story to be under way", lambda: len(last_reply(page)) > 40, timeout=180)
+    page.click("#clear")
+    bots = page.locator("#chatbot [data-testid=bot]")
+    poll("the chat to be cleared", lambda: bots.count() == 0 and not stats(page).strip(), timeout=60)
+    for _ in range(6):  # no late update of the cleared reply brings it back
+        time.sleep(0.5)
+        assert bots.count() == 0 and not stats(page).strip(), (last_reply(page), stats(page))
+    assert app.manager._in_flight == 0 and not error_marks(page), error_marks(page)
 
     # 4. Upload the persona data: the validation report and a preview with trained tokens marked.
     open_tab(page, "Fine-tune")

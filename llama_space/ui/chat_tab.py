@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -13,6 +15,7 @@ from llama_space.params import GenerationParams
 from llama_space.prompting import normalize_messages
 
 if TYPE_CHECKING:
+    from llama_space.generation import GenerationStream
     from llama_space.model_manager import ModelManager
 
 UPDATE_INTERVAL = 0.04  # seconds between UI updates: at most ~25 per second, not one per token
@@ -42,9 +45,67 @@ def adapter_choices(manager: ModelManager) -> list[str]:
     return [BASE_CHOICE, *manager.list_adapters()]
 
 
-def stream_reply(manager: ModelManager, messages: list[dict], adapter: str,
-                 params: GenerationParams) -> Iterator[tuple[str, str]]:
-    """(reply so far, stats line) updates for one answer; UserError becomes a gr.Error."""
+class StopSwitch:
+    """One browser session's Stop and Clear: they end the replies it streams now, and those queued at their start.
+
+    A stopped reply ends by itself, with its own last update. Gradio's `cancels=` would end it from outside,
+    but then (gradio 6.31) the frontend reads the empty `process_completed` that /cancel sends as an update
+    without data; that update fails, and when it lands after the frontend's own "complete" the reply's
+    outputs keep a red "Error" badge (and updates still in flight can refill a cleared chat).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._presses = 0
+        self._last_clear = 0  # the press that cleared the chat last
+        self._streams: set[GenerationStream] = set()
+
+    def __deepcopy__(self, memo: dict) -> StopSwitch:
+        return StopSwitch()  # gr.State copies its initial value for each session: each gets its own switch
+
+    def ticket(self) -> int:
+        """Taken when a reply is asked for: a press after it stops that reply."""
+        with self._lock:
+            return self._presses
+
+    def stopped_since(self, ticket: int) -> bool:
+        """Whether Stop or Clear was pressed after `ticket` was taken."""
+        with self._lock:
+            return self._presses != ticket
+
+    def cleared_since(self, ticket: int) -> bool:
+        """Whether Clear was pressed after `ticket` was taken."""
+        with self._lock:
+            return self._last_clear > ticket
+
+    def press(self, clear: bool = False) -> None:
+        """Stop every reply of this session: a streaming one ends within a decode step, a queued one at its start."""
+        with self._lock:
+            self._presses += 1
+            if clear:
+                self._last_clear = self._presses
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close()
+
+    @contextmanager
+    def watching(self, stream: GenerationStream, ticket: int) -> Iterator[None]:
+        """While the block runs, a press closes `stream` (at once if one came after `ticket`)."""
+        with self._lock:
+            pressed = self._presses != ticket
+            self._streams.add(stream)
+        try:
+            if pressed:
+                stream.close()
+            yield
+        finally:
+            with self._lock:
+                self._streams.discard(stream)
+
+
+def stream_reply(manager: ModelManager, messages: list[dict], adapter: str, params: GenerationParams,
+                 switch: StopSwitch, ticket: int) -> Iterator[tuple[str, str]]:
+    """(reply so far, stats line) updates for one answer, which `switch` can stop; UserError becomes a gr.Error."""
     try:
         stream = manager.stream(messages, params, "" if adapter == BASE_CHOICE else adapter)
     except UserError as exc:
@@ -52,14 +113,22 @@ def stream_reply(manager: ModelManager, messages: list[dict], adapter: str,
     if stream.dropped_messages:
         gr.Warning(f"{stream.dropped_messages} older messages were left out to fit the context window.")
     try:
-        for text in coalesce(stream):
-            yield text, ""
+        with switch.watching(stream, ticket):
+            for text in coalesce(stream):
+                yield text, ""
     finally:
         stream.close()
+    yield text, stats_line(stream)
+
+
+def stats_line(stream: GenerationStream) -> str:
+    """Tokens, speed and first-token latency of a finished stream, and whether Stop ended it."""
+    stopped = stream.finish_reason == "cancelled"
+    if stopped and not stream.completion_tokens:
+        return "stopped"
     ttft = stream.time_to_first_token or 0.0
-    stats = (f"{stream.completion_tokens} tokens · {stream.tokens_per_second:.1f} tok/s · "
-             f"first token {ttft:.2f} s" + (" · stopped" if stream.finish_reason == "cancelled" else ""))
-    yield text, stats
+    return (f"{stream.completion_tokens} tokens · {stream.tokens_per_second:.1f} tok/s · "
+            f"first token {ttft:.2f} s" + (" · stopped" if stopped else ""))
 
 
 def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
@@ -86,15 +155,20 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
             top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
             repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
     sampling = [system_prompt, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
+    switch = gr.State(StopSwitch())
+    ticket = gr.State(0)  # the switch's ticket for the reply asked for last
 
-    def add_user_message(text: str, history: list[dict]):
+    def add_user_message(text: str, history: list[dict], stops: StopSwitch):
         if not text or not text.strip():
             raise gr.Error("The message is empty: type something to send.")
-        return "", [*history, {"role": "user", "content": text}]
+        return "", [*history, {"role": "user", "content": text}], stops.ticket()
 
-    def respond(history: list[dict], system: str, adapter_name: str, max_new: float, temp: float,
-                p: float, k: float, penalty: float):
+    def respond(history: list[dict], taken: int, stops: StopSwitch, system: str, adapter_name: str,
+                max_new: float, temp: float, p: float, k: float, penalty: float):
         if not history or history[-1]["role"] != "user":
+            return
+        if stops.stopped_since(taken):  # Stop or Clear came while this reply waited in the queue
+            yield ([], "") if stops.cleared_since(taken) else (history, "stopped")
             return
         yield history, ""  # an early update makes the request cancellable while it waits (see ui/api.py)
         try:
@@ -103,30 +177,32 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
             messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system)
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
-        for reply, line in stream_reply(manager, messages, adapter_name, params):
+        for reply, line in stream_reply(manager, messages, adapter_name, params, stops, taken):
+            if stops.cleared_since(taken):  # the last update then empties the chat again, after any in flight
+                yield [], ""
+                return
             yield [*history, {"role": "assistant", "content": reply}], line
 
-    def drop_last_reply(history: list[dict]):
+    def drop_last_reply(history: list[dict], stops: StopSwitch):
         while history and history[-1]["role"] == "assistant":
             history = history[:-1]
-        return history
+        return history, stops.ticket()
 
     hidden = {"api_visibility": "private"}
-    submit_events = []
+    reply_event = {"fn": respond, "inputs": [chatbot, ticket, switch, *sampling], "outputs": [chatbot, stats],
+                   **hidden}
     for trigger in (message.submit, send.click):
-        event = trigger(add_user_message, [message, chatbot], [message, chatbot], queue=False, **hidden)
-        submit_events.append(event.then(respond, [chatbot, *sampling], [chatbot, stats], **hidden))
-    retry_event = retry.click(drop_last_reply, chatbot, chatbot, queue=False, **hidden).then(
-        respond, [chatbot, *sampling], [chatbot, stats], **hidden)
+        trigger(add_user_message, [message, chatbot, switch], [message, chatbot, ticket], queue=False,
+                **hidden).then(**reply_event)
+    retry.click(drop_last_reply, [chatbot, switch], [chatbot, ticket], queue=False, **hidden).then(**reply_event)
 
-    def on_stop(history: list[dict], line: str) -> str:
-        # Cancelling ends a reply mid-stream, before it writes its own stats line (empty while streaming).
-        return line or ("stopped" if history else "")
+    def clear_chat(stops: StopSwitch):
+        stops.press(clear=True)
+        return [], ""
 
-    # Cancel first, then write the line, so no late update of the cancelled reply can overwrite it.
-    stop.click(None, cancels=[*submit_events, retry_event], **hidden).then(
-        on_stop, [chatbot, stats], stats, queue=False, **hidden)
-    clear.click(lambda: ([], ""), None, [chatbot, stats], queue=False, cancels=submit_events, **hidden)
+    # The reply then ends itself and writes its own stats line, "stopped" included (see StopSwitch).
+    stop.click(StopSwitch.press, switch, None, queue=False, **hidden)
+    clear.click(clear_chat, switch, [chatbot, stats], queue=False, **hidden)
     adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(manager)), None, adapter, queue=False, **hidden)
     return adapter
 
