@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_space import adapters
+from llama_space.batch_cache import BatchCache
 from llama_space.errors import UserError
 from llama_space.fast_decode import decode_hooks
 from llama_space.sampling import RowSampler, eos_token_ids
 
 if TYPE_CHECKING:
-    import torch
-
     from llama_space.generation import GenerationStream
 
 log = logging.getLogger(__name__)
@@ -91,8 +90,7 @@ class BatchEngine:
         self.max_batch = max_batch
         self._waiting: collections.deque[tuple[GenerationStream, str]] = collections.deque()
         self._rows: list[_Row] = []
-        self._cache = None  # DynamicCache holding every row's keys and values, [rows, heads, length, dim]
-        self._mask: torch.Tensor | None = None  # [rows, length]: 1 for real tokens, 0 for left padding
+        self._cache = BatchCache()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()  # guards starting and ending the thread
@@ -189,7 +187,7 @@ class BatchEngine:
                     logits_to_keep=1, **({"adapter_names": [name]} if is_peft else {}))
         stream.streamer.put(ids[0].cpu())  # the prompt, as generate hands it over: the streamer skips it
         row = _Row(stream, name, RowSampler(stream.params, model.device), list(stream.input_ids))
-        self._join(cache, len(stream.input_ids))
+        self._cache.add(cache, len(stream.input_ids))
         self._rows.append(row)
         self._take(row, int(row.sampler.choose(out.logits[0, -1], row.tokens)))
         if self._finished(row):  # a one-token reply, or end of sequence at once
@@ -205,12 +203,11 @@ class BatchEngine:
             return
         self.largest_batch = max(self.largest_batch, len(self._rows))
         ids = torch.tensor([[row.last] for row in self._rows], device=model.device)
-        positions = self._mask.sum(dim=1, keepdim=True)  # real tokens before the new one, per row
-        self._mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
+        mask, positions = self._cache.next_step()
         kwargs = {"adapter_names": [row.adapter for row in self._rows]} if is_peft else {}
         try:
-            out = model(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                        cache=self._cache, use_cache=True, logits_to_keep=1, **kwargs)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        cache=self._cache.cache, use_cache=True, logits_to_keep=1, **kwargs)
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
             log.exception("Decode step failed for a batch of %d", len(self._rows))
             self._keep_rows([], ended=exc)
@@ -242,59 +239,19 @@ class BatchEngine:
         if missing:
             self._keep_rows([i for i in range(len(self._rows)) if i not in missing], ended=None)
 
-    # ---- the shared cache -----------------------------------------------------------------------
-    def _join(self, cache, length: int) -> None:
-        """Add a prefilled row's cache (`length` real tokens, no padding) to the batch's."""
-        import torch
-
-        mask = torch.ones((1, length), dtype=torch.long, device=cache.layers[0].keys.device)
-        if self._cache is None:
-            self._cache, self._mask = cache, mask
-            return
-        width = max(self._mask.shape[1], length)
-        for ours, theirs in zip(self._cache.layers, cache.layers):
-            ours.keys = torch.cat([_left_pad(ours.keys, width), _left_pad(theirs.keys, width)])
-            ours.values = torch.cat([_left_pad(ours.values, width), _left_pad(theirs.values, width)])
-        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
-
     def _keep_rows(self, keep: list[int], ended: BaseException | None) -> None:
         """Keep only rows `keep`; end the others' streams (with `ended` as their error)."""
-        import torch
-
         for i, row in enumerate(self._rows):
             if i not in keep:
                 row.stream.end(ended)
         self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._cache = self._mask = None
-            return
-        index = torch.tensor(keep, device=self._mask.device)
-        self._cache.batch_select_indices(index)
-        self._mask = self._mask[index]
-        unused = int((self._mask.cumsum(dim=1) == 0).sum(dim=1).min())  # padding columns every row has
-        if unused:
-            self._mask = self._mask[:, unused:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+        self._cache.keep(keep)
 
 
 @atexit.register
 def _shut_down_engines() -> None:
     for engine in list(_ENGINES):
         engine.shutdown()
-
-
-def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
-    """[rows, heads, length, dim] -> [rows, heads, width, dim] with zeros in front."""
-    import torch.nn.functional as F
-
-    return F.pad(states, (0, 0, width - states.shape[2], 0))
-
-
-def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.pad(mask, (width - mask.shape[1], 0))
 
 
 def make_engine(host: EngineHost, max_batch: int) -> BatchEngine | None:
@@ -307,4 +264,5 @@ def make_engine(host: EngineHost, max_batch: int) -> BatchEngine | None:
         log.info("Requests decode one at a time: %s", why)
         return None
     host.hooks = decode_hooks(model)
+    log.info("Up to %d requests decode together in one batch", max_batch)
     return BatchEngine(host, max_batch)

@@ -109,7 +109,7 @@ def test_short_and_long_replies_in_one_batch(serial, batched):
     assert ["".join(stream) for stream in streams] == expected
     assert [stream.completion_tokens for stream in streams] == [1, 40, 3, 17]
     assert all(stream.finish_reason == "length" for stream in streams)
-    assert batched._engine.active == 0 and batched._engine._cache is None
+    assert batched._engine.active == 0 and batched._engine._cache.width == 0
 
 
 def test_stopping_one_row_leaves_the_others_exact(serial, batched):
@@ -137,9 +137,9 @@ def test_padding_is_cut_when_the_long_prompt_leaves(batched):
     "".join(long_prompt)
     engine = batched._engine
     with batched._lock:  # between steps: the cache holds only the short row, without the long row's padding
-        width = engine._mask.shape[1] if engine._mask is not None else 0
-        assert engine.active <= 1 and width <= short_prompt.prompt_tokens + short_prompt.completion_tokens + 1
-        assert engine._mask is None or bool(engine._mask.all())
+        cache = engine._cache
+        assert engine.active <= 1 and cache.width <= short_prompt.prompt_tokens + short_prompt.completion_tokens
+        assert cache.mask is None or bool(cache.mask.all())
     short_prompt.close()
 
 
