@@ -130,17 +130,28 @@ class BatchEngine:
         with torch.inference_mode():
             while not self._closing:
                 self._wake.clear()
-                self._end_stopped()
                 if self._rows or self._waiting:
-                    with self.host.lock:
-                        self._admit()
-                        if self._rows:
-                            self._step()
+                    self._work()
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS and self._exit_if_idle():
                     return
                 else:
                     self._wake.wait(IDLE_WAIT_SECONDS)
+
+    def _work(self) -> None:
+        """One round: drop stopped requests, admit waiting ones, decode a step; never lets an error
+        end the thread (the rows in flight fail with it, the engine goes on serving)."""
+        try:
+            self._end_stopped()
+            with self.host.lock:
+                self._admit()
+                if self._rows:
+                    self._step()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("Batch engine failed with %d rows in flight", len(self._rows))
+            for row in self._rows:
+                row.stream.end(exc)
+            self._rows, self._cache = [], BatchCache()
 
     def _exit_if_idle(self) -> bool:
         """End the thread unless a request arrived meanwhile (then submit saw a running thread)."""
@@ -157,7 +168,7 @@ class BatchEngine:
                 stream.end()
         kept = [i for i, row in enumerate(self._rows) if not row.stream.stop_requested]
         if len(kept) < len(self._rows):
-            self._keep_rows(kept, ended=None)
+            self._keep_rows(kept)
 
     def _admit(self) -> None:
         """Prefill waiting requests while the batch has room."""
@@ -191,7 +202,7 @@ class BatchEngine:
         self._rows.append(row)
         self._take(row, int(row.sampler.choose(out.logits[0, -1], row.tokens)))
         if self._finished(row):  # a one-token reply, or end of sequence at once
-            self._keep_rows(list(range(len(self._rows) - 1)), ended=None)
+            self._keep_rows(list(range(len(self._rows) - 1)))
 
     def _step(self) -> None:
         """One token for every row."""
@@ -205,13 +216,8 @@ class BatchEngine:
         ids = torch.tensor([[row.last] for row in self._rows], device=model.device)
         mask, positions = self._cache.next_step()
         kwargs = {"adapter_names": [row.adapter for row in self._rows]} if is_peft else {}
-        try:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                        cache=self._cache.cache, use_cache=True, logits_to_keep=1, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
-            log.exception("Decode step failed for a batch of %d", len(self._rows))
-            self._keep_rows([], ended=exc)
-            return
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    cache=self._cache.cache, use_cache=True, logits_to_keep=1, **kwargs)
         for hook in self.host.hooks:
             hook(ids, None)
         chosen = torch.stack([row.sampler.choose(logits, row.tokens)
@@ -220,7 +226,7 @@ class BatchEngine:
             self._take(row, token)
         finished = [i for i, row in enumerate(self._rows) if self._finished(row)]
         if finished:
-            self._keep_rows([i for i in range(len(self._rows)) if i not in finished], ended=None)
+            self._keep_rows([i for i in range(len(self._rows)) if i not in finished])
 
     def _take(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
@@ -237,13 +243,13 @@ class BatchEngine:
             self._rows[i].stream.end(UserError(f"Adapter {self._rows[i].adapter!r} was unloaded or deleted "
                                                "while replying; choose another adapter and ask again."))
         if missing:
-            self._keep_rows([i for i in range(len(self._rows)) if i not in missing], ended=None)
+            self._keep_rows([i for i in range(len(self._rows)) if i not in missing])
 
-    def _keep_rows(self, keep: list[int], ended: BaseException | None) -> None:
-        """Keep only rows `keep`; end the others' streams (with `ended` as their error)."""
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Keep only rows `keep`; end the others' streams."""
         for i, row in enumerate(self._rows):
             if i not in keep:
-                row.stream.end(ended)
+                row.stream.end()
         self._rows = [self._rows[i] for i in keep]
         self._cache.keep(keep)
 

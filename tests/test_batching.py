@@ -175,3 +175,28 @@ def test_embedded_model_batched_answers_match(embedded_dir):
     assert "Paris" in alone[0]
     assert together(manager, [(prompt, params, "") for prompt in PROMPTS[:4]]) == alone
     assert manager._engine.largest_batch == 4
+
+
+def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(batched, monkeypatch):
+    engine = batched._engine
+    healthy = engine.host.model
+
+    class Broken:
+        """The model, except that decode steps (one new token per row) fail."""
+
+        def __init__(self, model):
+            self.model, self.device, self.config = model, model.device, model.config
+
+        def __call__(self, **kwargs):
+            if kwargs["input_ids"].shape[1] == 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return self.model(**kwargs)
+
+    monkeypatch.setattr(engine.host, "model", lambda: (Broken(healthy()[0]), healthy()[1]))
+    streams = [batched.stream(ask(prompt), GREEDY) for prompt in PROMPTS[:2]]
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="simulated"):
+            list(stream)
+    monkeypatch.undo()
+    assert batched.generate(ask("Hi"), GREEDY)
+    assert engine._thread is not None and engine._thread.is_alive()
