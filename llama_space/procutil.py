@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+EXEC_WAIT = 0.5  # seconds to wait for the command line of a process caught in the middle of exec
 
 
 def pid_alive(pid: int, marker: str = "") -> bool:
@@ -12,13 +15,33 @@ def pid_alive(pid: int, marker: str = "") -> bool:
     The marker tells a recycled pid (some other command line) from the process we started. A zombie's
     command line is empty, so an exited but unreaped child counts as gone.
     """
-    if Path("/proc/self").exists():
+    if not Path("/proc/self").exists():
+        return _signal_alive(pid)  # no /proc (macOS): the pid check alone
+    deadline = time.monotonic() + EXEC_WAIT
+    while True:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-        return bool(cmdline) and marker.encode() in cmdline
-    try:  # no /proc (macOS): the pid check alone
+        if cmdline:
+            return marker.encode() in cmdline
+        # Empty: a zombie or a kernel thread, or a process just started (for ~10-25 ms after Popen returns, a
+        # child in exec has its program but not yet its arguments).
+        if not _has_program(pid) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+
+
+def _has_program(pid: int) -> bool:
+    try:
+        os.readlink(f"/proc/{pid}/exe")  # gone for zombies and kernel threads
+    except OSError:
+        return False
+    return True
+
+
+def _signal_alive(pid: int) -> bool:
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
