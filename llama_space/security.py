@@ -15,16 +15,12 @@ import secrets
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING
 
-from llama_space.janitor import Janitor, janitor_lifespan
-from llama_space.oauth import check_oauth_change, login_button, oauth_enabled
+from llama_space.janitor import janitor_lifespan
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from llama_space.settings import Settings
-
-# Re-exported: the UI and the tests reach OAuth and the janitor through this module.
-__all__ = ["AuthMiddleware", "Janitor", "app_kwargs", "check_oauth_change", "login_button", "oauth_enabled"]
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space import security
+from llama_space import oauth, security
 from llama_space.errors import UserError
+from llama_space.janitor import Janitor
 from llama_space.settings import Settings, load_settings
 
 from apputil import free_port, launched_app
@@ -234,13 +235,13 @@ def run_as(userinfo: dict | None) -> None:
 
     token = LocalContext.request.set(FakeRequest(userinfo))
     try:
-        security.check_oauth_change()
+        oauth.check_oauth_change()
     finally:
         LocalContext.request.reset(token)
 
 
 def test_oauth_changes_need_the_space_owner(on_oauth_space):
-    assert security.oauth_enabled()
+    assert oauth.oauth_enabled()
     with pytest.raises(UserError, match="Sign in with Hugging Face"):
         run_as(None)
     with pytest.raises(UserError, match="Only owner may"):
@@ -274,7 +275,7 @@ def test_oauth_login_guards_the_change_actions(on_oauth_space, tmp_path):
 def test_oauth_rules_are_off_elsewhere(monkeypatch):
     for name in ("SPACE_ID", "OAUTH_CLIENT_ID"):
         monkeypatch.delenv(name, raising=False)
-    assert not security.oauth_enabled()
+    assert not oauth.oauth_enabled()
     run_as(None)  # no Space, no OAuth: the password/exposure rules alone decide
 
 
@@ -304,7 +305,7 @@ def test_janitor_removes_finished_scratch_only(tmp_path):
     (uploads / "new").mkdir()
     os.utime(uploads / "old", (time.time() - 2 * 86400,) * 2)
 
-    removed = security.Janitor(settings, uploads).sweep()
+    removed = Janitor(settings, uploads).sweep()
 
     assert removed["job_scratch"] == 2 and removed["staging"] == 1 and removed["uploads"] == 1
     assert not (jobs / "20990101-000000-aaaaaa" / "checkpoints").exists()

@@ -96,6 +96,9 @@ def test_live_job_blocks_a_second_start_and_cancel_of_interrupted_job(settings, 
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
     try:
         cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
+        deadline = time.monotonic() + 5
+        while job_id.encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the command line appears a few ms after Popen returns (exec in progress)
         assert job_id.encode() in cmdline.read_bytes(), cmdline.read_bytes()
         _fake_running(runner.registry, job_id, stand_in.pid)
         active = JobRunner(settings).active()

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space import security
+from llama_space import oauth
 from llama_space.ui.adapters_tab import build_adapters_tab
 from llama_space.ui.api import register_chat_api
 from llama_space.ui.chat_tab import build_chat_tab
@@ -27,12 +27,12 @@ def build_ui(manager: ModelManager, runner: JobRunner | None = None) -> gr.Block
     settings = manager.settings
     # On an OAuth Space the controls stay on; each change then needs the owner's HF login (security.py).
     actions = TrainingActions(manager, runner or JobRunner(settings),
-                              settings.changes_allowed or security.oauth_enabled(),
+                              settings.changes_allowed or oauth.oauth_enabled(),
                               settings.changes_disabled_reason)
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE} · `{manager.base_name}`")
-        security.login_button()
+        oauth.login_button()
         with gr.Tab("Chat", id="chat"):
             build_chat_tab(manager)
         with gr.Tab("Fine-tune", id="finetune"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space import adapters, security
+from llama_space import adapters, oauth
 from llama_space.data import validate_file
 from llama_space.errors import UserError
 from llama_space.training.params import PRESETS, TrainingParams
@@ -43,7 +43,7 @@ class TrainingActions:
         if not self.allow_changes:
             raise UserError(self.disabled_reason)
         if not self.manager.settings.changes_allowed:  # on only through an HF OAuth login (ui/__init__.py)
-            security.check_oauth_change()
+            oauth.check_oauth_change()
 
     def validate(self, file: str | None, max_length: int = TrainingParams.max_length) -> dict:
         """The validation report of an uploaded dataset (see llama_space.data.validate_file)."""
