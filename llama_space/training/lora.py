@@ -81,10 +81,11 @@ def wants_checkpointing(model: PreTrainedModel, params: TrainingParams) -> bool:
     return need > 0.8 * free
 
 
-def save_adapter(model: PeftModel, directory: Path, base_model: str) -> None:
-    """Write exactly adapter_config.json and adapter_model.safetensors into `directory`."""
+def save_adapter(model: PeftModel, directory: Path, base_model: str, state_dict: dict | None = None) -> None:
+    """Write exactly adapter_config.json and adapter_model.safetensors into `directory`, taking the weights from
+    `state_dict` (the full model's, e.g. gathered from sharded ranks) when given, else from `model`."""
     model.peft_config["default"].base_model_name_or_path = base_model
-    model.save_pretrained(str(directory), safe_serialization=True)
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
     for path in Path(directory).iterdir():
         if path.name not in (CONFIG_FILE, WEIGHTS_FILE):  # PEFT adds a README model card
             path.unlink()

@@ -2,7 +2,8 @@
 
 Each job runs as `python -m llama_space.training.train --job-dir DIR` in its own session, so the app
 never blocks and a crash in training cannot take the app down (nor an app restart the training). With
-several CUDA GPUs visible it runs under `accelerate launch --multi_gpu` (one process per GPU, DDP).
+several CUDA GPUs visible it runs under `accelerate launch --multi_gpu` (one process per GPU, DDP; see
+docs/multi_gpu.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import llama_space
 from llama_space.errors import UserError
 from llama_space.settings import Settings
 from llama_space.training import jobfiles
-from llama_space.training.jobs import JobRegistry
+from llama_space.training.jobs import JobRegistry, process_alive
 from llama_space.training.params import TrainingParams
 
 TRAIN_MODULE = "llama_space.training.train"
@@ -31,12 +32,19 @@ def _cuda_devices() -> int:
 
 
 def train_command(job_dir: Path, resume: bool) -> list[str]:
-    """The command line that runs the job in `job_dir`."""
+    """The command line that runs the job in `job_dir`: one process, or one per GPU when several are visible.
+
+    Several run the same entry point under `accelerate launch` (torchrun underneath): DDP over NCCL, or over
+    gloo on a machine without GPUs (as the tests do, by pretending to see some). The flags are explicit so
+    that a user's accelerate default config cannot change what the app starts; a free port lets several jobs
+    (or test runs) share a machine.
+    """
     args = [TRAIN_MODULE, "--job-dir", str(job_dir)] + (["--resume"] if resume else [])
     gpus = _cuda_devices()
     if gpus > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
-                "-m", *args]
+                "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "-m", *args]
     return [sys.executable, "-m", *args]
 
 
@@ -141,9 +149,15 @@ class JobRunner:
         code = process.wait()
         with self._lock:
             job_dir = self.registry.job_dir(job_id)
-            state = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE).get("state")
+            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
             # A late reaper must leave a resumed job alone: the status then belongs to a newer launch.
-            if state not in jobfiles.ACTIVE_STATES or (job_dir / jobfiles.PID_FILE).read_text() != str(process.pid):
+            if (status.get("state") not in jobfiles.ACTIVE_STATES
+                    or (job_dir / jobfiles.PID_FILE).read_text() != str(process.pid)):
+                return
+            # Ranks started by `accelerate launch` run in sessions of their own and outlive a killed launcher;
+            # while rank 0 (which reports its pid) lives the job runs, and the registry marks it once rank 0 ends.
+            rank_0 = status.get("pid")
+            if rank_0 and rank_0 != process.pid and process_alive(rank_0, job_dir):
                 return
             if code < 0:  # killed by a signal: resumable from its last checkpoint
                 self.registry.mark_stopped(job_id)

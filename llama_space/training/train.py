@@ -2,7 +2,8 @@
 
 Reads DIR/job.json, trains a LoRA adapter with transformers' Trainer, reports through DIR/status.json,
 DIR/metrics.jsonl and its own stderr (DIR/train.log when the runner starts it), and publishes the adapter
-atomically into the adapters dir. Runs unchanged under `accelerate launch` for several GPUs.
+atomically into the adapters dir. Runs unchanged under `accelerate launch` (see docs/multi_gpu.md): every rank
+trains its share of each batch, rank 0 alone writes the job's files.
 
 JobRunner writes job.json; by hand, this is enough (dataset relative to DIR or absolute):
     {"model": "", "adapter": "my-adapter", "dataset": "data.jsonl", "adapters_dir": "/app/adapters",
@@ -18,6 +19,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from llama_space import adapters
@@ -28,6 +30,7 @@ from llama_space.training.params import TrainingParams
 
 log = logging.getLogger("llama_space.training")
 
+MAIN_REPORT_GRACE = 10  # seconds a failed rank > 0 waits for rank 0 to record the failure before exiting
 OOM_HELP = ("Out of memory{where}. Lower batch_size or max_length, or set gradient_checkpointing to on, "
             "then start the job again.")
 
@@ -62,6 +65,34 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def world_size() -> int:
+    """How many processes train this job together (WORLD_SIZE from `accelerate launch`; 1 for a plain run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join_ranks() -> Callable[[bool], bool]:
+    """Join the other ranks now and return how they agree on a stop: a flag OR-ed over all ranks.
+
+    The process group is set up here rather than when the Trainer's arguments are built (they reuse it), so
+    that ranks can agree on a cancel before loading the model. A single process gets the flag back as is,
+    without importing torch.
+    """
+    if world_size() < 2:
+        return bool
+    from datetime import timedelta
+    from functools import partial
+
+    import torch
+    from accelerate import PartialState
+    from transformers import TrainingArguments
+
+    from llama_space.training.trainer import any_rank
+
+    state = PartialState(cpu=not torch.cuda.is_available(),
+                         timeout=timedelta(seconds=TrainingArguments.ddp_timeout))
+    return partial(any_rank, device=state.device)
+
+
 def load_config(job_dir: Path) -> dict:
     """job.json with defaults filled in for the keys a hand-written one may leave out."""
     from llama_space.data import DEFAULT_MAX_BYTES, dataset_fingerprint
@@ -84,33 +115,42 @@ def load_config(job_dir: Path) -> dict:
 
 
 def train_job(job_dir: Path) -> dict:
-    """Train and publish; return the final status fields. Raises on failure."""
+    """Train and publish; return the final status fields. Raises on failure.
+
+    Under `accelerate launch` every rank runs this. The ranks take each stop decision together: a rank that
+    skipped a collective the others enter (a training step, an evaluation) would leave them waiting.
+    """
     config = load_config(job_dir)
     params = TrainingParams.from_dict(config["params"])
     adapters_dir, name = Path(config["adapters_dir"]), config["adapter"]
     if adapters.adapter_path(adapters_dir, name).exists():
         raise UserError(adapters.exists_message(name))
     checkpoints_dir = job_dir / jobfiles.CHECKPOINTS_DIR
+    any_rank = join_ranks()
     trainer, progress = None, None
-    if not (job_dir / jobfiles.CANCEL_FILE).exists():  # loading a large model takes a while; skip it if cancelled
+    # Loading a large model takes a while: skip it if cancelled.
+    if not any_rank((job_dir / jobfiles.CANCEL_FILE).exists()):
         trainer, progress = prepare_trainer(job_dir, config, params)
         resume_from = checkpoints.latest(checkpoints_dir)
         log.info("device %s; resuming from %s", trainer.args.device, resume_from or "scratch")
-        if not progress.cancel_requested():
+        if not any_rank(progress.cancel_requested()):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if progress is None or progress.cancelled or progress.cancel_requested():
-        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+    if progress is None or any_rank(progress.cancelled or progress.cancel_requested()):
+        if is_main_process():
+            shutil.rmtree(checkpoints_dir, ignore_errors=True)
         return {"state": "cancelled", "eta_seconds": None}
     eval_loss = final_eval_loss(trainer, progress)
+    # Several ranks may each hold only a shard of the weights (FSDP, ZeRO-3): all take part in gathering them.
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if world_size() > 1 else None
     if trainer.is_world_process_zero():
         metadata = {
             "base_model": config["base_model"], "job_id": config["job_id"],
             "dataset_fingerprint": config["dataset_fingerprint"], "dataset_name": config["dataset_name"],
             "hyperparameters": params.to_dict(), "train_loss": progress.final_train_loss(),
             "eval_loss": eval_loss, "steps": trainer.state.global_step,
-            "train_examples": len(trainer.train_dataset),
+            "train_examples": len(trainer.train_dataset), "processes": trainer.args.world_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        publish(trainer.model, job_dir, adapters_dir, name, metadata)
+        publish(trainer.accelerator.unwrap_model(trainer.model), job_dir, adapters_dir, name, metadata, weights)
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
     return {"state": "completed", "eta_seconds": 0, "eval_loss": eval_loss}
 
@@ -147,12 +187,20 @@ def final_eval_loss(trainer, progress) -> float | None:
     return trainer.evaluate()["eval_loss"]
 
 
-def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict) -> None:
-    """Save the adapter into a temp dir and rename it into adapters/<name>; never overwrite another one."""
+def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict,
+            weights: dict | None = None) -> None:
+    """Save the adapter into a temp dir and rename it into adapters/<name>; never overwrite another one.
+
+    `weights` (the model's state dict gathered from every rank) replaces the model's own weights, which are
+    only this rank's shards under FSDP or ZeRO-3.
+    """
     from llama_space.training import lora
 
     staging = adapters.staging_path(adapters_dir, name)
-    lora.save_adapter(model, staging, metadata["base_model"])
+    if weights is None:
+        lora.save_adapter(model, staging, metadata["base_model"])
+    else:
+        lora.save_adapter(model, staging, metadata["base_model"], weights)
     adapters.write_metadata(staging, metadata)
     try:
         adapters.publish(staging, adapters_dir, name)
@@ -167,12 +215,11 @@ def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict)
 def run(job_dir: Path, resume: bool) -> int:
     """Run the job in `job_dir`, recording how it ended; exit status 0 unless it failed."""
     if not is_main_process():
-        train_job(job_dir)
-        return 0
+        return run_other_rank(job_dir)
     check_startable(job_dir, resume)
     status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
     jobfiles.update_status(job_dir, state="running", pid=os.getpid(), error=None, eta_seconds=None,
-                           started=status.get("started") or time.time(), finished=None)
+                           started=status.get("started") or time.time(), finished=None, processes=world_size())
     try:
         outcome = train_job(job_dir)
     except KeyboardInterrupt:
@@ -189,14 +236,33 @@ def run(job_dir: Path, resume: bool) -> int:
     return 0
 
 
+def run_other_rank(job_dir: Path) -> int:
+    """Train as a rank other than 0, which records nothing in the job dir: rank 0 reports how the job ended."""
+    try:
+        train_job(job_dir)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException:  # noqa: BLE001 - logged here; rank 0 records the job's state
+        log.error("training failed:\n%s", traceback.format_exc())
+        # Once a rank exits with an error the launcher stops the others. Rank 0 usually fails the same way at
+        # the same step (the logged loss is averaged over ranks), so give it time to record why first.
+        deadline = time.monotonic() + MAIN_REPORT_GRACE
+        while (jobfiles.read_json(job_dir / jobfiles.STATUS_FILE).get("state") in jobfiles.ACTIVE_STATES
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one Llama Space LoRA training job (see job.json).")
     parser.add_argument("--job-dir", required=True, type=Path, help="job directory holding job.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue a failed/interrupted job from its last complete checkpoint")
     args = parser.parse_args(argv)
+    rank = f" [rank {os.environ.get('RANK', '0')}/{world_size()}]" if world_size() > 1 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s{rank} %(name)s: %(message)s")
     job_dir = args.job_dir.resolve()
     if not (job_dir / jobfiles.JOB_FILE).is_file():
         parser.error(f"{job_dir / jobfiles.JOB_FILE} not found")

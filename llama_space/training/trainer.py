@@ -32,6 +32,33 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
         self.generator.manual_seed(self.seed + epoch)
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """`flag` OR-ed over all data-parallel ranks, so every rank takes the same branch; a single process gets `flag`.
+
+    A collective: under DDP every rank must call it at the same point. `device` must suit the backend (the
+    rank's GPU for NCCL, the CPU for gloo).
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    value = torch.tensor(int(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class StopTogether(TrainerCallback):
+    """Under DDP, stops every rank after the same micro-batch as soon as one rank decided to stop.
+
+    Each rank polls the cancel file on its own and can see it a micro-batch later than another; a rank that
+    stopped alone would leave the others waiting in the next gradient all-reduce. Runs after JobProgress.
+    """
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        control.should_training_stop = any_rank(control.should_training_stop, args.device)
+
+    on_step_end = on_substep_end
+
+
 class JobTrainer(Trainer):
     """A Trainer whose checkpoints appear all at once, and whose loss projects only trained positions."""
 
@@ -117,6 +144,9 @@ def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluat
         save_strategy="steps",
         save_steps=params.save_steps,
         save_total_limit=None,  # our checkpoints.publish prunes
+        # Under DDP: every LoRA weight gets a gradient each step, so skip the per-step search for unused ones
+        # (Trainer would turn it on for a PEFT model, and it fails with reentrant activation checkpointing).
+        ddp_find_unused_parameters=False,
         # Keys are input_ids/labels/position_ids already; skip signature inspection of the PEFT wrapper.
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
@@ -131,7 +161,8 @@ def build_trainer(model, params: TrainingParams, checkpoints_dir: Path, train_ro
     """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing."""
     args = training_arguments(params, checkpoints_dir, evaluate=bool(eval_rows),
                               activation_checkpointing=activation_checkpointing)
+    callbacks = [callback, StopTogether()] if args.world_size > 1 else [callback]
     trainer = JobTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
-                         data_collator=packing_collator(), callbacks=[callback])
+                         data_collator=packing_collator(), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our callback logs each step in a readable line
     return trainer
