@@ -217,8 +217,8 @@ from llama_space.training import lora
 _save = lora.save_adapter
 
 
-def _save_then_disk_full(model, directory, base_model):
-    _save(model, directory, base_model)
+def _save_then_disk_full(model, directory, base_model, *args, **kwargs):
+    _save(model, directory, base_model, *args, **kwargs)
     weights = Path(directory) / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # the write was cut short
     raise OSError(errno.ENOSPC, "No space left on device")

@@ -9,15 +9,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
 from llama_space import adapters
-from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles, runner
+
+from jobutil import finished, make_runner, poll, write_alpaca
 
 # 24 rows, 4 per rank and micro-batch: one epoch is 3 optimizer steps for 2 ranks (6 for one).
 PARAMS = dict(learning_rate=3e-2, num_epochs=1, batch_size=4, grad_accum=1, lora_dropout=0.0, save_steps=2, seed=3)
@@ -32,38 +32,14 @@ def two_gpus_visible():
         yield
 
 
-def sums(path: Path, rows: int = 24) -> Path:
-    lines = (json.dumps({"instruction": f"Add {i} and {i}.", "output": f"{i} + {i} = {2 * i}"}) for i in range(rows))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def job_runner(model: Path, root: Path) -> JobRunner:
-    return JobRunner(Settings(model=str(model), data_dir=root / "data", adapters_dir=root / "adapters"))
-
-
-def ended(job_runner: JobRunner, job_id: str) -> dict:
-    status = job_runner.wait(job_id, timeout=120, poll=0.2)
-    assert status["state"] not in jobfiles.ACTIVE_STATES, status["log_tail"]
-    return status
-
-
-def until(what: str, check, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
-def until_status(job_runner: JobRunner, job_id: str, what: str, check) -> dict:
+def until_status(runner_: JobRunner, job_id: str, what: str, check) -> dict:
     """The job's status once `check(status)` holds; fails at once if the job ends before."""
     def probe():
-        status = job_runner.status(job_id)
+        status = runner_.status(job_id)
         if check(status):
             return status
         assert status["state"] in jobfiles.ACTIVE_STATES, f"the job ended before {what}: {status}"
-    return until(what, probe)
+    return poll(what, probe, timeout=90, interval=0.05)
 
 
 class Run(NamedTuple):
@@ -83,12 +59,12 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[int, Run]:
     started = {}
     for processes, batch_size in ((2, 4), (1, 8)):
         root = tmp_path_factory.mktemp(f"processes-{processes}")
-        job_runner_ = job_runner(tiny_model_dir, root)
+        job_runner_ = make_runner(tiny_model_dir, root)
         params = TrainingParams(**{**PARAMS, "batch_size": batch_size})
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(runner, "_cuda_devices", lambda: processes)
-            started[processes] = job_runner_, job_runner_.start(sums(root / "sums.jsonl"), "sums", params), root
-    return {processes: Run(job_runner_, job_id, ended(job_runner_, job_id), root / "adapters" / "sums")
+            started[processes] = job_runner_, job_runner_.start(write_alpaca(root / "sums.jsonl"), "sums", params), root
+    return {processes: Run(job_runner_, job_id, finished(job_runner_, job_id), root / "adapters" / "sums")
             for processes, (job_runner_, job_id, root) in started.items()}
 
 
@@ -163,24 +139,24 @@ def job_processes(job_dir: Path) -> list[int]:
 
 
 def test_cancel_stops_every_rank(tiny_model_dir, tmp_path):
-    job_runner_ = job_runner(tiny_model_dir, tmp_path)
-    job_id = job_runner_.start(sums(tmp_path / "d.jsonl"), "never",
+    job_runner_ = make_runner(tiny_model_dir, tmp_path)
+    job_id = job_runner_.start(write_alpaca(tmp_path / "d.jsonl"), "never",
                                TrainingParams(**{**PARAMS, "num_epochs": 100, "batch_size": 2, "grad_accum": 2}))
     job_dir = job_runner_.registry.job_dir(job_id)
     until_status(job_runner_, job_id, "a few steps", lambda s: s["step"] >= 3)
     job_runner_.cancel(job_id)
-    status = ended(job_runner_, job_id)
+    status = finished(job_runner_, job_id)
     assert status["state"] == "cancelled" and status["error"] is None
-    until("every process of the job to exit", lambda: not job_processes(job_dir), timeout=30)
+    poll("every process of the job to exit", lambda: not job_processes(job_dir), timeout=30)
     log = (job_dir / jobfiles.LOG_FILE).read_text()
     assert "Traceback" not in log and "ChildFailedError" not in log  # no rank was left waiting, none failed
     assert not (job_dir / jobfiles.CHECKPOINTS_DIR).exists() and not (tmp_path / "adapters" / "never").exists()
 
 
 def test_ranks_outlive_a_killed_launcher_and_a_killed_job_resumes_on_both(tiny_model_dir, tmp_path):
-    job_runner_ = job_runner(tiny_model_dir, tmp_path)
+    job_runner_ = make_runner(tiny_model_dir, tmp_path)
     params = TrainingParams(**{**PARAMS, "num_epochs": 12, "batch_size": 2, "grad_accum": 2, "save_steps": 3})
-    job_id = job_runner_.start(sums(tmp_path / "d.jsonl"), "survivor", params)
+    job_id = job_runner_.start(write_alpaca(tmp_path / "d.jsonl"), "survivor", params)
     job_dir = job_runner_.registry.job_dir(job_id)
     until_status(job_runner_, job_id, "a checkpoint", lambda s: s["checkpoint_step"] and s["step"] < 30)
     launcher = int((job_dir / jobfiles.PID_FILE).read_text())
@@ -190,8 +166,8 @@ def test_ranks_outlive_a_killed_launcher_and_a_killed_job_resumes_on_both(tiny_m
         for pid in ranks:
             os.kill(pid, signal.SIGSTOP)  # hold the training where it is
         os.kill(launcher, signal.SIGKILL)
-        until("the runner to reap the launcher",
-              lambda: f"reap-{job_id}" not in {t.name for t in threading.enumerate()})
+        poll("the runner to reap the launcher",
+             lambda: f"reap-{job_id}" not in {t.name for t in threading.enumerate()})
         assert job_runner_.status(job_id)["state"] == "running"  # rank 0 still holds the job: no resume allowed
     finally:
         for pid in ranks:
@@ -201,7 +177,7 @@ def test_ranks_outlive_a_killed_launcher_and_a_killed_job_resumes_on_both(tiny_m
     checkpoint = status["checkpoint_step"]
     assert status["resumable"] and checkpoint >= 3
     job_runner_.resume(job_id)
-    status = ended(job_runner_, job_id)
+    status = finished(job_runner_, job_id)
     assert status["state"] == "completed" and status["step"] == status["total_steps"] == 36, status["error"]
     log = (job_dir / jobfiles.LOG_FILE).read_text()
     for rank in (0, 1):

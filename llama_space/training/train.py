@@ -197,10 +197,7 @@ def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict,
     from llama_space.training import lora
 
     staging = adapters.staging_path(adapters_dir, name)
-    if weights is None:
-        lora.save_adapter(model, staging, metadata["base_model"])
-    else:
-        lora.save_adapter(model, staging, metadata["base_model"], weights)
+    lora.save_adapter(model, staging, metadata["base_model"], weights)
     adapters.write_metadata(staging, metadata)
     try:
         adapters.publish(staging, adapters_dir, name)
