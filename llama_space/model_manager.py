@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
+from llama_space.admission import Admission
 from llama_space.errors import UserError
 from llama_space.batching import EngineHost, make_engine
 from llama_space.generation import GenerationStream, run_serial
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class QueueFullError(UserError):
-    """Too many generation requests are waiting; the caller should retry later."""
 
 
 class ModelManager:
@@ -44,8 +41,7 @@ class ModelManager:
         self._peft = None  # PeftModel wrapping self.model once the first adapter is loaded
         self._loaded_adapters: dict[str, float] = {}  # name -> mtime of the weights loaded
         self._lock = threading.Lock()
-        self._admission = threading.Lock()
-        self._in_flight = 0
+        self.admission = Admission(settings.max_queue + settings.concurrency)
         self._engine = None  # BatchEngine when requests are batched
 
     def load(self) -> ModelManager:
@@ -147,17 +143,6 @@ class ModelManager:
             yield
 
     # ---- generation -----------------------------------------------------------------------------
-    def _admit(self) -> None:
-        with self._admission:
-            if self._in_flight >= self.settings.max_queue + self.settings.concurrency:
-                raise QueueFullError(f"The server is busy ({self._in_flight} requests in progress or waiting); "
-                                     "try again in a moment.")
-            self._in_flight += 1
-
-    def _leave(self) -> None:
-        with self._admission:
-            self._in_flight -= 1
-
     def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> GenerationStream:
         """Start generating a reply to `messages` (see prompting.normalize_messages); iterate it for text."""
         if self.model is None:
@@ -168,12 +153,12 @@ class ModelManager:
         if adapter not in adapters.BASE_NAMES:
             self._check_adapter(adapter)  # fail fast, before queueing
         prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
-        self._admit()
+        self.admission.enter()
         try:
-            stream = GenerationStream(self.tokenizer, prompt.input_ids, params, on_end=self._leave,
+            stream = GenerationStream(self.tokenizer, prompt.input_ids, params, on_end=self.admission.leave,
                                       dropped_messages=prompt.dropped_messages)
         except BaseException:
-            self._leave()
+            self.admission.leave()
             raise
         if self._engine is not None:
             self._engine.submit(stream, adapter)

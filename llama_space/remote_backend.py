@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 
 from llama_space import adapters
+from llama_space.admission import Admission, QueueFullError
 from llama_space.errors import UserError
 from llama_space.params import GenerationParams
 
@@ -51,6 +52,8 @@ class RemoteBackend:
         self.base_name = settings.model
         self._context_window = DEFAULT_CONTEXT_WINDOW
         self._tokenizer = None
+        # The same bound as in-process: the remote has a queue of its own, but ours refuses at once.
+        self.admission = Admission(settings.max_queue + settings.concurrency)
 
     def load(self) -> RemoteBackend:
         """Check the server answers and find the base model; a UserError says what is wrong."""
@@ -121,7 +124,12 @@ class RemoteBackend:
         if params.max_new_tokens > self.settings.max_new_tokens_limit:
             raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
         body = request_body(self._model_id(adapter or ""), messages, params)
-        return RemoteStream(self, body)
+        self.admission.enter()
+        try:
+            return RemoteStream(self, body, on_end=self.admission.leave)
+        except BaseException:
+            self.admission.leave()
+            raise
 
     def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
         """The whole reply at once."""
@@ -161,7 +169,9 @@ class RemoteStream:
     `time_to_first_token`, `tokens_per_second`, `dropped_messages` (the remote trims nothing: always 0).
     """
 
-    def __init__(self, backend: RemoteBackend, body: dict) -> None:
+    def __init__(self, backend: RemoteBackend, body: dict, on_end: Callable[[], None] = lambda: None) -> None:
+        """Send the request (raising UserError if the remote refuses it); `on_end` runs once when the reply
+        is over, however it ends, but not when this raises."""
         self._started = time.perf_counter()
         self.prompt_tokens = sum(backend.count_tokens(m["content"]) for m in body["messages"])
         self._reported_tokens: int | None = None  # the remote's usage count, when it sends one
@@ -172,6 +182,7 @@ class RemoteStream:
         self._first_at: float | None = None
         self._finished_at: float | None = None
         self._response = backend._request("POST", "/chat/completions", json=body)
+        self._on_end = on_end
 
     @property
     def completion_tokens(self) -> int:
@@ -205,7 +216,7 @@ class RemoteStream:
             self._finished_at = self._finished_at or time.perf_counter()
             if not completed:
                 self.finish_reason = "cancelled"
-            self._response.close()
+            self._hang_up()
 
     def _chunks_of_reply(self) -> Iterator[dict]:
         """The JSON chunks of the stream; a remote that fails or vanishes mid-reply raises UserError."""
@@ -230,7 +241,13 @@ class RemoteStream:
         if self._finished_at is None:
             self.finish_reason = "cancelled"
             self._finished_at = time.perf_counter()
+        self._hang_up()
+
+    def _hang_up(self) -> None:
         self._response.close()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
 
 def request_body(model: str, messages: list[dict], params: GenerationParams) -> dict:
@@ -250,8 +267,6 @@ def request_body(model: str, messages: list[dict], params: GenerationParams) -> 
 
 def remote_error(response: httpx.Response, url: str) -> UserError:
     """The remote's error message as a UserError (429 as the shared queue's QueueFullError)."""
-    from llama_space.model_manager import QueueFullError
-
     try:
         message = _message(response.json(), response.text)
     except ValueError:

@@ -339,7 +339,7 @@ def test_the_app_still_serves_normally(world):
     completion = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello"}],
                                                          "max_tokens": 8})
     assert completion.status_code == 200, completion.text
-    assert world["app"].manager._in_flight == 0
+    assert world["app"].manager.admission.in_flight == 0
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "hostile-figures.json").write_text(json.dumps(
         {"cases": dict(FIGURES), "total": sum(FIGURES.values()), "too_long_seconds": TIMINGS}, indent=1))

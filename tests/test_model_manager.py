@@ -6,7 +6,8 @@ import time
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.model_manager import ModelManager, QueueFullError
+from llama_space.admission import QueueFullError
+from llama_space.model_manager import ModelManager
 from llama_space.params import GenerationParams
 from llama_space.prompting import normalize_messages
 from llama_space.settings import Settings
@@ -122,13 +123,13 @@ def test_full_queue_refuses_at_once(manager):
     others = manager.settings.max_queue + manager.settings.concurrency - 1
     try:
         for _ in range(others):  # the other running and waiting slots, taken through the counter
-            manager._admit()
+            manager.admission.enter()
         started = time.perf_counter()
         with pytest.raises(QueueFullError, match="busy"):
             manager.stream(FRANCE, GREEDY)
         assert time.perf_counter() - started < 0.5
         for _ in range(others):
-            manager._leave()
+            manager.admission.leave()
     finally:
         held.close()
     assert "Paris" in manager.generate(FRANCE, GREEDY)

@@ -47,7 +47,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 
 def idle(launched) -> Callable[[], bool]:
     manager = launched.manager
-    return lambda: manager._in_flight == 0 and not manager._lock.locked()
+    return lambda: manager.admission.in_flight == 0 and not manager._lock.locked()
 
 
 @contextmanager
@@ -86,7 +86,7 @@ def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
     gradio = Client(url, verbose=False)
     with long_stream(url):
         waiting = raw_post(url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0})
-        wait_until(lambda: manager._in_flight == 2, timeout=10)
+        wait_until(lambda: manager.admission.in_flight == 2, timeout=10)
 
         started = time.perf_counter()
         rest = httpx.post(url + "/", json={"prompt": "Hi"}, timeout=10)
@@ -133,7 +133,7 @@ def test_gradio_chat_shares_the_queue_and_frees_it_when_cancelled(launched, sdk)
     job = gradio.submit(STORY, [], "", "", 2000, 0.0, 0.9, api_name="/chat")
     wait_until(lambda: any(job.outputs()), timeout=20)  # streaming text (the first update is empty)
     waiting = raw_post(launched.url, {"prompt": "Hi", "max_new_tokens": 1})
-    wait_until(lambda: launched.manager._in_flight == 2, timeout=10)
+    wait_until(lambda: launched.manager.admission.in_flight == 2, timeout=10)
     with pytest.raises(openai.RateLimitError):
         sdk.chat.completions.create(model="base", messages=LONG["messages"], max_tokens=5)
     job.cancel()
@@ -146,7 +146,7 @@ def test_gradio_chat_cancelled_while_waiting_never_runs(launched):
     with long_stream(launched.url):
         # 40 tokens: if it leaks, it runs for a few seconds (not 1.5), and the next test does not wait long.
         job = gradio.submit(STORY, [], "", "", 40, 0.0, 0.9, api_name="/chat")
-        wait_until(lambda: launched.manager._in_flight == 2, timeout=10)
+        wait_until(lambda: launched.manager.admission.in_flight == 2, timeout=10)
         job.cancel()
         time.sleep(0.5)
     try:

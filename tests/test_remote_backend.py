@@ -126,3 +126,23 @@ def test_app_chats_through_the_other_instance(remote, tmp_path):
         reply = sdk.chat.completions.create(model="pirate", messages=HELLO, max_tokens=24, temperature=0)
         assert reply.choices[0].message.content == expected
         assert reply.usage.completion_tokens == 24
+
+
+def test_remote_requests_share_the_apps_queue_bound(remote):
+    from llama_space.admission import QueueFullError
+
+    bounded = RemoteBackend(Settings(backend_url=remote.url, backend_api_key=KEY, max_queue=1,
+                                     concurrency=1)).load()
+    long = GenerationParams(temperature=0, max_new_tokens=200)
+    try:
+        held = [bounded.stream(HELLO, long), bounded.stream(HELLO, long)]
+        with pytest.raises(QueueFullError, match="busy"):
+            bounded.stream(HELLO, GREEDY)
+        held[0].close()
+        for _ in held[1]:
+            break  # leaving the loop hangs up and gives the place back as well
+        assert bounded.admission.in_flight == 0
+        assert "".join(bounded.stream(HELLO, GREEDY))
+        assert bounded.admission.in_flight == 0
+    finally:
+        bounded.close()

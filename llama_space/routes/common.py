@@ -13,8 +13,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from llama_space import adapters
+from llama_space.admission import QueueFullError
 from llama_space.errors import UserError
-from llama_space.model_manager import QueueFullError
 
 if TYPE_CHECKING:
     from llama_space.generation import GenerationStream
