@@ -99,7 +99,9 @@ def test_rows_keep_their_own_adapter_and_sampling(serial, batched):
             (PROMPTS[1], seeded, "one")]
     expected = [serial.generate(ask(prompt), params, adapter) for prompt, params, adapter in jobs]
     assert len(set(expected[:3])) == 3  # the adapters really change the reply
+    batched._engine.largest_batch = 0
     assert together(batched, jobs) == expected
+    assert batched._engine.largest_batch >= 2  # different adapters really shared decode steps
 
 
 def test_short_and_long_replies_in_one_batch(serial, batched):
