@@ -1,10 +1,15 @@
 """Hugging Face Spaces entry point: `python app.py --help` lists every setting."""
 
 import logging
+import sys
 
-from llama_space.server import launch
+from llama_space.errors import UserError
 from llama_space.settings import load_settings
+from llama_space.web.server import launch
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(load_settings())
+    try:
+        launch(load_settings())
+    except UserError as exc:  # a setting or the model to fix: say what, without a traceback
+        sys.exit(f"Llama Space cannot start: {exc}")

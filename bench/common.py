@@ -176,7 +176,7 @@ def _serve(argv: list[str], fake: bool = False) -> None:
     if fake:
         demo = _launch_fake(settings)
     else:
-        from llama_space.server import launch
+        from llama_space.web.server import launch
 
         demo, _ = launch(settings, block=False)
     print("READY", flush=True)
@@ -220,8 +220,8 @@ class FakeManager:
 def _launch_fake(settings):
     import gradio as gr
 
-    from llama_space.routes import register_routes
-    from llama_space.ui.api import register_chat_api
+    from llama_space.web.routes import register_routes
+    from llama_space.web.ui.api import register_chat_api
 
     manager = FakeManager(settings)
     with gr.Blocks() as demo:
@@ -249,7 +249,7 @@ def _decode(model: str, dtype: str, tokens: int, threads: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList
 
-    from llama_space.fast_decode import decode_hooks
+    from llama_space.inference.fast_decode import decode_hooks
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -100,7 +100,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llama_space.model_loading import resolve_model
+    from llama_space.inference.loading import resolve_model
 
     source = resolve_model(args.model, REPO / "data" / "cache")
     counts = [int(n) for n in args.streams.split(",")]

@@ -68,7 +68,7 @@ def generated_rows(path: Path, count: int = 96) -> Path:
 
 def model_path(name: str, work: Path) -> str:
     """The embedded model's checkpoint, a path as given, or a freshly built tiny random Llama."""
-    from llama_space.model_loading import embedded_checkpoint
+    from llama_space.inference.loading import embedded_checkpoint
 
     embedded = embedded_checkpoint(REPO / "data" / "cache")
     if name == "embedded":

@@ -1,8 +1,16 @@
-"""The project's small error vocabulary."""
+"""The project's small error vocabulary; web/errors.py maps each kind to every surface (UI, API, REST, /v1)."""
 
 
 class UserError(Exception):
-    """A problem the user can fix; its text is shown to them as is."""
+    """A problem the user can fix; its text is shown to them as is (a 400 over HTTP)."""
+
+
+class NotFoundError(UserError):
+    """The thing asked for (an adapter, a model id, a job) does not exist (a 404 over HTTP)."""
+
+
+class BackendError(UserError):
+    """The remote chat backend is down or answered something unusable (a 502 over HTTP)."""
 
 
 class ModelLoadError(UserError):

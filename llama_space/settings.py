@@ -59,8 +59,10 @@ class Settings:
         self.data_dir = Path(self.data_dir)
         if not 0 < self.port < 65536:
             raise UserError(f"port must be between 1 and 65535, got {self.port}")
-        if self.auth and ":" not in self.auth:
-            raise UserError("auth must look like USER:PASS")
+        if self.auth:
+            user, sep, password = self.auth.partition(":")
+            if not sep or not user or not password:
+                raise UserError("auth must be USER:PASS with a user name and a password, e.g. --auth alice:s3cret")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         for name in ("max_queue", "concurrency", "max_upload_mb", "max_new_tokens_limit"):

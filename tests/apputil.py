@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
 
-    from llama_space.model_manager import ModelManager
+    from llama_space.inference.backend import ChatBackend
 
 LOOPBACK = "127.0.0.1"
 
@@ -59,8 +59,8 @@ class LaunchedApp:
     settings: Settings
 
     @property
-    def manager(self) -> ModelManager:
-        return self.app.state.manager
+    def backend(self) -> ChatBackend:
+        return self.app.state.backend
 
 
 @contextmanager
@@ -70,7 +70,7 @@ def launched_app(settings: Settings, attempts: int = 3) -> Iterator[LaunchedApp]
     Everything `launch` serves is there: the UI, the Gradio API, POST / and /v1. It starts again on
     another port in the rare case of the free port being taken before the server binds it.
     """
-    from llama_space.server import launch
+    from llama_space.web.server import launch
 
     for attempt in range(attempts):
         settings = dataclasses.replace(settings, host=LOOPBACK, port=free_port())

@@ -12,9 +12,10 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space import oauth, security
+from llama_space.service.permissions import Permissions, oauth_enabled
+from llama_space.web import auth, oauth
 from llama_space.errors import UserError
-from llama_space.janitor import Janitor
+from llama_space.web.janitor import Janitor
 from llama_space.settings import Settings, load_settings
 
 from apputil import free_port, launched_app
@@ -64,8 +65,11 @@ def test_auth_comes_from_the_flag_or_the_environment():
     assert load_settings(["--auth", "a:b"], environ={}).auth_pair == ("a", "b")
     from_env = load_settings([], environ={"LLAMA_SPACE_AUTH": "a:b:c", "LLAMA_SPACE_API_KEY": "k"})
     assert from_env.auth_pair == ("a", "b:c") and from_env.api_key == "k"
-    assert "middleware" in security.app_kwargs(from_env)
-    assert "middleware" not in security.app_kwargs(Settings())
+    assert len(auth.middleware(from_env)) == 1
+    assert auth.middleware(Settings()) == []
+    for empty in ("alice:", ":secret", ":"):
+        with pytest.raises(UserError, match="user name and a password"):
+            load_settings(["--auth", empty], environ={})
 
 
 def test_anonymous_requests_are_refused_everywhere(guarded):
@@ -166,7 +170,7 @@ def test_logging_in_through_the_browser(guarded):
 
 def test_exposed_without_auth_refuses_changes_but_chats(tiny_model_dir, tmp_path):
     """Listening on 0.0.0.0 without --auth: training, deleting and pushing are off, chat works."""
-    from llama_space.server import launch
+    from llama_space.web.server import launch
 
     settings = Settings(model=str(tiny_model_dir), adapters_dir=tmp_path / "adapters", data_dir=tmp_path / "data",
                         host="0.0.0.0", port=free_port())
@@ -198,7 +202,7 @@ def test_exposed_without_auth_refuses_changes_but_chats(tiny_model_dir, tmp_path
 
 
 def test_exposed_changes_can_be_allowed_explicitly(tiny_model_dir, tmp_path):
-    from llama_space.server import launch
+    from llama_space.web.server import launch
 
     settings = load_settings([], environ={"LLAMA_SPACE_ALLOW_PUBLIC_CHANGES": "true", "GRADIO_SERVER_NAME": "0.0.0.0",
                                           "GRADIO_SERVER_PORT": str(free_port()), "MODEL_ID": str(tiny_model_dir),
@@ -231,17 +235,19 @@ def on_oauth_space(monkeypatch):
 
 
 def run_as(userinfo: dict | None) -> None:
+    """A change asked for by a Gradio request signed in as `userinfo`, on an app exposed without a password."""
     from gradio.context import LocalContext
 
+    exposed = Settings(host="0.0.0.0")
     token = LocalContext.request.set(FakeRequest(userinfo))
     try:
-        oauth.check_oauth_change()
+        Permissions(exposed, oauth.current_profile).require_change()
     finally:
         LocalContext.request.reset(token)
 
 
 def test_oauth_changes_need_the_space_owner(on_oauth_space):
-    assert oauth.oauth_enabled()
+    assert oauth_enabled()
     with pytest.raises(UserError, match="Sign in with Hugging Face"):
         run_as(None)
     with pytest.raises(UserError, match="Only owner may"):
@@ -256,12 +262,13 @@ def test_oauth_login_guards_the_change_actions(on_oauth_space, tmp_path):
 
     from gradio.context import LocalContext
 
-    from llama_space.ui.training_api import TrainingActions
+    from llama_space.service.actions import Actions
 
     settings = Settings(adapters_dir=tmp_path / "adapters", data_dir=tmp_path / "data")
     assert settings.exposed and not settings.changes_allowed  # a Space, no --auth
-    manager = SimpleNamespace(settings=settings, unload_adapter=lambda name: None)
-    actions = TrainingActions(manager, runner=None, allow_changes=True)
+    backend = SimpleNamespace(settings=settings, unload_adapter=lambda name: None)
+    actions = Actions(backend, runner=None, permissions=Permissions(settings, oauth.current_profile))
+    assert actions.permissions.controls_on
     for userinfo, error in [(None, "Sign in with Hugging Face"), ({"preferred_username": "x"}, "Only owner"),
                             ({"preferred_username": "owner"}, "no adapter named 'gone'")]:
         token = LocalContext.request.set(FakeRequest(userinfo))
@@ -275,8 +282,10 @@ def test_oauth_login_guards_the_change_actions(on_oauth_space, tmp_path):
 def test_oauth_rules_are_off_elsewhere(monkeypatch):
     for name in ("SPACE_ID", "OAUTH_CLIENT_ID"):
         monkeypatch.delenv(name, raising=False)
-    assert not oauth.oauth_enabled()
-    run_as(None)  # no Space, no OAuth: the password/exposure rules alone decide
+    assert not oauth_enabled()
+    with pytest.raises(UserError, match="reachable by anyone without a password"):
+        run_as(None)  # no Space, no OAuth: the password/exposure rules alone decide
+    Permissions(Settings()).require_change()  # loopback: allowed
 
 
 def test_janitor_removes_finished_scratch_only(tmp_path):

@@ -4,18 +4,18 @@ parameters and adapter; stopping, finishing and failing one row leaves the other
 float32 throughout: in bfloat16 a row's greedy text may depend on what it is batched with.
 """
 
-import json
 import threading
 import time
 
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.model_manager import ModelManager
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
+from llama_space.inference.manager import ModelManager
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 
+from adapterutil import random_adapter
 from conftest import MODEL_CACHE
 
 PROMPTS = ["What is the capital of France?", "Name three colours.", "Tell me a joke about cats.",
@@ -43,25 +43,11 @@ def together(manager, jobs: list[tuple[str, GenerationParams, str]]) -> list[str
     return replies
 
 
-def make_adapter(source, directory, seed: int) -> None:
-    """A LoRA adapter with random non-zero weights, saved as training saves one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
-                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                                      init_lora_weights=False))
-    model.save_pretrained(directory)
-    (directory / "llama_space.json").write_text(json.dumps({"base_model": str(source)}))
-
-
 @pytest.fixture(scope="module")
 def adapters_dir(tmp_path_factory, tiny_model_dir):
     directory = tmp_path_factory.mktemp("adapters")
-    make_adapter(tiny_model_dir, directory / "one", seed=1)
-    make_adapter(tiny_model_dir, directory / "two", seed=2)
+    random_adapter(tiny_model_dir, directory / "one", seed=1)
+    random_adapter(tiny_model_dir, directory / "two", seed=2)
     return directory
 
 
@@ -160,7 +146,7 @@ def test_adapter_unloaded_mid_reply_fails_only_its_row(serial, batched):
 
 
 def test_compiled_decode_or_one_at_a_time_serves_serially(tiny_model_dir, adapters_dir, monkeypatch):
-    from llama_space import batching
+    from llama_space.inference import batching
 
     assert not tiny_manager(tiny_model_dir, adapters_dir, concurrency=1).batching
     monkeypatch.setattr(batching, "supports_batching", lambda model: (False, "compiled"))

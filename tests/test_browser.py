@@ -130,12 +130,23 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     for _ in range(6):  # ~3 s at ~15 tokens/s would add dozens of characters if it were still going
         time.sleep(0.5)
         assert len(last_reply(page)) == stopped_at, "the answer kept growing after Stop"
-    assert app.manager.admission.in_flight == 0, "the model is still generating for nobody"
+    assert app.backend.admission.in_flight == 0, "the model is still generating for nobody"
     # The stopped reply ends by itself: no red "Error" badge or error toast (Gradio's cancels= left one at times).
     assert not error_marks(page), error_marks(page)
 
-    # 3b. Ask again and press Clear mid-answer: the chat empties and stays empty, with no error shown.
-    send(page, "Tell me a long story about a lighthouse keeper.")
+    # 3b. Type a two-line message (Shift+Enter breaks the line, Enter sends it), then press Clear mid-answer:
+    # the chat empties and stays empty, with no error shown.
+    box = page.locator("#chat-input textarea")
+    box.click()
+    box.press_sequentially("Tell me a long story")
+    box.press("Shift+Enter")
+    assert box.input_value() == "Tell me a long story\n", "Shift+Enter did not break the line"
+    box.press_sequentially("about a lighthouse keeper.")
+    box.press("Enter")
+    users = page.locator("#chatbot [data-testid=user]")
+    poll("the two-line message to be sent", lambda: users.count() and "lighthouse" in users.last.inner_text())
+    assert users.last.inner_text().splitlines()[:2] == ["Tell me a long story", "about a lighthouse keeper."]
+    assert box.input_value() == ""
     poll("the second story to be under way", lambda: len(last_reply(page)) > 40, timeout=180)
     page.click("#clear")
     bots = page.locator("#chatbot [data-testid=bot]")
@@ -143,10 +154,15 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     for _ in range(6):  # no late update of the cleared reply brings it back
         time.sleep(0.5)
         assert bots.count() == 0 and not stats(page).strip(), (last_reply(page), stats(page))
-    assert app.manager.admission.in_flight == 0 and not error_marks(page), error_marks(page)
+    assert app.backend.admission.in_flight == 0 and not error_marks(page), error_marks(page)
 
-    # 4. Upload the persona data: the validation report and a preview with trained tokens marked.
+    # 4. Before any job the Fine-tune tab says so, with no empty plot (whose legend read "-Infinity").
     open_tab(page, "Fine-tune")
+    poll("the no-job note", lambda: "No training job yet" in page.locator("#job-progress").inner_text())
+    assert "Infinity" not in page.locator("body").inner_text()
+    assert not page.locator("#loss-plot").is_visible()
+
+    # 4b. Upload the persona data: the validation report and a preview with trained tokens marked.
     page.set_input_files("#dataset-upload input[type=file]", str(PERSONA))
     report = poll("the validation report", lambda: (text := page.locator("#dataset-report").inner_text())
                   and "trained" in text and text, timeout=180)

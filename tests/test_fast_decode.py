@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks, generate_overrides,
+from llama_space.inference.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks, generate_overrides,
                                      prepare_decode, should_compile)
-from llama_space.model_manager import ModelManager
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
+from llama_space.inference.manager import ModelManager
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 
 

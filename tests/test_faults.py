@@ -21,7 +21,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from llama_space import adapters
-from llama_space.janitor import Janitor
+from llama_space.web.janitor import Janitor
 from llama_space.procutil import pid_alive
 from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles

@@ -309,7 +309,7 @@ def test_pickle_only_adapter_is_never_listed_or_loaded(world):
 
 def test_remote_code_in_a_model_dir_never_runs(tiny_model_dir, tmp_path):
     """A model whose config points at its own Python code is loaded as plain Llama (or refused), never run."""
-    from llama_space.model_loading import load_model
+    from llama_space.inference.loading import load_model
     from llama_space.training import lora
 
     model_dir = tmp_path / "remote-code-model"
@@ -339,7 +339,7 @@ def test_the_app_still_serves_normally(world):
     completion = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello"}],
                                                          "max_tokens": 8})
     assert completion.status_code == 200, completion.text
-    assert world["app"].manager.admission.in_flight == 0
+    assert world["app"].backend.admission.in_flight == 0
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "hostile-figures.json").write_text(json.dumps(
         {"cases": dict(FIGURES), "total": sum(FIGURES.values()), "too_long_seconds": TIMINGS}, indent=1))

@@ -15,12 +15,7 @@ from llama_space.errors import UserError
 from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles
 
-
-def write_alpaca(path: Path, rows: int = 12) -> Path:
-    with open(path, "w") as f:
-        for i in range(rows):
-            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n")
-    return path
+from jobutil import write_alpaca
 
 
 @pytest.fixture
@@ -30,7 +25,7 @@ def settings(tiny_model_dir, tmp_path) -> Settings:
 
 def test_create_validates_copies_and_records_the_job(settings, tmp_path):
     runner = JobRunner(settings)
-    data = write_alpaca(tmp_path / "upload.jsonl")
+    data = write_alpaca(tmp_path / "upload.jsonl", rows=12)
     job_id = runner.registry.create(data, "my-adapter", TrainingParams(max_steps=3))
     job_dir = runner.registry.job_dir(job_id)
     assert job_dir == settings.data_dir.resolve() / "jobs" / job_id

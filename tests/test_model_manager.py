@@ -1,17 +1,17 @@
 """The model manager on the embedded SmolLM2 model: answers, streaming, stop, trimming, adapters."""
 
-import json
 import time
 
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.admission import QueueFullError
-from llama_space.model_manager import ModelManager
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
+from llama_space.inference.admission import QueueFullError
+from llama_space.inference.manager import ModelManager
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 
+from adapterutil import random_adapter
 from conftest import MODEL_CACHE
 
 GREEDY = GenerationParams(temperature=0, max_new_tokens=40)
@@ -27,20 +27,6 @@ def adapters_dir(tmp_path_factory):
 def manager(embedded_dir, adapters_dir):
     settings = Settings(data_dir=MODEL_CACHE.parent, adapters_dir=adapters_dir, max_queue=1)
     return ModelManager(settings).load()
-
-
-def make_adapter(manager, directory, base_model):
-    """A LoRA adapter with random (non-zero) weights on the embedded model, saved like a trained one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(manager.source)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(model, config)
-    peft_model.save_pretrained(directory)
-    (directory / "llama_space.json").write_text(json.dumps({"base_model": base_model}))
 
 
 def test_greedy_answer_knows_paris(manager):
@@ -95,7 +81,7 @@ def test_trimmed_history_keeps_system_prompt_and_newest_turn(manager):
 
 
 def test_adapter_changes_output_and_base_restores_it(manager, adapters_dir):
-    make_adapter(manager, adapters_dir / "noisy", manager.base_name)
+    random_adapter(manager.source, adapters_dir / "noisy", r=8, alpha=64, base_model=manager.base_name)
     before = manager.generate(FRANCE, GREEDY)
     assert manager.list_adapters() == ["noisy"]
     with_adapter = manager.generate(FRANCE, GREEDY, adapter="noisy")
@@ -107,7 +93,8 @@ def test_adapter_changes_output_and_base_restores_it(manager, adapters_dir):
 
 
 def test_adapter_from_another_base_is_refused(manager, adapters_dir):
-    make_adapter(manager, adapters_dir / "foreign", "meta-llama/Llama-3.1-8B-Instruct")
+    random_adapter(manager.source, adapters_dir / "foreign", r=8, alpha=64,
+                   base_model="meta-llama/Llama-3.1-8B-Instruct")
     with pytest.raises(UserError, match="trained on meta-llama/Llama-3.1-8B-Instruct"):
         manager.generate(FRANCE, GREEDY, adapter="foreign")
 
@@ -136,7 +123,7 @@ def test_full_queue_refuses_at_once(manager):
 
 
 def test_compile_setting_reaches_the_decode_plan(monkeypatch, tiny_model_dir):
-    import llama_space.model_loading as model_loading
+    import llama_space.inference.loading as model_loading
 
     modes = []
     monkeypatch.setattr(model_loading, "prepare_decode", lambda model, tokenizer, mode: modes.append(mode))

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from adapterutil import random_adapter
 from apputil import running_app
 from conftest import MODEL_CACHE
 from llama_space.settings import Settings
@@ -97,22 +98,10 @@ def test_system_and_developer_messages_and_text_parts(client):
     assert reply.choices[0].message.content
 
 
-def make_lora(source, out_dir):
-    """A random-weight LoRA on the embedded model, saved the way a trained adapter is."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(5)
-    model = AutoModelForCausalLM.from_pretrained(source)
-    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out_dir)
-
-
 def test_models_lists_base_and_adapters_without_restart(client, adapters_dir, embedded_dir):
     assert [m.id for m in client.models.list()] == [BASE]
     assert client.models.retrieve(BASE).id == BASE
-    make_lora(embedded_dir, adapters_dir / "pirate")
+    random_adapter(embedded_dir, adapters_dir / "pirate", seed=5, alpha=64, base_model="")
     assert [m.id for m in client.models.list()] == [BASE, "pirate"]
     assert client.models.retrieve("pirate").owned_by == "llama-space"
     reply = client.chat.completions.create(model="pirate", messages=FRANCE, **GREEDY)

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from llama_space.errors import UserError
-from llama_space.prompting import build_prompt, normalize_messages
+from llama_space.inference.prompting import build_prompt, normalize_messages
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 
 
 def idle(launched) -> Callable[[], bool]:
-    manager = launched.manager
+    manager = launched.backend
     return lambda: manager.admission.in_flight == 0 and not manager._lock.locked()
 
 
@@ -82,7 +82,7 @@ def assert_served_promptly(url: str) -> None:
 
 
 def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
-    url, manager = launched.url, launched.manager
+    url, manager = launched.url, launched.backend
     gradio = Client(url, verbose=False)
     with long_stream(url):
         waiting = raw_post(url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0})
@@ -108,12 +108,12 @@ def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
 def test_dropped_stream_frees_its_slot_within_a_step(launched, sdk, client):
     if client == "httpx":
         with long_stream(launched.url):
-            assert launched.manager._lock.locked()
+            assert launched.backend._lock.locked()
     else:
         stream = sdk.chat.completions.create(model="base", stream=True, **LONG)
         for _ in range(3):
             next(stream)
-        assert launched.manager._lock.locked()
+        assert launched.backend._lock.locked()
         stream.close()
     assert wait_until(idle(launched), timeout=2) < 2
     assert_served_promptly(launched.url)
@@ -121,7 +121,7 @@ def test_dropped_stream_frees_its_slot_within_a_step(launched, sdk, client):
 
 def test_dropped_non_streaming_request_frees_its_slot(launched):
     sock = raw_post(launched.url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0})
-    wait_until(launched.manager._lock.locked, timeout=10)
+    wait_until(launched.backend._lock.locked, timeout=10)
     time.sleep(0.5)  # generating now
     sock.close()
     assert wait_until(idle(launched), timeout=2) < 2
@@ -133,7 +133,7 @@ def test_gradio_chat_shares_the_queue_and_frees_it_when_cancelled(launched, sdk)
     job = gradio.submit(STORY, [], "", "", 2000, 0.0, 0.9, api_name="/chat")
     wait_until(lambda: any(job.outputs()), timeout=20)  # streaming text (the first update is empty)
     waiting = raw_post(launched.url, {"prompt": "Hi", "max_new_tokens": 1})
-    wait_until(lambda: launched.manager.admission.in_flight == 2, timeout=10)
+    wait_until(lambda: launched.backend.admission.in_flight == 2, timeout=10)
     with pytest.raises(openai.RateLimitError):
         sdk.chat.completions.create(model="base", messages=LONG["messages"], max_tokens=5)
     job.cancel()
@@ -146,7 +146,7 @@ def test_gradio_chat_cancelled_while_waiting_never_runs(launched):
     with long_stream(launched.url):
         # 40 tokens: if it leaks, it runs for a few seconds (not 1.5), and the next test does not wait long.
         job = gradio.submit(STORY, [], "", "", 40, 0.0, 0.9, api_name="/chat")
-        wait_until(lambda: launched.manager.admission.in_flight == 2, timeout=10)
+        wait_until(lambda: launched.backend.admission.in_flight == 2, timeout=10)
         job.cancel()
         time.sleep(0.5)
     try:

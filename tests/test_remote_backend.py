@@ -1,16 +1,17 @@
 """RemoteBackend against a real second Llama Space (tiny model) on loopback, and an app chatting through it."""
 
-import json
 import time
 
 import pytest
 
+from adapterutil import random_adapter
 from apputil import free_port, launched_app
 from conftest import MODEL_CACHE
 from llama_space.errors import UserError
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
-from llama_space.remote_backend import RemoteBackend, make_backend
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
+from llama_space.inference.backend import make_backend
+from llama_space.inference.remote import RemoteBackend
 from llama_space.settings import Settings
 
 KEY = "remote-secret"
@@ -18,24 +19,11 @@ GREEDY = GenerationParams(temperature=0, max_new_tokens=24)
 HELLO = normalize_messages([], "Hello there, who are you?")
 
 
-def save_adapter(base_dir, directory):
-    """A LoRA adapter with random non-zero weights on the tiny model, saved like a trained one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(directory)
-    (directory / "llama_space.json").write_text(json.dumps({"base_model": str(base_dir)}))
-
-
 @pytest.fixture(scope="module")
 def remote(tiny_model_dir, tmp_path_factory):
     """The second instance: a real app serving the tiny model and one adapter, /v1 behind a key."""
     adapters_dir = tmp_path_factory.mktemp("remote-adapters")
-    save_adapter(tiny_model_dir, adapters_dir / "pirate")
+    random_adapter(tiny_model_dir, adapters_dir / "pirate", seed=3)
     settings = Settings(model=str(tiny_model_dir), adapters_dir=adapters_dir, data_dir=MODEL_CACHE.parent,
                         api_key=KEY, max_new_tokens_limit=256, dtype="float32")
     with launched_app(settings) as app:
@@ -55,7 +43,7 @@ def test_make_backend_picks_remote_only_with_a_url(remote):
 
 
 def test_remote_lists_base_and_adapters(backend, remote):
-    assert backend.base_name == remote.manager.base_name
+    assert backend.base_name == remote.backend.base_name
     assert backend.list_adapters() == backend.loaded_adapters() == ["pirate"]
     backend.load_adapter("pirate")
     with pytest.raises(UserError, match="Unknown adapter 'nope'"):
@@ -68,7 +56,7 @@ def test_streamed_reply_equals_the_remote_models_greedy_reply(backend, remote, a
     stream = backend.stream(HELLO, GREEDY, adapter)
     chunks = list(stream)
     assert len(chunks) > 1
-    assert "".join(chunks) == remote.manager.generate(HELLO, GREEDY, adapter)
+    assert "".join(chunks) == remote.backend.generate(HELLO, GREEDY, adapter)
     assert stream.completion_tokens == 24 and stream.finish_reason == "length"
     assert stream.prompt_tokens > 0 and stream.time_to_first_token > 0 and stream.tokens_per_second > 0
     assert stream.dropped_messages == 0
@@ -86,9 +74,9 @@ def test_close_hangs_up_and_frees_the_remote_model(backend, remote):
     stream.close()
     assert stream.finish_reason == "cancelled" and 0 < stream.completion_tokens < 256
     deadline = time.monotonic() + 10
-    while remote.manager._lock.locked() and time.monotonic() < deadline:
+    while remote.backend._lock.locked() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not remote.manager._lock.locked()
+    assert not remote.backend._lock.locked()
 
 
 def test_remote_errors_become_user_errors_with_its_message(backend, remote):
@@ -111,25 +99,25 @@ def test_app_chats_through_the_other_instance(remote, tmp_path):
     import openai
     from gradio_client import Client
 
-    expected = remote.manager.generate(HELLO, GREEDY, "pirate")
+    expected = remote.backend.generate(HELLO, GREEDY, "pirate")
     settings = Settings(backend_url=remote.url + "/v1", backend_api_key=KEY, adapters_dir=tmp_path,
                         data_dir=tmp_path, max_new_tokens_limit=256)
     with launched_app(settings) as front:
-        assert isinstance(front.manager, RemoteBackend)
+        assert isinstance(front.backend, RemoteBackend)
         client = Client(front.url, verbose=False)
         updates = list(client.submit(message=HELLO[-1]["content"], history=[], system_prompt="",
                                      adapter="pirate", max_new_tokens=24, temperature=0, top_p=1.0,
                                      api_name="/chat"))
         assert updates[-1] == expected
         sdk = openai.OpenAI(base_url=front.url + "/v1", api_key="unused")
-        assert [m.id for m in sdk.models.list()] == [remote.manager.base_name, "pirate"]
+        assert [m.id for m in sdk.models.list()] == [remote.backend.base_name, "pirate"]
         reply = sdk.chat.completions.create(model="pirate", messages=HELLO, max_tokens=24, temperature=0)
         assert reply.choices[0].message.content == expected
         assert reply.usage.completion_tokens == 24
 
 
 def test_remote_requests_share_the_apps_queue_bound(remote):
-    from llama_space.admission import QueueFullError
+    from llama_space.inference.admission import QueueFullError
 
     bounded = RemoteBackend(Settings(backend_url=remote.url, backend_api_key=KEY, max_queue=1,
                                      concurrency=1)).load()

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from adapterutil import random_adapter
 from apputil import launched_app
 from llama_space.settings import Settings
 
@@ -73,22 +74,10 @@ def test_optional_keys_shape_the_reply(url):
     assert sampled.status_code == 200
 
 
-def make_lora(model_dir, out_dir):
-    """A random-weight LoRA on the tiny model, saved the way a trained adapter is."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out_dir)
-
-
 def test_adapter_trained_after_start_is_usable(url, roomy_tiny_dir, adapters_dir):
     assert post(url, {"prompt": "Hi", "adapter": "fresh"}).status_code == 404
-    make_lora(roomy_tiny_dir, adapters_dir / "fresh")
+    random_adapter(roomy_tiny_dir, adapters_dir / "fresh", seed=3, alpha=64,
+                   targets=("q_proj", "v_proj", "o_proj"), base_model="")
     reply = post(url, {"prompt": "Hi", "adapter": "fresh", "max_new_tokens": 4, "temperature": 0})
     assert reply.status_code == 200 and isinstance(reply.json()["response"], str)
 
@@ -129,7 +118,7 @@ def test_a_failing_model_is_a_json_500_on_every_route(launched, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory (simulated)")
 
-    monkeypatch.setattr(launched.manager.model, "forward", broken)
+    monkeypatch.setattr(launched.backend.model, "forward", broken)
     reply = post(launched.url, {"prompt": "Hi", "max_new_tokens": 2})
     assert reply.status_code == 500 and reply.json()["status"] == 500
     assert "server error" in reply.json()["error"] and "CUDA" not in reply.text

@@ -46,8 +46,13 @@ def normalize_messages(history: list[dict] | None, message: str | None = None,
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)
+    from jinja2 import TemplateError
+
+    try:
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)
+    except TemplateError as exc:  # the template's own raise_exception, e.g. "roles must alternate"
+        raise UserError(f"The model's chat template refused this conversation: {exc}") from None
     return list(encoded["input_ids"])
 
 

@@ -8,7 +8,6 @@ import re
 import shutil
 import tempfile
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,27 +81,13 @@ class Janitor:
         return sum(_remove(path) for path in old)
 
 
-def janitor_lifespan(settings: Settings, interval: float = 3600):
-    """A FastAPI lifespan that sweeps at start-up and then every `interval` seconds while serving."""
-
-    @asynccontextmanager
-    async def lifespan(app):
-        janitor = Janitor(settings, getattr(app, "uploaded_file_dir", None))
-
-        async def loop() -> None:
-            while True:
-                try:
-                    removed = await asyncio.to_thread(janitor.sweep)
-                    if any(removed.values()):
-                        log.info("cleaned up %s", removed)
-                except Exception:  # noqa: BLE001 - a failed sweep must not stop serving; the next one retries
-                    log.exception("clean-up failed")
-                await asyncio.sleep(interval)
-
-        task = asyncio.create_task(loop())
+async def sweep_forever(janitor: Janitor, interval: float = 3600) -> None:
+    """Sweep now and then every `interval` seconds (run as a task for as long as the app serves)."""
+    while True:
         try:
-            yield
-        finally:
-            task.cancel()
-
-    return lifespan
+            removed = await asyncio.to_thread(janitor.sweep)
+            if any(removed.values()):
+                log.info("cleaned up %s", removed)
+        except Exception:  # noqa: BLE001 - a failed sweep must not stop serving; the next one retries
+            log.exception("clean-up failed")
+        await asyncio.sleep(interval)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.errors import ModelLoadError
-from llama_space.fast_decode import attention_implementation, prepare_decode
+from llama_space.inference.fast_decode import attention_implementation, prepare_decode
 
 if TYPE_CHECKING:
     import torch

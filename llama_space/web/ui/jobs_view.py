@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import html
 
+import gradio as gr
 import pandas as pd
-
-EMPTY_PLOT = pd.DataFrame({"step": [], "loss": [], "series": []})
 
 
 def _eta(seconds) -> str:
@@ -42,14 +41,24 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     """Long-format loss history for gr.LinePlot: one row per (step, series)."""
     rows = [{"step": m["step"], "loss": m[key], "series": key}
             for m in metrics for key in ("loss", "eval_loss") if isinstance(m.get(key), (int, float))]
-    return pd.DataFrame(rows) if rows else EMPTY_PLOT
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
-def job_view(status: dict) -> tuple[str, pd.DataFrame, str]:
-    """(progress HTML, loss plot data, log tail) for one job status."""
-    return progress_html(status), loss_frame(status.get("metrics") or []), status.get("log_tail", "")
+def loss_plot(metrics: list[dict]) -> gr.LinePlot:
+    """The loss plot, hidden until a loss is logged (an empty plot draws a meaningless "-Infinity" legend)."""
+    frame = loss_frame(metrics)
+    return gr.LinePlot(frame, visible=not frame.empty)
 
 
-def no_job_view() -> tuple[str, pd.DataFrame, str]:
+def job_view(status: dict) -> tuple[str, gr.LinePlot, str]:
+    """(progress HTML, loss plot, log tail) for one job status."""
+    html_text = progress_html(status)
+    metrics = status.get("metrics") or []
+    if loss_frame(metrics).empty:
+        html_text += "<div class='job-note'>The loss plot appears once the first step is logged.</div>"
+    return html_text, loss_plot(metrics), status.get("log_tail", "")
+
+
+def no_job_view() -> tuple[str, gr.LinePlot, str]:
     """What the job panel shows before any job exists."""
-    return "<div>No training job yet: upload data and press Start training.</div>", EMPTY_PLOT, ""
+    return "<div>No training job yet: upload data and press Start training.</div>", loss_plot([]), ""

@@ -8,11 +8,12 @@ import gradio as gr
 
 from llama_space.errors import UserError
 from llama_space.training.params import TrainingParams
-from llama_space.ui.jobs_view import job_view, no_job_view
-from llama_space.ui.training_api import PARAM_FIELDS, as_gradio_error
+from llama_space.web.ui.jobs_view import job_view, no_job_view
+from llama_space.service.actions import PARAM_FIELDS
+from llama_space.web.errors import user_facing
 
 if TYPE_CHECKING:
-    from llama_space.ui.training_api import TrainingActions
+    from llama_space.service.actions import Actions
 
 POLL_SECONDS = 1.0
 
@@ -40,10 +41,11 @@ def _preset_values(name: str) -> list:
     return [getattr(params, field) or 0 for field in PARAM_FIELDS]
 
 
-def build_finetune_tab(actions: TrainingActions):
+def build_finetune_tab(actions: Actions):
     """Lay out the tab and wire its events; returns the job poller for the page-load hook."""
-    if not actions.allow_changes:
-        gr.Markdown(f"⚠️ {actions.disabled_reason}", elem_id="training-disabled")
+    allow_changes = actions.permissions.controls_on
+    if not allow_changes:
+        gr.Markdown(f"⚠️ {actions.permissions.disabled_reason}", elem_id="training-disabled")
     with gr.Row():
         with gr.Column():
             upload = gr.File(label="Instruction data (JSON, JSONL, CSV or Parquet)", file_types=[
@@ -62,13 +64,14 @@ def build_finetune_tab(actions: TrainingActions):
                     inputs += [gr.Number(value, label=field.replace("_", " "), elem_id=f"param-{field}",
                                          min_width=100) for field, value in defaults[row:row + 3]]
             with gr.Row():
-                start = gr.Button("Start training", variant="primary", interactive=actions.allow_changes,
+                start = gr.Button("Start training", variant="primary", interactive=allow_changes,
                                   elem_id="start-training")
-                cancel = gr.Button("Cancel", elem_id="cancel-training", interactive=actions.allow_changes)
-                resume = gr.Button("Resume", elem_id="resume-training", interactive=actions.allow_changes)
+                cancel = gr.Button("Cancel", elem_id="cancel-training", interactive=allow_changes)
+                resume = gr.Button("Resume", elem_id="resume-training", interactive=allow_changes)
     job_id = gr.State("")
     progress_html = gr.HTML(elem_id="job-progress")
-    loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="loss-plot", height=260)
+    loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="loss-plot", height=260,
+                            visible=False)
     log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
     hidden = {"api_visibility": "private"}
     max_length = inputs[PARAM_FIELDS.index("max_length")]
@@ -91,12 +94,14 @@ def build_finetune_tab(actions: TrainingActions):
         status = actions.current(current)
         return (status["job_id"], *job_view(status)) if status else ("", *no_job_view())
 
+    on_upload = user_facing(on_upload, "checking the dataset")
+    poll = user_facing(poll, "reading the job status")
     upload.upload(on_upload, [upload, max_length], [report_md, problems, preview], **hidden)
     max_length.submit(on_upload, [upload, max_length], [report_md, problems, preview], **hidden)
     preset.change(_preset_values, preset, inputs, queue=False, **hidden)
-    start.click(as_gradio_error(on_start), [upload, adapter_name, preset, *inputs], job_id, **hidden)
-    cancel.click(as_gradio_error(actions.cancel), job_id, None, **hidden)
-    resume.click(as_gradio_error(lambda current: actions.resume(current)["job_id"]), job_id, job_id, **hidden)
+    start.click(user_facing(on_start), [upload, adapter_name, preset, *inputs], job_id, **hidden)
+    cancel.click(user_facing(actions.cancel), job_id, None, **hidden)
+    resume.click(user_facing(lambda current: actions.resume(current)["job_id"], "resuming the job"), job_id, job_id, **hidden)
     outputs = [job_id, progress_html, loss_plot, log_tail]
     gr.Timer(POLL_SECONDS).tick(poll, job_id, outputs, queue=False, show_progress="hidden", **hidden)
     return poll, job_id, outputs

@@ -10,18 +10,17 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
-from llama_space.routes.common import RequestError, get_field
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
+from llama_space.web.errors import RequestError
+from llama_space.web.routes.common import get_field
 
 if TYPE_CHECKING:
-    from llama_space.generation import GenerationStream
-    from llama_space.model_manager import ModelManager
+    from llama_space.inference.backend import ReplyStream
+    from llama_space.inference.backend import ChatBackend
 
 DEFAULT_MAX_TOKENS = 512
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               429: "rate_limit_error"}
 # Request fields whose meaning we cannot honour: refusing them beats silently answering something else.
 UNSUPPORTED = {"tools": "tool calling", "functions": "function calling", "logprobs": "logprobs",
                "audio": "audio output"}
@@ -41,25 +40,19 @@ class ChatRequest:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def error_body(exc: RequestError) -> dict:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    return {"error": {"message": exc.message, "type": ERROR_TYPES.get(exc.status, "server_error"),
-                      "param": exc.param, "code": exc.code}}
-
-
-def model_adapter(manager: ModelManager, model: str) -> str:
+def model_adapter(backend: ChatBackend, model: str) -> str:
     """The adapter a model id names ("" for the base model), or a 404 model_not_found."""
-    if model in (manager.base_name, *adapters.BASE_NAMES):
+    if model in (backend.base_name, *adapters.BASE_NAMES):
         return ""
-    if model in manager.list_adapters():
+    if model in backend.list_adapters():
         return model
-    raise RequestError(404, f"Unknown model {model!r}. Available: {', '.join(model_ids(manager))} "
+    raise RequestError(404, f"Unknown model {model!r}. Available: {', '.join(model_ids(backend))} "
                             "(or \"base\" for the base model).", "model", "model_not_found")
 
 
-def model_ids(manager: ModelManager) -> list[str]:
+def model_ids(backend: ChatBackend) -> list[str]:
     """The base model's id, then every adapter on disk (read again on every call)."""
-    return [manager.base_name, *manager.list_adapters()]
+    return [backend.base_name, *backend.list_adapters()]
 
 
 def _content(value: object, i: int) -> str:
@@ -115,18 +108,18 @@ def _refuse_unsupported(body: dict) -> None:
             raise RequestError(400, f"{what} is not supported by this server", name)
 
 
-def parse_chat_request(body: dict, manager: ModelManager) -> ChatRequest:
+def parse_chat_request(body: dict, backend: ChatBackend) -> ChatRequest:
     """Validate a chat-completions body; every problem becomes a 4xx that names the field."""
     _refuse_unsupported(body)
-    model = get_field(body, "model", str, manager.base_name)
-    adapter = model_adapter(manager, model)
+    model = get_field(body, "model", str, backend.base_name)
+    adapter = model_adapter(backend, model)
     messages = _messages(body.get("messages"))
     temperature = get_field(body, "temperature", float, 1.0)
     if not 0 <= temperature <= 2:
         raise RequestError(400, f"temperature must be between 0 and 2, got {temperature}", "temperature")
     try:
         params = GenerationParams(
-            max_new_tokens=_max_tokens(body, manager.settings.max_new_tokens_limit), temperature=temperature,
+            max_new_tokens=_max_tokens(body, backend.settings.max_new_tokens_limit), temperature=temperature,
             top_p=get_field(body, "top_p", float, 1.0), top_k=0, stop=_stop(body),
             seed=get_field(body, "seed", int))
     except UserError as exc:
@@ -137,18 +130,18 @@ def parse_chat_request(body: dict, manager: ModelManager) -> ChatRequest:
                        include_usage=bool(get_field(options, "include_usage", bool, False)))
 
 
-def finish_reason(stream: GenerationStream) -> str:
+def finish_reason(stream: ReplyStream) -> str:
     """OpenAI's finish_reason: "length" when max_tokens ran out, else "stop"."""
     return "length" if stream.finish_reason == "length" else "stop"
 
 
-def usage(stream: GenerationStream) -> dict:
+def usage(stream: ReplyStream) -> dict:
     """Token counts of a finished generation."""
     return {"prompt_tokens": stream.prompt_tokens, "completion_tokens": stream.completion_tokens,
             "total_tokens": stream.prompt_tokens + stream.completion_tokens}
 
 
-def completion(chat: ChatRequest, text: str, stream: GenerationStream) -> dict:
+def completion(chat: ChatRequest, text: str, stream: ReplyStream) -> dict:
     """A chat.completion object for a finished reply."""
     return {"id": chat.id, "object": "chat.completion", "created": chat.created, "model": chat.model,
             "system_fingerprint": None,

@@ -1,26 +1,25 @@
 """Chat through an external OpenAI-compatible server (vLLM, another Llama Space) instead of the in-process model.
 
-`RemoteBackend` offers what the UI and the routes use from `ModelManager`; adapters are the remote's
-model ids other than the base (vLLM serves each LoRA adapter named by `--lora-modules NAME=PATH`).
+`RemoteBackend` is a backend.ChatBackend; adapters are the remote's model ids other than the base
+(vLLM serves each LoRA adapter named by `--lora-modules NAME=PATH`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 
 from llama_space import adapters
-from llama_space.admission import Admission, QueueFullError
-from llama_space.errors import UserError
-from llama_space.params import GenerationParams
+from llama_space.inference.admission import Admission, QueueFullError
+from llama_space.errors import BackendError, NotFoundError, UserError
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
-    from llama_space.model_manager import ModelManager
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,17 +29,8 @@ DEFAULT_CONTEXT_WINDOW = 4096  # when the remote does not say (vLLM does, as max
 TIMEOUT = httpx.Timeout(10.0, read=300.0)  # reads wait for the remote's queue as well
 
 
-def make_backend(settings: Settings) -> ModelManager | RemoteBackend:
-    """The chat backend the settings ask for: the remote server at backend_url, else the in-process model."""
-    if settings.backend_url:
-        return RemoteBackend(settings)
-    from llama_space.model_manager import ModelManager
-
-    return ModelManager(settings)
-
-
 class RemoteBackend:
-    """A ModelManager look-alike whose generation runs on an OpenAI-compatible server."""
+    """A ChatBackend whose generation runs on an OpenAI-compatible server."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -109,12 +99,16 @@ class RemoteBackend:
         """The adapters the remote serves."""
         return self.list_adapters()
 
+    def check_adapter(self, name: str) -> str:
+        """`name` if the remote serves it ("" for the base model), else NotFoundError."""
+        return "" if self._model_id(name) == self.base_name else name
+
     def _model_id(self, adapter: str) -> str:
         if adapter in adapters.BASE_NAMES or adapter == self.base_name:
             return self.base_name
         available = self.list_adapters()
         if adapter not in available:
-            raise UserError(f"Unknown adapter {adapter!r}. Available at {self.url}: base, "
+            raise NotFoundError(f"Unknown adapter {adapter!r}. Available at {self.url}: base, "
                             f"{', '.join(available) or 'none'} (vLLM: add it with --lora-modules NAME=PATH).")
         return adapter
 
@@ -151,7 +145,7 @@ class RemoteBackend:
         try:
             response = self._client.send(self._client.build_request(method, path, **kwargs), stream=True)
         except httpx.TransportError as exc:
-            raise UserError(f"The chat backend at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
+            raise BackendError(f"The chat backend at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
                             "check that it runs and LLAMA_SPACE_BACKEND_URL.") from None
         if response.is_success:
             return response
@@ -162,39 +156,21 @@ class RemoteBackend:
         raise remote_error(response, self.url)
 
 
-class RemoteStream:
+class RemoteStream(ReplyStats):
     """Iterate for text deltas of one remote reply; `close()` (or leaving the loop) hangs up, which stops it.
 
-    After iteration: `prompt_tokens`, `completion_tokens`, `finish_reason` ("stop" | "length" | "cancelled"),
-    `time_to_first_token`, `tokens_per_second`, `dropped_messages` (the remote trims nothing: always 0).
+    Statistics are a stats.ReplyStats: token counts are the remote's usage figures when it sends them
+    (until then, or when cut short, the content chunks seen); `dropped_messages` is always 0 (the
+    remote trims nothing).
     """
 
     def __init__(self, backend: RemoteBackend, body: dict, on_end: Callable[[], None] = lambda: None) -> None:
         """Send the request (raising UserError if the remote refuses it); `on_end` runs once when the reply
         is over, however it ends, but not when this raises."""
-        self._started = time.perf_counter()
-        self.prompt_tokens = sum(backend.count_tokens(m["content"]) for m in body["messages"])
+        super().__init__(prompt_tokens=sum(backend.count_tokens(m["content"]) for m in body["messages"]))
         self._reported_tokens: int | None = None  # the remote's usage count, when it sends one
-        self._chunks = 0
-        self.finish_reason = "stop"
-        self.time_to_first_token: float | None = None
-        self.dropped_messages = 0
-        self._first_at: float | None = None
-        self._finished_at: float | None = None
         self._response = backend._request("POST", "/chat/completions", json=body)
         self._on_end = on_end
-
-    @property
-    def completion_tokens(self) -> int:
-        """The remote's count; until it reports one (or when cut short), the content chunks seen."""
-        return self._reported_tokens if self._reported_tokens is not None else self._chunks
-
-    @property
-    def tokens_per_second(self) -> float:
-        end = self._finished_at or time.perf_counter()
-        if self._first_at is None or self.completion_tokens < 2 or end <= self._first_at:
-            return 0.0
-        return (self.completion_tokens - 1) / (end - self._first_at)
 
     def __iter__(self) -> Iterator[str]:
         completed = False
@@ -206,14 +182,14 @@ class RemoteStream:
                     if choice.get("finish_reason"):
                         self.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
                     if delta:
-                        self._chunks += 1  # vLLM sends one token per chunk; Llama Space about a word
-                        if self._first_at is None:
-                            self._first_at = time.perf_counter()
-                            self.time_to_first_token = self._first_at - self._started
+                        if self._reported_tokens is None:
+                            self.completion_tokens += 1  # vLLM sends one token per chunk; Llama Space about a word
+                        self.first_token()
+                        self.first_text()
                         yield delta
             completed = True
         finally:
-            self._finished_at = self._finished_at or time.perf_counter()
+            self.finished()
             if not completed:
                 self.finish_reason = "cancelled"
             self._hang_up()
@@ -227,20 +203,22 @@ class RemoteStream:
                     raise UserError(_message(chunk, "the chat backend failed while streaming"))
                 yield chunk
         except httpx.HTTPError as exc:
-            if self._finished_at is not None:  # close() hung up meanwhile
+            if self.is_finished:  # close() hung up meanwhile
                 return
-            raise UserError(f"The chat backend stopped answering mid-reply ({type(exc).__name__}: {exc}).") from None
+            raise BackendError(f"The chat backend stopped answering mid-reply ({type(exc).__name__}: {exc}).") from None
 
     def _read_usage(self, usage: dict | None) -> None:
         if usage:
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self._reported_tokens = usage.get("completion_tokens", self._reported_tokens)
+            if self._reported_tokens is not None:
+                self.completion_tokens = self._reported_tokens
 
     def close(self) -> None:
         """Hang up; the remote stops generating when it notices."""
-        if self._finished_at is None:
+        if not self.is_finished:
             self.finish_reason = "cancelled"
-            self._finished_at = time.perf_counter()
+            self.finished()
         self._hang_up()
 
     def _hang_up(self) -> None:
@@ -274,7 +252,7 @@ def remote_error(response: httpx.Response, url: str) -> UserError:
     if response.status_code == 429:
         return QueueFullError(message)
     if response.status_code >= 500:
-        return UserError(f"The chat backend at {url} failed (HTTP {response.status_code}): {message}")
+        return BackendError(f"The chat backend at {url} failed (HTTP {response.status_code}): {message}")
     return UserError(message)
 
 

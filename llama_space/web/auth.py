@@ -1,8 +1,8 @@
-"""Safe sharing: one login in front of every route on the port (the `app_kwargs` for `demo.launch`).
+"""Safe sharing: one login in front of every route on the port (installed by web/server.py).
 
 Gradio's `auth=` guards only Gradio's own routes; `AuthMiddleware` sits in front of all of them (the UI,
 /gradio_api/..., POST / and /v1) and lets an anonymous request reach only what the login page needs.
-Hugging Face OAuth for changes lives in `llama_space.oauth`, scratch clean-up in `llama_space.janitor`.
+Who may change things is `llama_space.service.permissions`; Hugging Face sign-in is `llama_space.web.oauth`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import logging
 import secrets
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING
-
-from llama_space.janitor import janitor_lifespan
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -168,14 +166,12 @@ class AuthMiddleware:
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
-def app_kwargs(settings: Settings) -> dict:
-    """Keyword arguments for the FastAPI app `demo.launch` creates: the auth middleware (when auth is set),
-    installed before the server accepts its first request, and the clean-up lifespan."""
+def middleware(settings: Settings) -> list:
+    """The auth middleware for the app's FastAPI constructor (none without auth), so that it guards every
+    route from the server's first request on."""
     from starlette.middleware import Middleware
 
-    kwargs: dict = {"lifespan": janitor_lifespan(settings)}
-    if settings.auth_pair:
-        user, password = settings.auth_pair
-        kwargs["middleware"] = [Middleware(AuthMiddleware, user=user, password=password,
-                                           api_key=settings.api_key)]
-    return kwargs
+    if not settings.auth_pair:
+        return []
+    user, password = settings.auth_pair
+    return [Middleware(AuthMiddleware, user=user, password=password, api_key=settings.api_key)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -12,31 +11,28 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llama_space.routes import openai_schema as schema
-from llama_space.routes.common import GenerationRunner, GenerationResponse, RequestError, read_json_object
+from llama_space.web.routes import openai_schema as schema
+from llama_space.web.errors import RequestError, failure, openai_body
+from llama_space.web.routes.common import GenerationRunner, GenerationResponse, read_json_object
 
 if TYPE_CHECKING:
-    from llama_space.generation import GenerationStream
-    from llama_space.model_manager import ModelManager
-
-log = logging.getLogger(__name__)
+    from llama_space.inference.backend import ReplyStream
+    from llama_space.inference.backend import ChatBackend
 
 
-def _error(exc: RequestError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse(schema.error_body(exc), status_code=exc.status, headers=headers)
 
-
-def _server_error(what: str) -> RequestError:
-    log.exception("%s failed", what)
-    return RequestError(500, "Generation failed because of a server error; see the server log.")
+def _error(exc: BaseException, what: str) -> JSONResponse:
+    """OpenAI's error response for `exc` (web/errors.py decides status and text)."""
+    fail = failure(exc, what)
+    headers = {"WWW-Authenticate": "Bearer"} if fail.status == 401 else None
+    return JSONResponse(openai_body(fail), status_code=fail.status, headers=headers)
 
 
 def _model_card(model_id: str, created: int) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "llama-space"}
 
 
-async def _events(chat: schema.ChatRequest, stream: GenerationStream, runner: GenerationRunner
+async def _events(chat: schema.ChatRequest, stream: ReplyStream, runner: GenerationRunner
                   ) -> AsyncIterator[str]:
     """The SSE body: a role chunk, content chunks, a finish chunk, optional usage, then [DONE]."""
     yield schema.chunk_event(chat, {"role": "assistant", "content": ""})
@@ -44,8 +40,9 @@ async def _events(chat: schema.ChatRequest, stream: GenerationStream, runner: Ge
         async for text in runner.chunks(stream):
             if text:
                 yield schema.chunk_event(chat, {"content": text})
-    except Exception:  # headers are sent already: report it the way the SDK reads stream errors
-        yield schema.sse(schema.error_body(_server_error("Streaming chat completion")))
+    except Exception as exc:  # noqa: BLE001 - headers are sent: an error event, as the SDK reads stream errors
+        yield schema.sse(openai_body(failure(exc, "streaming a chat completion")))
+        yield schema.sse("[DONE]")
         return
     yield schema.chunk_event(chat, {}, schema.finish_reason(stream))
     if chat.include_usage:
@@ -53,7 +50,7 @@ async def _events(chat: schema.ChatRequest, stream: GenerationStream, runner: Ge
     yield schema.sse("[DONE]")
 
 
-def openai_router(manager: ModelManager, runner: GenerationRunner, api_key: str = "") -> APIRouter:
+def openai_router(backend: ChatBackend, runner: GenerationRunner, api_key: str = "") -> APIRouter:
     """The router holding GET /v1/models[/{id}] and POST /v1/chat/completions (bearer `api_key` if set)."""
     router = APIRouter(prefix="/v1")
     started = int(time.time())
@@ -73,9 +70,9 @@ def openai_router(manager: ModelManager, runner: GenerationRunner, api_key: str 
         """Every model id a request may name: the base model and each adapter on disk."""
         try:
             authorize(request)
-        except RequestError as exc:
-            return _error(exc)
-        ids = schema.model_ids(manager)
+            ids = schema.model_ids(backend)
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            return _error(exc, "listing models")
         return JSONResponse({"object": "list", "data": [_model_card(i, started) for i in ids]})
 
     @router.get("/models/{model_id:path}", include_in_schema=False)
@@ -83,9 +80,9 @@ def openai_router(manager: ModelManager, runner: GenerationRunner, api_key: str 
         """One model card, or 404 model_not_found."""
         try:
             authorize(request)
-            schema.model_adapter(manager, model_id)
-        except RequestError as exc:
-            return _error(exc)
+            schema.model_adapter(backend, model_id)
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            return _error(exc, "looking up a model")
         return JSONResponse(_model_card(model_id, started))
 
     @router.post("/chat/completions", include_in_schema=False)
@@ -93,15 +90,13 @@ def openai_router(manager: ModelManager, runner: GenerationRunner, api_key: str 
         """A chat completion: JSON, or server-sent chat.completion.chunk events when stream is true."""
         try:
             authorize(request)
-            chat = schema.parse_chat_request(await read_json_object(request), manager)
+            chat = schema.parse_chat_request(await read_json_object(request), backend)
             stream = await runner.open(chat.messages, chat.params, chat.adapter)
             if chat.stream:
                 return GenerationResponse(_events(chat, stream, runner), stream, runner, "text/event-stream")
             text = await runner.complete(stream, request)
-        except RequestError as exc:
-            return _error(exc)
-        except Exception:
-            return _error(_server_error("Chat completion"))
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            return _error(exc, "answering a chat completion")
         return JSONResponse(schema.completion(chat, text, stream))
 
     return router

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_space import adapters
-from llama_space.batch_cache import BatchCache
+from llama_space.inference.batch_cache import BatchCache
 from llama_space.errors import UserError
-from llama_space.fast_decode import decode_hooks
-from llama_space.sampling import RowSampler, eos_token_ids
+from llama_space.inference.fast_decode import decode_hooks
+from llama_space.inference.sampling import RowSampler, eos_token_ids
 
 if TYPE_CHECKING:
-    from llama_space.generation import GenerationStream
+    from llama_space.inference.stream import GenerationStream
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Decode speed-ups: attention kernel and compiled static-cache decoding (chosen at load), CPU threads (per step).
 
 What pays where (measured on 2 CPU cores; see BENCHMARKS.md):
-- CPU: bfloat16 weights (model_loading.choose_cpu_dtype) are the big win, 1.7x over fp32. A static
+- CPU: bfloat16 weights (loading.choose_cpu_dtype) are the big win, 1.7x over fp32. A static
   cache plus torch.compile decodes no faster there, costs over a minute of compiling before the first
   reply and changes bf16 greedy text (the padded static cache sums attention in another order), so
   "auto" leaves it off on CPU. Threads matter as much: torch's OpenMP threads spin at every barrier, so

@@ -6,20 +6,18 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space import adapters
-from llama_space.ui.training_api import as_gradio_error
+from llama_space.web.errors import user_facing
 
 if TYPE_CHECKING:
-    from llama_space.model_manager import ModelManager
-    from llama_space.ui.training_api import TrainingActions
+    from llama_space.service.actions import Actions
 
 COLUMNS = ["name", "base_model", "created", "train_loss", "eval_loss", "steps", "lora_r", "dataset"]
 
 
-def adapter_rows(manager: ModelManager) -> list[list]:
+def adapter_rows(actions: Actions) -> list[list]:
     """One table row per adapter on disk."""
     rows = []
-    for item in adapters.describe(manager.settings.adapters_dir):
+    for item in actions.list_adapters():
         hyper = item.get("hyperparameters") or {}
         rows.append([item.get("name"), item.get("base_model", ""), item.get("created", ""),
                      _round(item.get("train_loss")), _round(item.get("eval_loss")), item.get("steps", ""),
@@ -31,18 +29,18 @@ def _round(value):
     return round(value, 4) if isinstance(value, float) else ("" if value is None else value)
 
 
-def build_adapters_tab(actions: TrainingActions):
+def build_adapters_tab(actions: Actions):
     """Lay out the adapters tab; returns (reload function, its outputs) so selecting the tab refreshes it."""
-    manager, allow_changes = actions.manager, actions.allow_changes
-    table = gr.Dataframe(adapter_rows(manager), headers=COLUMNS, interactive=False, label="Adapters",
+    allow_changes = actions.permissions.controls_on
+    table = gr.Dataframe(adapter_rows(actions), headers=COLUMNS, interactive=False, label="Adapters",
                          elem_id="adapters-table")
     with gr.Row():
-        name = gr.Dropdown(manager.list_adapters(), label="Adapter", elem_id="adapter-pick",
+        name = gr.Dropdown(actions.adapter_names(), label="Adapter", elem_id="adapter-pick",
                            allow_custom_value=False)
         refresh = gr.Button("Refresh", elem_id="adapters-refresh")
     with gr.Row():
         delete = gr.Button("Delete", variant="stop", interactive=allow_changes, elem_id="adapter-delete")
-        download = gr.Button("Download .zip", elem_id="adapter-zip")
+        download = gr.Button("Download .zip", interactive=allow_changes, elem_id="adapter-zip")
         zip_file = gr.File(label="Download", interactive=False)
     with gr.Row():
         repo_id = gr.Textbox(label="Hub repository (user/name)", placeholder="your-name/my-adapter")
@@ -52,7 +50,7 @@ def build_adapters_tab(actions: TrainingActions):
     hidden = {"api_visibility": "private"}
 
     def reload():
-        return adapter_rows(manager), gr.Dropdown(choices=manager.list_adapters())
+        return adapter_rows(actions), gr.Dropdown(choices=actions.adapter_names())
 
     def on_delete(adapter_name):
         actions.delete_adapter(adapter_name or "")
@@ -64,8 +62,9 @@ def build_adapters_tab(actions: TrainingActions):
     def on_push(adapter_name, repo, is_private):
         return f"Pushed {adapter_name} to {actions.push(adapter_name or '', repo, is_private)}"
 
+    reload = user_facing(reload, "listing adapters")
     refresh.click(reload, None, [table, name], **hidden)
-    delete.click(as_gradio_error(on_delete), name, [table, name, message], **hidden)
-    download.click(as_gradio_error(on_zip), name, zip_file, **hidden)
-    push.click(as_gradio_error(on_push), [name, repo_id, private], message, **hidden)
+    delete.click(user_facing(on_delete), name, [table, name, message], **hidden)
+    download.click(user_facing(on_zip), name, zip_file, **hidden)
+    push.click(user_facing(on_push), [name, repo_id, private], message, **hidden)
     return reload, [table, name]

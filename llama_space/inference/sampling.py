@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llama_space.params import GenerationParams
+from llama_space.inference.params import GenerationParams
 
 if TYPE_CHECKING:
     import torch

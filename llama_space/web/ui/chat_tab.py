@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.errors import UserError
-from llama_space.params import GenerationParams
-from llama_space.prompting import normalize_messages
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
+from llama_space.web.errors import user_facing
 
 if TYPE_CHECKING:
-    from llama_space.generation import GenerationStream
-    from llama_space.model_manager import ModelManager
+    from llama_space.inference.backend import ReplyStream
+    from llama_space.inference.backend import ChatBackend
 
 UPDATE_INTERVAL = 0.04  # seconds between UI updates: at most ~25 per second, not one per token
 BASE_CHOICE = "base"
@@ -40,9 +40,9 @@ def coalesce(chunks: Iterator[str], interval: float = UPDATE_INTERVAL) -> Iterat
         yield text
 
 
-def adapter_choices(manager: ModelManager) -> list[str]:
+def adapter_choices(backend: ChatBackend) -> list[str]:
     """Dropdown choices: the base model first, then every adapter on disk."""
-    return [BASE_CHOICE, *manager.list_adapters()]
+    return [BASE_CHOICE, *backend.list_adapters()]
 
 
 class StopSwitch:
@@ -58,7 +58,7 @@ class StopSwitch:
         self._lock = threading.Lock()
         self._presses = 0
         self._last_clear = 0  # the press that cleared the chat last
-        self._streams: set[GenerationStream] = set()
+        self._streams: set[ReplyStream] = set()
 
     def __deepcopy__(self, memo: dict) -> StopSwitch:
         return StopSwitch()  # gr.State copies its initial value for each session: each gets its own switch
@@ -89,7 +89,7 @@ class StopSwitch:
             stream.close()
 
     @contextmanager
-    def watching(self, stream: GenerationStream, ticket: int) -> Iterator[None]:
+    def watching(self, stream: ReplyStream, ticket: int) -> Iterator[None]:
         """While the block runs, a press closes `stream` (at once if one came after `ticket`)."""
         with self._lock:
             pressed = self._presses != ticket
@@ -103,13 +103,10 @@ class StopSwitch:
                 self._streams.discard(stream)
 
 
-def stream_reply(manager: ModelManager, messages: list[dict], adapter: str, params: GenerationParams,
+def stream_reply(backend: ChatBackend, messages: list[dict], adapter: str, params: GenerationParams,
                  switch: StopSwitch, ticket: int) -> Iterator[tuple[str, str]]:
-    """(reply so far, stats line) updates for one answer, which `switch` can stop; UserError becomes a gr.Error."""
-    try:
-        stream = manager.stream(messages, params, "" if adapter == BASE_CHOICE else adapter)
-    except UserError as exc:
-        raise gr.Error(str(exc)) from exc
+    """(reply so far, stats line) updates for one answer, which `switch` can stop."""
+    stream = backend.stream(messages, params, "" if adapter == BASE_CHOICE else adapter)
     if stream.dropped_messages:
         gr.Warning(f"{stream.dropped_messages} older messages were left out to fit the context window.")
     try:
@@ -121,7 +118,7 @@ def stream_reply(manager: ModelManager, messages: list[dict], adapter: str, para
     yield text, stats_line(stream)
 
 
-def stats_line(stream: GenerationStream) -> str:
+def stats_line(stream: ReplyStream) -> str:
     """Tokens, speed and first-token latency of a finished stream, and whether Stop ended it."""
     stopped = stream.finish_reason == "cancelled"
     if stopped and not stream.completion_tokens:
@@ -131,13 +128,14 @@ def stats_line(stream: GenerationStream) -> str:
             f"first token {ttft:.2f} s" + (" · stopped" if stopped else ""))
 
 
-def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
+def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
     """Lay out the chat tab and wire its events; returns the adapter dropdown for other tabs to refresh."""
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Chat", height=480, elem_id="chatbot", buttons=["copy"])
-            message = gr.Textbox(placeholder="Type a message and press Enter", show_label=False,
-                                 elem_id="chat-input", lines=2)
+            # One line that grows: Gradio sends on Enter only for lines=1; Shift+Enter then breaks the line.
+            message = gr.Textbox(placeholder="Type a message · Enter sends, Shift+Enter adds a line",
+                                 show_label=False, elem_id="chat-input", lines=1, max_lines=8)
             with gr.Row():
                 send = gr.Button("Send", variant="primary", elem_id="send")
                 stop = gr.Button("Stop", elem_id="stop")
@@ -145,10 +143,10 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
                 clear = gr.Button("Clear", elem_id="clear")
             stats = gr.Markdown(elem_id="chat-stats")
         with gr.Column(scale=1):
-            adapter = gr.Dropdown(adapter_choices(manager), value=BASE_CHOICE, label="Adapter",
+            adapter = gr.Dropdown(adapter_choices(backend), value=BASE_CHOICE, label="Adapter",
                                   elem_id="adapter", allow_custom_value=False)
             system_prompt = gr.Textbox(label="System prompt", lines=3, elem_id="system-prompt")
-            max_new_tokens = gr.Slider(1, manager.settings.max_new_tokens_limit, value=512, step=1,
+            max_new_tokens = gr.Slider(1, backend.settings.max_new_tokens_limit, value=512, step=1,
                                        label="Max new tokens", elem_id="max-new-tokens")
             temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
@@ -171,13 +169,10 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
             yield ([], "") if stops.cleared_since(taken) else (history, "stopped")
             return
         yield history, ""  # an early update makes the request cancellable while it waits (see ui/api.py)
-        try:
-            params = GenerationParams(max_new_tokens=int(max_new), temperature=temp, top_p=p, top_k=int(k),
-                                      repetition_penalty=penalty)
-            messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system)
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
-        for reply, line in stream_reply(manager, messages, adapter_name, params, stops, taken):
+        params = GenerationParams(max_new_tokens=int(max_new), temperature=temp, top_p=p, top_k=int(k),
+                                  repetition_penalty=penalty)
+        messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system)
+        for reply, line in stream_reply(backend, messages, adapter_name, params, stops, taken):
             if stops.cleared_since(taken):  # the last update then empties the chat again, after any in flight
                 yield [], ""
                 return
@@ -189,7 +184,7 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
         return history, stops.ticket()
 
     hidden = {"api_visibility": "private"}
-    reply_event = {"fn": respond, "inputs": [chatbot, ticket, switch, *sampling], "outputs": [chatbot, stats],
+    reply_event = {"fn": user_facing(respond, "streaming a chat reply"), "inputs": [chatbot, ticket, switch, *sampling], "outputs": [chatbot, stats],
                    **hidden}
     for trigger in (message.submit, send.click):
         trigger(add_user_message, [message, chatbot, switch], [message, chatbot, ticket], queue=False,
@@ -203,7 +198,7 @@ def build_chat_tab(manager: ModelManager) -> gr.Dropdown:
     # The reply then ends itself and writes its own stats line, "stopped" included (see StopSwitch).
     stop.click(StopSwitch.press, switch, None, queue=False, **hidden)
     clear.click(clear_chat, switch, [chatbot, stats], queue=False, **hidden)
-    adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(manager)), None, adapter, queue=False, **hidden)
+    adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(backend)), None, adapter, queue=False, **hidden)
     return adapter
 
 

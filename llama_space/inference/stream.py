@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from llama_space.fast_decode import decode_hooks, generate_overrides
-from llama_space.params import GenerationParams
+from llama_space.inference.fast_decode import decode_hooks, generate_overrides
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -22,15 +22,13 @@ HEARTBEAT_SECONDS = 0.25  # longest gap between items of a stream's iteration, t
 Started = tuple[Any, Callable[[], AbstractContextManager]]
 
 
-class GenerationStream:
+class GenerationStream(ReplyStats):
     """Iterate to get text deltas; `close()` (or leaving the loop) stops the model within one decode step.
 
     The consumer side (iteration, stop strings, statistics) is the same whoever decodes: `run_serial`
     (one `model.generate` per request on a worker thread) or a `batching.BatchEngine` that decodes
     many requests together. Both feed it through `put`/`end` and watch `stop_requested`.
-
-    After iteration: `prompt_tokens`, `completion_tokens`, `finish_reason` ("stop" | "length" | "cancelled"),
-    `time_to_first_token`, `tokens_per_second`, `dropped_messages`.
+    Statistics are a stats.ReplyStats.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], params: GenerationParams,
@@ -38,14 +36,9 @@ class GenerationStream:
         """A stream waiting for its decoder; `on_end` runs once when decoding ends (however it ends)."""
         from transformers import TextIteratorStreamer
 
+        super().__init__(prompt_tokens=len(input_ids), dropped_messages=dropped_messages)
         self.input_ids = input_ids
-        self.prompt_tokens = len(input_ids)
-        self.dropped_messages = dropped_messages
         self.params = params
-        self.finish_reason = "stop"
-        self.time_to_first_token: float | None = None
-        self.generated = 0
-        self._first_token_at: float | None = None
         self._stop = threading.Event()
         self._done = threading.Event()
         self._on_end = on_end
@@ -53,8 +46,6 @@ class GenerationStream:
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
                                              timeout=HEARTBEAT_SECONDS)
         self._error: BaseException | None = None
-        self._started = time.perf_counter()
-        self._finished_at: float | None = None
 
     # ---- decoder side ---------------------------------------------------------------------------
     @property
@@ -63,15 +54,15 @@ class GenerationStream:
 
     def record(self, generated: int) -> None:
         """Note that `generated` tokens exist so far (the decode clock starts at the first)."""
-        self.generated = generated
-        if self._first_token_at is None:
-            self._first_token_at = time.perf_counter()
+        self.completion_tokens = generated
+        if generated:
+            self.first_token()
 
     def put(self, token_id: int) -> None:
         """One more generated token."""
         import torch
 
-        self.record(self.generated + 1)
+        self.record(self.completion_tokens + 1)
         self.streamer.put(torch.tensor([token_id]))
 
     def end(self, error: BaseException | None = None) -> None:
@@ -79,32 +70,20 @@ class GenerationStream:
         if self._done.is_set():
             return
         self._error = error
-        self._finished_at = time.perf_counter()
+        self.finished()
         self.streamer.end()  # a second end after generate's own is harmless: iteration stops at the first
         try:
             self._on_end()
         finally:
             self._done.set()
 
-    @property
-    def completion_tokens(self) -> int:
-        return self.generated
-
-    @property
-    def tokens_per_second(self) -> float:
-        end = self._finished_at or time.perf_counter()
-        first = self._first_token_at
-        if first is None or self.completion_tokens < 2 or end <= first:
-            return 0.0
-        return (self.completion_tokens - 1) / (end - first)
-
     def __iter__(self) -> Iterator[str]:
         """Text deltas; "" every HEARTBEAT_SECONDS while no text comes (waiting for the model)."""
         text, completed = "", False
         try:
             for delta in self._deltas():
-                if self.time_to_first_token is None and delta:
-                    self.time_to_first_token = time.perf_counter() - self._started
+                if delta:
+                    self.first_text()
                 text += delta
                 cut = _find_stop(text, self.params.stop)
                 if cut is not None:

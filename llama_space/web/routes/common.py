@@ -1,4 +1,4 @@
-"""What the REST and OpenAI routes share: request parsing, error statuses and generation off the event loop."""
+"""What the REST and OpenAI routes share: request parsing and generation off the event loop."""
 
 from __future__ import annotations
 
@@ -12,34 +12,16 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llama_space import adapters
-from llama_space.admission import QueueFullError
-from llama_space.errors import UserError
+from llama_space.web.errors import RequestError
 
 if TYPE_CHECKING:
-    from llama_space.generation import GenerationStream
-    from llama_space.model_manager import ModelManager
-    from llama_space.params import GenerationParams
+    from llama_space.inference.backend import ChatBackend, ReplyStream
+    from llama_space.inference.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
 _KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
           list: "a list", dict: "an object"}
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status, a message that says what to fix, and the offending field."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    @classmethod
-    def from_user_error(cls, exc: UserError) -> RequestError:
-        """429 when the shared queue is full, 400 for any other problem with the request."""
-        if isinstance(exc, QueueFullError):
-            return cls(429, str(exc), code="queue_full")
-        return cls(400, str(exc))
 
 
 async def read_json_object(request: Request) -> dict:
@@ -69,45 +51,34 @@ def get_field(body: dict, name: str, kind: type, default: Any = None) -> Any:
     return value
 
 
-def check_adapter(manager: ModelManager, name: str, param: str = "adapter") -> str:
-    """`name` when it is the base model or an adapter on disk (re-read every call), else a 404."""
-    if name in adapters.BASE_NAMES or name in manager.list_adapters():
-        return name
-    available = ", ".join(["base", *manager.list_adapters()])
-    raise RequestError(404, f"Unknown {param} {name!r}. Available: {available}.", param=param,
-                       code="model_not_found")
-
-
 class GenerationRunner:
-    """Runs ModelManager generation in worker threads so the event loop never blocks on the model.
+    """Runs ChatBackend generation in worker threads so the event loop never blocks on the model.
 
     Its own thread limiter is sized to the shared queue, so requests waiting for the model never take
     the threads Gradio needs for everything else.
     """
 
-    def __init__(self, manager: ModelManager) -> None:
-        self.manager = manager
-        settings = manager.settings
+    def __init__(self, backend: ChatBackend) -> None:
+        self.backend = backend
+        settings = backend.settings
         self.limiter = anyio.CapacityLimiter(settings.max_queue + settings.concurrency + 4)
 
-    async def open(self, messages: list[dict], params: GenerationParams, adapter: str) -> GenerationStream:
-        """Admit the request to the shared queue and wait for the model; UserError becomes a RequestError."""
-        opened: list[GenerationStream] = []
+    async def open(self, messages: list[dict], params: GenerationParams, adapter: str) -> ReplyStream:
+        """Admit the request to the shared queue and start the reply (a UserError says why it cannot)."""
+        opened: list[ReplyStream] = []
 
-        def start() -> GenerationStream:
-            opened.append(self.manager.stream(messages, params, adapter))
+        def start() -> ReplyStream:
+            opened.append(self.backend.stream(messages, params, adapter))
             return opened[0]
 
         try:
             return await anyio.to_thread.run_sync(start, limiter=self.limiter)
-        except UserError as exc:
-            raise RequestError.from_user_error(exc) from None
         except BaseException:
             if opened:  # cancelled while waiting: the model must not run for nobody
                 await self.close(opened[0])
             raise
 
-    async def chunks(self, stream: GenerationStream) -> AsyncIterator[str]:
+    async def chunks(self, stream: ReplyStream) -> AsyncIterator[str]:
         """Text deltas of `stream`; if the consumer is cancelled (client gone), the model stops within a step."""
         iterator = iter(stream)
         try:
@@ -122,7 +93,7 @@ class GenerationRunner:
         finally:
             await self.close(stream)
 
-    async def complete(self, stream: GenerationStream, request: Request) -> str:
+    async def complete(self, stream: ReplyStream, request: Request) -> str:
         """The whole reply; if the client hangs up first, the model stops within one decode step."""
         parts: list[str] = []
         async with anyio.create_task_group() as group:
@@ -139,7 +110,7 @@ class GenerationRunner:
             group.cancel_scope.cancel()
         return "".join(parts)
 
-    async def close(self, stream: GenerationStream) -> None:
+    async def close(self, stream: ReplyStream) -> None:
         """Stop `stream` (within one decode step) without blocking the event loop, even when cancelled."""
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(stream.close, limiter=self.limiter)
@@ -148,7 +119,7 @@ class GenerationRunner:
 class GenerationResponse(StreamingResponse):
     """A streaming response that always stops its generation when it ends, also when the client hangs up."""
 
-    def __init__(self, content: AsyncIterator[str], stream: GenerationStream, runner: GenerationRunner,
+    def __init__(self, content: AsyncIterator[str], stream: ReplyStream, runner: GenerationRunner,
                  media_type: str) -> None:
         super().__init__(content, media_type=media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

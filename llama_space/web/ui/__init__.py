@@ -6,35 +6,29 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space import oauth
-from llama_space.ui.adapters_tab import build_adapters_tab
-from llama_space.ui.api import register_chat_api
-from llama_space.ui.chat_tab import build_chat_tab
-from llama_space.ui.finetune_tab import build_finetune_tab
-from llama_space.ui.training_api import TrainingActions, register_training_api
+from llama_space.web.ui.adapters_tab import build_adapters_tab
+from llama_space.web.ui.api import register_chat_api
+from llama_space.web.ui.chat_tab import build_chat_tab
+from llama_space.web.ui.finetune_tab import build_finetune_tab
+from llama_space.web import oauth
+from llama_space.web.ui.training_api import register_training_api
 
 if TYPE_CHECKING:
-    from llama_space.model_manager import ModelManager
-    from llama_space.training.runner import JobRunner
+    from llama_space.inference.backend import ChatBackend
+    from llama_space.service.actions import Actions
 
 TITLE = "Llama Space"
 
 
-def build_ui(manager: ModelManager, runner: JobRunner | None = None) -> gr.Blocks:
+def build_ui(backend: ChatBackend, actions: Actions) -> gr.Blocks:
     """The Blocks app (tabs and API endpoints) with the shared generation queue."""
-    from llama_space.training.runner import JobRunner
-
-    settings = manager.settings
-    # On an OAuth Space the controls stay on; each change then needs the owner's HF login (security.py).
-    actions = TrainingActions(manager, runner or JobRunner(settings),
-                              settings.changes_allowed or oauth.oauth_enabled(),
-                              settings.changes_disabled_reason)
+    settings = backend.settings
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"## {TITLE} · `{manager.base_name}`")
+        gr.Markdown(f"## {TITLE} · `{backend.base_name}`")
         oauth.login_button()
         with gr.Tab("Chat", id="chat"):
-            build_chat_tab(manager)
+            build_chat_tab(backend)
         with gr.Tab("Fine-tune", id="finetune"):
             poll, job_id, job_outputs = build_finetune_tab(actions)
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
@@ -42,7 +36,7 @@ def build_ui(manager: ModelManager, runner: JobRunner | None = None) -> gr.Block
         adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
-        register_chat_api(manager)
+        register_chat_api(backend)
         register_training_api(actions)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
     return demo

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
-from llama_space.admission import Admission
-from llama_space.errors import UserError
-from llama_space.batching import EngineHost, make_engine
-from llama_space.generation import GenerationStream, run_serial
-from llama_space.model_loading import base_model_name, load_model, same_base
-from llama_space.params import GenerationParams
-from llama_space.prompting import build_prompt
+from llama_space.inference.admission import Admission
+from llama_space.errors import NotFoundError, UserError
+from llama_space.inference.batching import EngineHost, make_engine
+from llama_space.inference.stream import GenerationStream, run_serial
+from llama_space.inference.loading import base_model_name, load_model, same_base
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import build_prompt
 
 if TYPE_CHECKING:
     from llama_space.settings import Settings
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelManager:
-    """Loads the model once; serves streaming generation with a per-request adapter choice.
+    """The in-process backend.ChatBackend: loads the model once; serves streaming generation with a
+    per-request adapter choice.
 
     Up to `settings.concurrency` requests decode together in one batch (batching.BatchEngine), each
     with its own adapter; a model whose decode step is compiled serves them one at a time instead.
@@ -55,6 +56,11 @@ class ModelManager:
         self._engine = make_engine(host, self.settings.concurrency)
         return self
 
+    def close(self) -> None:
+        """Stop the batch engine's thread (the weights go with the manager)."""
+        if self._engine is not None:
+            self._engine.shutdown()
+
     def _current_model(self):
         """(the model to run, whether it is the PeftModel holding the adapters)."""
         return (self._peft, True) if self._peft is not None else (self.model, False)
@@ -75,11 +81,21 @@ class ModelManager:
         """Adapters on disk that can be chosen (base excluded)."""
         return adapters.list_names(self.settings.adapters_dir)
 
+    def check_adapter(self, name: str) -> str:
+        """`name` if a request may use it ("" for the base model), else NotFoundError or UserError saying why."""
+        if name in adapters.BASE_NAMES:
+            return ""
+        self._check_adapter(name)
+        return name
+
     def _check_adapter(self, name: str) -> Path:
-        path = adapters.adapter_path(self.settings.adapters_dir, name)
-        if not adapters.is_complete(path):
+        try:
+            path = adapters.adapter_path(self.settings.adapters_dir, name)
+        except UserError:  # a name no adapter can have (a path, say) names none that exists
+            path = None
+        if path is None or not adapters.is_complete(path):
             available = ", ".join(self.list_adapters()) or "none yet"
-            raise UserError(f"Unknown adapter {name!r}. Available: base, {available}.")
+            raise NotFoundError(f"Unknown adapter {name!r}. Available: base, {available}.")
         trained_on = adapters.read_metadata(path).get("base_model", "")
         if trained_on and not same_base(trained_on, self.base_name):
             raise UserError(f"Adapter {name!r} was trained on {trained_on}, but the loaded base model is "
@@ -100,9 +116,9 @@ class ModelManager:
                 self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
             else:
                 self._peft.load_adapter(str(path), adapter_name=name)
-        except Exception as exc:  # noqa: BLE001 - shape mismatches and corrupt files become one message
-            raise UserError(f"Adapter {name!r} could not be loaded on {self.base_name} "
-                            f"(was it trained on another base model?): {str(exc)[:300]}") from exc
+        except Exception as exc:  # noqa: BLE001 - each cause becomes a message that says what to do
+            log.exception("Loading adapter %s failed", name)
+            raise UserError(adapter_load_failure(name, self.base_name, exc)) from exc
         self._peft.eval()
         self._loaded_adapters[name] = mtime
         log.info("Loaded adapter %s", name)
@@ -187,3 +203,20 @@ class ModelManager:
         """Number of tokens `text` encodes to (no special tokens)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+
+
+def adapter_load_failure(name: str, base: str, exc: BaseException) -> str:
+    """What went wrong loading adapter `name` on `base`, in words a user can act on (no paths or traces)."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return (f"Adapter {name!r} could not be loaded: not enough memory. Unload or delete other adapters, "
+                "or restart the app with a smaller max_new_tokens or concurrency.")
+    if "size mismatch" in text or "shape" in text.lower() and "mismatch" in text.lower():
+        return (f"Adapter {name!r} does not fit {base}: its weight shapes differ from the base model's, so it "
+                "was trained on another base model. Start the app with that model, or train it again here.")
+    if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "JSONDecodeError", "UnicodeDecodeError") \
+            or "header" in text.lower() or "deserializ" in text.lower():
+        return (f"Adapter {name!r} is damaged: its files cannot be read (cut short or corrupt). "
+                "Delete it and train or upload it again.")
+    return (f"Adapter {name!r} could not be loaded on {base} ({type(exc).__name__}); "
+            "the server log has the details.")

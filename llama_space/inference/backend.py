@@ -1,0 +1,89 @@
+"""The one interface every surface (UI, Gradio API, REST, /v1) chats through, and the choice of implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from llama_space.inference.params import GenerationParams
+    from llama_space.settings import Settings
+
+
+@runtime_checkable
+class ReplyStream(Protocol):
+    """One reply being generated: iterate for text deltas ("" while waiting), `close()` stops it.
+
+    Statistics (stats.ReplyStats) are read off it: prompt_tokens, completion_tokens, finish_reason
+    ("stop" | "length" | "cancelled"), time_to_first_token, tokens_per_second, dropped_messages.
+    A problem found once the stream exists is raised from the iteration (a UserError when the user
+    can fix it).
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    time_to_first_token: float | None
+    dropped_messages: int
+
+    @property
+    def tokens_per_second(self) -> float: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """What serves replies: the in-process model (manager.ModelManager) or a remote server (remote.RemoteBackend).
+
+    Every method raises UserError (or a subclass: errors.NotFoundError, admission.QueueFullError,
+    errors.BackendError) for anything the user or operator can fix.
+    """
+
+    settings: Settings
+    base_name: str  # the base model's id, as clients name it
+
+    def load(self) -> ChatBackend:
+        """Get ready to serve (load weights, or check the remote answers); returns self."""
+
+    def close(self) -> None:
+        """Free what load() took."""
+
+    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> ReplyStream:
+        """Start a reply to `messages` ([{role, content}], ending with a user turn) with `adapter` ("" = base)."""
+
+    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+        """The whole reply at once."""
+
+    def list_adapters(self) -> list[str]:
+        """Adapter names a request may choose (the base excluded)."""
+
+    def check_adapter(self, name: str) -> str:
+        """`name` if a request may use it ("" for the base model), else NotFoundError listing what exists."""
+
+    def unload_adapter(self, name: str) -> None:
+        """Free adapter `name` from memory (its files stay)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` encodes to (no special tokens)."""
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model attends to (prompt plus reply)."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The base model's tokenizer (dataset validation needs it); UserError when there is none."""
+
+
+def make_backend(settings: Settings) -> ChatBackend:
+    """The chat backend the settings ask for: the remote server at backend_url, else the in-process model."""
+    if settings.backend_url:
+        from llama_space.inference.remote import RemoteBackend
+
+        return RemoteBackend(settings)
+    from llama_space.inference.manager import ModelManager
+
+    return ModelManager(settings)

@@ -1,0 +1,115 @@
+"""Fine-tuning and adapter operations, the same for the UI tabs, the named Gradio endpoints and REST.
+
+Every failure is a UserError (or a subclass) that says what to fix; web/errors.py shows it on each surface.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space import adapters
+from llama_space.data import validate_file
+from llama_space.errors import UserError
+from llama_space.training.params import PRESETS, TrainingParams
+
+if TYPE_CHECKING:
+    from llama_space.inference.backend import ChatBackend
+    from llama_space.service.permissions import Permissions
+    from llama_space.training.runner import JobRunner
+
+# The training parameters offered in the UI and the API, in this order.
+PARAM_FIELDS = ["learning_rate", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length",
+                "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed"]
+STATUS_KEYS = ["job_id", "state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error",
+               "resumable", "checkpoint_step", "elapsed_seconds"]
+NO_FILE = "Upload a dataset file first (JSON, JSONL, CSV or Parquet)."
+
+
+class Actions:
+    """What a user can do besides chatting; changes (and handing out weights) pass `permissions` first."""
+
+    def __init__(self, backend: ChatBackend, runner: JobRunner, permissions: Permissions) -> None:
+        self.backend = backend
+        self.runner = runner
+        self.permissions = permissions
+        self.settings = backend.settings
+
+    def validate(self, file: str | None, max_length: int = TrainingParams.max_length) -> dict:
+        """The validation report of an uploaded dataset (see llama_space.data.validate_file)."""
+        if not file:
+            raise UserError(NO_FILE)
+        return validate_file(file, self.backend.tokenizer, int(max_length),
+                             max_bytes=self.settings.max_upload_mb * 2**20)
+
+    @staticmethod
+    def params(preset: str, values: dict) -> TrainingParams:
+        """Preset values overridden by the given (non-empty) fields."""
+        if preset not in PRESETS:
+            raise UserError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        given = {key: value for key, value in values.items() if value is not None and value != ""}
+        return TrainingParams.preset(preset, **given)
+
+    def start(self, file: str | None, adapter_name: str, params: TrainingParams) -> str:
+        """Launch a training job; returns its id."""
+        self.permissions.require_change()
+        if not file:
+            raise UserError(NO_FILE)
+        adapters.validate_name(adapter_name)
+        return self.runner.start(file, adapter_name, params)
+
+    def status(self, job_id: str) -> dict:
+        """The contract's job status fields for `job_id`."""
+        status = self.runner.status(job_id)
+        return {key: status.get(key) for key in STATUS_KEYS}
+
+    def current(self, job_id: str = "") -> dict | None:
+        """Full status (with metrics and log tail) of `job_id`, else of the running or newest job."""
+        if not job_id:
+            found = self.runner.active() or next(iter(self.runner.jobs()), None)
+            if found is None:
+                return None
+            job_id = found["job_id"]
+        return {**self.runner.status(job_id), "metrics": self.runner.metrics(job_id)}
+
+    def cancel(self, job_id: str) -> dict:
+        """Ask the job to stop within one optimizer step."""
+        self.permissions.require_change()
+        return {key: value for key, value in self.runner.cancel(job_id).items() if key in STATUS_KEYS}
+
+    def resume(self, job_id: str) -> dict:
+        """Continue an interrupted job from its last complete checkpoint."""
+        self.permissions.require_change()
+        return {key: value for key, value in self.runner.resume(job_id).items() if key in STATUS_KEYS}
+
+    def adapter_names(self) -> list[str]:
+        """Names of the adapters a chat may choose."""
+        return self.backend.list_adapters()
+
+    def list_adapters(self) -> list[dict]:
+        """Every adapter on disk with its metadata."""
+        return adapters.describe(self.settings.adapters_dir)
+
+    def delete_adapter(self, name: str) -> dict:
+        """Unload and delete an adapter."""
+        self.permissions.require_change()
+        if name in adapters.BASE_NAMES:
+            raise UserError("Choose an adapter to delete (the base model cannot be deleted).")
+        self.backend.unload_adapter(adapters.validate_name(name))
+        adapters.delete(self.settings.adapters_dir, name)
+        return {"deleted": name}
+
+    def zip(self, name: str) -> Path:
+        """A zip of the adapter's files in a fresh temporary directory, for download (the same rule as delete:
+        on an app anyone can reach, trained weights are not handed out to anyone)."""
+        self.permissions.require_change()
+        if not name:
+            raise UserError("Choose an adapter to download.")
+        return adapters.zip_adapter(self.settings.adapters_dir, name,
+                                    Path(tempfile.mkdtemp(prefix="llama-space-zip-")))
+
+    def push(self, name: str, repo_id: str, private: bool = True) -> str:
+        """Upload an adapter to the Hugging Face Hub; returns its URL."""
+        self.permissions.require_change()
+        return adapters.push_to_hub(self.settings.adapters_dir, name, repo_id, private=private)

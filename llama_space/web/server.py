@@ -1,0 +1,95 @@
+"""Building and launching the whole app: chat backend, service, Gradio UI and routes on one port.
+
+Everything the server answers is in place before its port opens: the auth middleware, the REST and /v1
+routes (handed to the FastAPI constructor, so no request sees a half-built app) and the lifespan, composed
+here: the janitor sweeps while the app serves, and the backend is closed when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from llama_space.inference.backend import ChatBackend
+    from llama_space.service.actions import Actions
+    from llama_space.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings) -> tuple[gr.Blocks, ChatBackend, Actions]:
+    """Load the model (or connect to the remote chat backend), make the service and build the UI."""
+    from llama_space.inference.backend import make_backend
+    from llama_space.service.actions import Actions
+    from llama_space.service.permissions import Permissions
+    from llama_space.training.runner import JobRunner
+    from llama_space.web import oauth
+    from llama_space.web.ui import build_ui
+
+    backend = make_backend(settings).load()
+    actions = Actions(backend, JobRunner(settings), Permissions(settings, oauth.current_profile))
+    return build_ui(backend, actions), backend, actions
+
+
+def gradio_temp_dir(settings: Settings) -> Path:
+    """Gradio's upload and cache dir: the app's own under the data dir (the janitor sweeps only that), unless
+    the operator chose one with GRADIO_TEMP_DIR. Set before the Blocks exist: they read it when built."""
+    chosen = os.environ.get("GRADIO_TEMP_DIR")
+    if not chosen:
+        chosen = str((Path(settings.data_dir) / "gradio").resolve())
+        os.environ["GRADIO_TEMP_DIR"] = chosen
+    Path(chosen).mkdir(parents=True, exist_ok=True)
+    return Path(chosen)
+
+
+def lifespan(settings: Settings, backend: ChatBackend):
+    """The app's lifespan: sweep scratch while serving (only inside the data dir), close the backend at the end."""
+    from llama_space.web.janitor import Janitor, sweep_forever
+
+    @asynccontextmanager
+    async def serving(app):
+        uploads = Path(getattr(app, "uploaded_file_dir", "") or "").resolve()
+        own = uploads.is_relative_to(Path(settings.data_dir).resolve())
+        task = asyncio.create_task(sweep_forever(Janitor(settings, uploads if own else None)))
+        try:
+            yield
+        finally:
+            task.cancel()
+            backend.close()
+
+    return serving
+
+
+def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
+    """Serve the UI, the Gradio API, POST / and /v1 on settings.host:settings.port.
+
+    Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
+    `app.state.backend` is the ChatBackend behind every route.
+    """
+    from llama_space.web import auth
+    from llama_space.web.routes import api_routes
+
+    gradio_temp_dir(settings)
+    demo, backend, _ = build_app(settings)
+    # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
+    # constructor. show_error stays off: web/errors.py already turns every failure into a gr.Error.
+    app, local_url, share_url = demo.launch(
+        server_name=settings.host, server_port=settings.port, share=settings.share,
+        auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
+        prevent_thread_lock=True, show_error=False,
+        app_kwargs={"routes": api_routes(backend, settings), "middleware": auth.middleware(settings),
+                    "lifespan": lifespan(settings, backend)})
+    app.state.backend = backend
+    log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1)", local_url,
+             f" and {share_url}" if share_url else "")
+    if block:
+        demo.block_thread()
+    return demo, app
