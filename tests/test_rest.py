@@ -10,6 +10,8 @@ from datetime import datetime
 import httpx
 import openai
 import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from adapterutil import random_adapter
 from apputil import launched_app
@@ -114,20 +116,36 @@ def test_bad_requests_get_a_json_error(url, body, status, says):
     assert "Traceback" not in reply.text
 
 
-def test_a_failing_model_is_a_json_500_on_every_route(launched, monkeypatch):
+RAW = "CUDA error: out of memory at /secret/models/weights.safetensors"  # what must never reach a client
+
+
+def test_a_failing_model_is_a_clean_500_on_every_route(launched, monkeypatch):
+    """An unexpected failure inside the model: every surface says the server failed, none shows its text."""
     def broken(*args, **kwargs):
-        raise RuntimeError("CUDA error: out of memory (simulated)")
+        raise RuntimeError(RAW)
 
     monkeypatch.setattr(launched.backend.model, "forward", broken)
     reply = post(launched.url, {"prompt": "Hi", "max_new_tokens": 2})
     assert reply.status_code == 500 and reply.json()["status"] == 500
-    assert "server error" in reply.json()["error"] and "CUDA" not in reply.text
+    assert "server failed" in reply.json()["error"]
     sdk = openai.OpenAI(base_url=launched.url + "/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Hi"}]
     with pytest.raises(openai.InternalServerError) as whole:
         sdk.chat.completions.create(model="base", messages=messages, max_tokens=2)
-    assert whole.value.type == "server_error"
-    with pytest.raises(openai.APIError, match="server error"):  # headers went out: the error is an event
-        list(sdk.chat.completions.create(model="base", messages=messages, max_tokens=2, stream=True))
+    assert whole.value.type == "server_error" and "server failed" in whole.value.message
+    with httpx.stream("POST", launched.url + "/v1/chat/completions", timeout=60,
+                      json={"model": "base", "messages": messages, "max_tokens": 2, "stream": True}) as events:
+        data = [line[6:] for line in events.iter_lines() if line.startswith("data: ")]
+    # Headers went out before the failure: an error event, then [DONE], as OpenAI ends a stream.
+    assert "server failed" in json.loads(data[-2])["error"]["message"] and data[-1] == "[DONE]"
+    client = Client(launched.url, verbose=False)
+    gradio_errors = []
+    for api, args in (("/generate", ("Hi",)), ("/chat", ("Hi", []))):
+        with pytest.raises(AppError) as raised:
+            client.predict(*args, api_name=api)
+        gradio_errors.append(str(raised.value))
+    assert all("server failed" in text for text in gradio_errors), gradio_errors
+    for text in (reply.text, whole.value.message, *data, *gradio_errors):
+        assert "CUDA" not in text and "/secret" not in text and "Traceback" not in text, text
     monkeypatch.undo()
     assert post(launched.url, {"prompt": "Hi", "max_new_tokens": 2}).status_code == 200

@@ -44,6 +44,8 @@ class Failure:
 
 def failure(exc: BaseException, what: str = "answering the request") -> Failure:
     """The client-safe form of `exc`; an unexpected one is logged (with its traceback) and hidden."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:  # raised inside a task group
+        exc = exc.exceptions[0]
     if isinstance(exc, RequestError):
         return Failure(exc.status, exc.message, exc.param, exc.code)
     if isinstance(exc, QueueFullError):

@@ -80,11 +80,12 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     gradio_temp_dir(settings)
     demo, backend, _ = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
-    # constructor. show_error stays off: web/errors.py already turns every failure into a gr.Error.
+    # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
+    # (no raw exception text), and it lets Gradio say what is wrong with a request it refuses itself.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
-        prevent_thread_lock=True, show_error=False,
+        prevent_thread_lock=True, show_error=True,
         app_kwargs={"routes": api_routes(backend, settings), "middleware": auth.middleware(settings),
                     "lifespan": lifespan(settings, backend)})
     app.state.backend = backend
