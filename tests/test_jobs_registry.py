@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +56,84 @@ def test_bad_dataset_or_name_fails_at_start_without_a_job(settings, tmp_path):
     with pytest.raises(UserError, match="unknown training parameter"):
         runner.start(good, "fine-name", {"epochs": 2})
     assert runner.jobs() == []
+
+
+def _quick_process(monkeypatch, script: str = "pass") -> None:
+    """Launch `script` (its command line naming the job dir) instead of training."""
+    from llama_space.training import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "train_command",
+                        lambda job_dir, resume: [sys.executable, "-c", script, str(job_dir)])
+
+
+def _before_tokenizing(monkeypatch, hook) -> None:
+    """Run hook() each time a start is about to tokenize its data."""
+    from llama_space import data
+
+    real = data.build_examples
+
+    def build_examples(*args, **kwargs):
+        hook()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "build_examples", build_examples)
+
+
+def test_status_polls_answer_while_a_start_tokenizes(settings, tmp_path, monkeypatch):
+    runner = JobRunner(settings)
+    data = write_alpaca(tmp_path / "d.jsonl")
+    earlier = runner.registry.create(data, "earlier", TrainingParams(max_steps=2))
+    jobfiles.update_status(runner.registry.job_dir(earlier), state="completed")
+    tokenizing, release = threading.Event(), threading.Event()
+    _before_tokenizing(monkeypatch, lambda: (tokenizing.set(), release.wait(timeout=3)))
+    _quick_process(monkeypatch)
+    started = {}
+    start = threading.Thread(target=lambda: started.update(job_id=runner.start(data, "later", {"max_steps": 2})))
+    start.start()
+    try:
+        assert tokenizing.wait(timeout=30)
+        for poll_once in (lambda: runner.status(earlier)["state"], lambda: [job["job_id"] for job in runner.jobs()]):
+            began = time.monotonic()
+            answer = poll_once()
+            assert time.monotonic() - began < 0.5, "a status poll waited for the start"
+        assert answer == [earlier]  # the job being prepared is not listed yet
+    finally:
+        release.set()
+        start.join(timeout=30)
+    assert runner.wait(started["job_id"], timeout=30, poll=0.05)["adapter"] == "later"
+
+
+def test_a_job_launched_while_a_start_prepares_refuses_that_start_without_a_trace(settings, tmp_path, monkeypatch):
+    runner = JobRunner(settings)
+    data = write_alpaca(tmp_path / "d.jsonl")
+    interrupted = runner.registry.create(data, "first", TrainingParams(max_steps=2))  # never launched
+    assert runner.status(interrupted)["resumable"]
+    _quick_process(monkeypatch, "import time; time.sleep(60)")
+    _before_tokenizing(monkeypatch, lambda: runner.resume(interrupted))  # another request, meanwhile
+    try:
+        with pytest.raises(UserError, match=f"already running \\(job {interrupted}\\)"):
+            runner.start(data, "second", {"max_steps": 2})
+        assert sorted(path.name for path in runner.registry.root.iterdir()) == [interrupted]
+    finally:
+        os.kill(int((runner.registry.job_dir(interrupted) / jobfiles.PID_FILE).read_text()), signal.SIGKILL)
+    assert runner.wait(interrupted, timeout=30, poll=0.05)["state"] == "interrupted"
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("shutil.copyfile", "Could not copy the dataset into the job folder (No space left on device); no job was created."),
+    ("llama_space.training.jobfiles.write_json_atomic",
+     "Could not write the job's files (No space left on device); no job was created."),
+])
+def test_a_job_creation_failing_half_way_leaves_no_directory(settings, tmp_path, monkeypatch, broken, message):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    runner = JobRunner(settings)
+    monkeypatch.setattr(broken, disk_full)
+    with pytest.raises(UserError) as refused:
+        runner.start(write_alpaca(tmp_path / "d.jsonl"), "full", {"max_steps": 2})
+    assert str(refused.value) == message
+    assert list(runner.registry.root.iterdir()) == [] and runner.jobs() == []
 
 
 def test_unknown_or_malformed_job_ids_are_user_errors(settings):

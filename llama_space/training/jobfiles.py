@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from llama_space.errors import UserError
+
 JOB_FILE = "job.json"  # the job's configuration, written once at creation
 STATUS_FILE = "status.json"  # current state and progress, rewritten atomically
 METRICS_FILE = "metrics.jsonl"  # one JSON line per logged training step or evaluation
@@ -19,6 +21,15 @@ KEPT_ADAPTER_DIR = "adapter"  # where a trained adapter waits when its name was 
 
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
+_DESCRIPTIONS = {JOB_FILE: "configuration file", STATUS_FILE: "status file"}
+
+
+class DamagedJobFile(UserError):
+    """A job file that exists but holds no JSON object (cut short, emptied, overwritten): that job cannot go on."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        what = _DESCRIPTIONS.get(Path(path).name, f"file {Path(path).name}")
+        super().__init__(f"The job's {what} is damaged ({why}); its checkpoints and log are kept in the job folder.")
 
 
 def _finite_or_none(value):
@@ -36,11 +47,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
-    """The JSON object in `path`, or {} when it does not exist."""
+    """The JSON object in `path`, or {} when it does not exist; DamagedJobFile when it holds anything else."""
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return {}
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise DamagedJobFile(path, "not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise DamagedJobFile(path, "not a JSON object")
+    return data
 
 
 def update_status(job_dir: Path, **changes) -> dict:

@@ -1,11 +1,13 @@
 """The on-disk job registry: data_dir/jobs/<job_id>/ holds each job's config, data copy, status and log.
 
 The registry is the source of truth across app restarts: a job whose process is gone while its
-status still says queued/running is marked `interrupted` (or `cancelled` if a cancel was asked) when read.
+status still says queued/running is marked `interrupted` (or `cancelled` if a cancel was asked) when read, and
+a job whose job.json or status.json cannot be read is reported failed, that job alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from llama_space.settings import Settings
 
 _JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+STAGING_PREFIX = ".new-"  # a job dir being prepared: .new-<job_id>-<pid of the preparing process>
 
 
 def process_alive(pid: int, job_dir: Path) -> bool:
@@ -62,7 +65,17 @@ class JobRegistry:
         return self._tokenizers[source]
 
     def create(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams) -> str:
-        """Validate the name and the data, copy the data into a new job dir, write job.json; return the id."""
+        """Prepare a job and put it in place at once (nothing launches it); return its id."""
+        job_id = self.prepare(dataset_path, adapter_name, params)
+        self.commit(job_id)
+        return job_id
+
+    def prepare(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams) -> str:
+        """Validate the name and the data and write the whole job dir under a hidden name; return the job id.
+
+        This is the slow part of a start (tokenizing, copying up to max_upload_mb), done before anything is
+        locked; the dir stays out of every listing until `commit` renames it into place, or `discard` drops it.
+        """
         from llama_space.data import build_examples, dataset_fingerprint
 
         adapters_dir = Path(self.settings.adapters_dir).resolve()
@@ -74,21 +87,39 @@ class JobRegistry:
         max_bytes = self.settings.max_upload_mb * 2**20
         examples = build_examples(dataset, self._tokenizer(), params.max_length, max_bytes=max_bytes)
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-        job_dir = self.root / job_id
-        job_dir.mkdir(parents=True)
-        copy = job_dir / ("dataset" + dataset.suffix.lower())
-        shutil.copyfile(dataset, copy)
-        config = {
-            "job_id": job_id, "model": self.settings.model, "base_model": base_model_name(self.settings.model),
-            "cache_dir": str(Path(self.settings.cache_dir).resolve()), "adapters_dir": str(adapters_dir),
-            "adapter": adapter_name, "dataset": copy.name, "dataset_name": dataset.name,
-            "dataset_fingerprint": dataset_fingerprint(copy), "examples": len(examples),
-            "max_bytes": max_bytes, "params": params.to_dict()}
-        jobfiles.write_json_atomic(job_dir / jobfiles.JOB_FILE, config)
-        jobfiles.update_status(job_dir, job_id=job_id, state="queued", adapter=adapter_name, created=time.time(),
-                               step=0, total_steps=None, loss=None, eval_loss=None, eta_seconds=None,
-                               error=None, pid=None, started=None, finished=None)
+        staging, copy = self._staging(job_id), "dataset" + dataset.suffix.lower()
+        step = "create the job folder"
+        try:
+            staging.mkdir(parents=True)
+            step = "copy the dataset into the job folder"
+            shutil.copyfile(dataset, staging / copy)
+            step = "write the job's files"
+            jobfiles.write_json_atomic(staging / jobfiles.JOB_FILE, {
+                "job_id": job_id, "model": self.settings.model, "base_model": base_model_name(self.settings.model),
+                "cache_dir": str(Path(self.settings.cache_dir).resolve()), "adapters_dir": str(adapters_dir),
+                "adapter": adapter_name, "dataset": copy, "dataset_name": dataset.name,
+                "dataset_fingerprint": dataset_fingerprint(staging / copy), "examples": len(examples),
+                "max_bytes": max_bytes, "params": params.to_dict()})
+            jobfiles.update_status(staging, job_id=job_id, state="queued", adapter=adapter_name,
+                                   created=time.time(), step=0, total_steps=None, loss=None, eval_loss=None,
+                                   eta_seconds=None, error=None, pid=None, started=None, finished=None)
+        except OSError as exc:  # disk full, quota, permissions: leave no half-made job behind
+            self.discard(job_id)
+            raise UserError(f"Could not {step} ({exc.strerror or 'input/output error'}); "
+                            "no job was created.") from exc
         return job_id
+
+    def commit(self, job_id: str) -> None:
+        """Put a prepared job in place, where listings and the runner find it."""
+        os.rename(self._staging(job_id), self.root / job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Remove a prepared job that was not committed (no-op once it was)."""
+        shutil.rmtree(self._staging(job_id), ignore_errors=True)
+
+    def _staging(self, job_id: str) -> Path:
+        # Hidden and not an id, so never listed; the pid lets the janitor sweep one whose process died.
+        return self.root / f"{STAGING_PREFIX}{job_id}-{os.getpid()}"
 
     def job_dir(self, job_id: str) -> Path:
         """The directory of job `job_id`; UserError for a malformed or unknown id."""
@@ -102,14 +133,29 @@ class JobRegistry:
         return jobfiles.read_json(self.job_dir(job_id) / jobfiles.JOB_FILE)
 
     def status(self, job_id: str) -> dict:
-        """status.json plus derived fields, after marking a job whose process is gone."""
+        """status.json plus derived fields, after marking a job whose process is gone (or whose files are damaged)."""
         job_dir = self.job_dir(job_id)
-        status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+        try:
+            jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
+            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+        except jobfiles.DamagedJobFile as exc:
+            return self._derived(job_dir, self._damaged(job_dir, exc))
         if status.get("state", "queued") in jobfiles.ACTIVE_STATES:
             pid = job_pid(job_dir, status)
             if pid is None or not process_alive(pid, job_dir):
                 status = self.mark_stopped(job_id)
         return self._derived(job_dir, status)
+
+    @staticmethod
+    def _damaged(job_dir: Path, exc: jobfiles.DamagedJobFile) -> dict:
+        """A damaged job's status: failed, with what is still readable; its files stay as they are for a person."""
+        readable = {}
+        for name in (jobfiles.JOB_FILE, jobfiles.STATUS_FILE):
+            with contextlib.suppress(jobfiles.DamagedJobFile):
+                readable[name] = jobfiles.read_json(job_dir / name)
+        status = readable.get(jobfiles.STATUS_FILE, {"adapter": readable.get(jobfiles.JOB_FILE, {}).get("adapter")})
+        created = time.mktime(time.strptime(job_dir.name[:15], "%Y%m%d-%H%M%S"))  # the id starts with it
+        return {"created": created, **status, "state": "failed", "error": str(exc), "eta_seconds": None}
 
     def mark_stopped(self, job_id: str, error: str | None = None) -> dict:
         """Record that the job's process is gone: cancelled if a cancel was asked, else interrupted/failed."""

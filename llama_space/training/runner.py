@@ -54,16 +54,27 @@ class JobRunner:
     def __init__(self, settings: Settings) -> None:
         self.registry = JobRegistry(settings)
         self._lock = threading.RLock()  # serialises launches with the status reads that could mark them dead
+        # Starts one at a time, so a second start is refused before it tokenizes its data for nothing (and the
+        # shared tokenizer never encodes for two threads at once); status reads never wait on this one.
+        self._start_lock = threading.Lock()
 
     def start(self, dataset_path: str | Path, adapter_name: str,
               params: TrainingParams | dict | None = None) -> str:
         """Validate and launch a new job; return its id. Refused while another job is queued or running."""
         if not isinstance(params, TrainingParams):
             params = TrainingParams.from_dict(params or {})
-        with self._lock:
-            self._refuse_if_busy()
-            job_id = self.registry.create(dataset_path, adapter_name, params)
-            self._launch(job_id, resume=False)
+        with self._start_lock:
+            with self._lock:
+                self._refuse_if_busy()
+            # Tokenizing and copying take seconds on a large file: done outside the lock the 1 s polls take.
+            job_id = self.registry.prepare(dataset_path, adapter_name, params)
+            try:
+                with self._lock:
+                    self._refuse_if_busy()  # again: a job may have been resumed meanwhile
+                    self.registry.commit(job_id)
+                    self._launch(job_id, resume=False)
+            finally:
+                self.registry.discard(job_id)  # a no-op once committed
         return job_id
 
     def resume(self, job_id: str) -> dict:
@@ -149,7 +160,10 @@ class JobRunner:
         code = process.wait()
         with self._lock:
             job_dir = self.registry.job_dir(job_id)
-            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+            try:
+                status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+            except jobfiles.DamagedJobFile:
+                return  # nothing to add: the registry reports such a job failed, saying why
             # A late reaper must leave a resumed job alone: the status then belongs to a newer launch.
             if (status.get("state") not in jobfiles.ACTIVE_STATES
                     or (job_dir / jobfiles.PID_FILE).read_text() != str(process.pid)):

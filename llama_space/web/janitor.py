@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STALE_ADAPTER_DIR = re.compile(r"^\.(?:tmp|deleting)-.+-(\d+)$")  # adapters.staging_path / adapters.delete
+_STALE_JOB_DIR = re.compile(r"^\.new-.+-(\d+)$")  # JobRegistry.prepare
+# A failed job's scratch goes too: the app resumes only interrupted jobs, so `train --resume` of a failed job by
+# hand works only until the next sweep removes the checkpoints and dataset copy it would need.
 FINISHED_STATES = ("completed", "cancelled", "failed")
 
 
@@ -42,22 +45,28 @@ class Janitor:
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns how many things of each kind it removed."""
-        return {"job_scratch": self._job_scratch(), "staging": self._stale_staging(),
+        return {"job_scratch": self._job_scratch(), "job_staging": self._job_staging(),
+                "staging": self._stale_staging(),
                 "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),
                 "zips": self._old_entries(Path(tempfile.gettempdir()), "llama-space-zip-*", self.zip_max_age)}
 
     def _job_scratch(self) -> int:
-        """A finished job keeps its status, metrics and log; its checkpoints and dataset copy go."""
+        """A finished (completed, cancelled, failed) job keeps its status, metrics and log; its checkpoints and
+        dataset copy go."""
         from llama_space.training import jobfiles
 
         removed = 0
         if not self.jobs_dir.is_dir():
             return 0
-        for job_dir in self.jobs_dir.iterdir():
-            status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE) if job_dir.is_dir() else {}
+        for job_dir in filter(Path.is_dir, self.jobs_dir.iterdir()):
+            try:
+                status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+                config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
+            except jobfiles.DamagedJobFile:
+                continue  # its state is unknown: keep everything, as the registry's report of it promises
             if status.get("state") not in FINISHED_STATES:
                 continue
-            dataset = str(jobfiles.read_json(job_dir / jobfiles.JOB_FILE).get("dataset", ""))
+            dataset = str(config.get("dataset", ""))
             scratch = [job_dir / jobfiles.CHECKPOINTS_DIR]
             if re.fullmatch(r"dataset\.[a-z]{1,8}", dataset):  # only the copy the registry made, never a path
                 scratch.append(job_dir / dataset)
@@ -66,10 +75,18 @@ class Janitor:
 
     def _stale_staging(self) -> int:
         """Half-written (.tmp-NAME-PID) or half-deleted (.deleting-NAME-PID) adapter dirs of dead processes."""
-        if not self.adapters_dir.is_dir():
+        return self._dead_staging(self.adapters_dir, _STALE_ADAPTER_DIR)
+
+    def _job_staging(self) -> int:
+        """Job dirs being prepared (.new-JOB_ID-PID) by a process that died before putting them in place."""
+        return self._dead_staging(self.jobs_dir, _STALE_JOB_DIR)
+
+    @staticmethod
+    def _dead_staging(root: Path, pattern: re.Pattern) -> int:
+        if not root.is_dir():
             return 0
-        stale = [path for path in self.adapters_dir.iterdir()
-                 if (m := _STALE_ADAPTER_DIR.match(path.name)) and not pid_alive(int(m.group(1)))]
+        stale = [path for path in root.iterdir()
+                 if (m := pattern.match(path.name)) and not pid_alive(int(m.group(1)))]
         return sum(_remove(path) for path in stale)
 
     @staticmethod
