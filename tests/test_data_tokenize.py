@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 from llama_space.data import IGNORE_INDEX, build_examples, tokenize_messages, validate_file
 from llama_space.errors import UserError
 
+from llama31 import BOS, DATED, EOT, header, llama31_tokenizer_dir  # noqa: F401
+
 SINGLE = [{"role": "user", "content": "What is the capital of France?"},
           {"role": "assistant", "content": "The capital of France is Paris."}]
 MULTI = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
@@ -92,6 +94,47 @@ def test_no_chat_template_is_refused(tiny_model_dir):
 def test_max_length_must_be_positive(tokenizer):
     with pytest.raises(UserError, match="max_length must be at least 1"):
         tokenize_messages(tokenizer, SINGLE, max_length=0)
+
+
+@pytest.fixture(scope="module")
+def llama31(llama31_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(llama31_tokenizer_dir)
+
+
+def masked_text(tokenizer, row: dict) -> str:
+    return tokenizer.decode([token for token, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX])
+
+
+@pytest.mark.parametrize("system", ["", "Be brief."], ids=["no-system-message", "system-message"])
+def test_llama31_labels_are_each_reply_and_eot_not_headers_or_dated_block(llama31, system):
+    messages = [{"role": "system", "content": system}] * bool(system) + MULTI
+    row = tokenize_messages(llama31, messages, max_length=512)
+    assert row["input_ids"] == llama31.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(row["input_ids"], row["labels"]))
+    assert trained_runs(llama31, row) == [f"Hello! How can I help?{EOT}", f"Blue, like the sea.{EOT}"]
+    assert masked_text(llama31, row) == (
+        f"{BOS}{header('system')}{DATED}{system}{EOT}{header('user')}Hi there{EOT}{header('assistant')}"
+        f"{header('user')}Name a colour.{EOT}{header('assistant')}")
+
+
+def test_llama31_reply_also_in_the_dated_block_is_trained_where_the_reply_is(llama31):
+    messages = [{"role": "user", "content": "When does your knowledge end?"},
+                {"role": "assistant", "content": "December 2023"}]
+    row = tokenize_messages(llama31, messages, max_length=512)
+    assert trained_runs(llama31, row) == [f"December 2023{EOT}"]
+    assert masked_text(llama31, row).count("December 2023") == 1  # the dated block's stays masked
+
+
+def test_llama31_truncation_keeps_the_masking_of_the_full_row(llama31):
+    full = tokenize_messages(llama31, MULTI, max_length=512)
+    trained = {k for k, label in enumerate(full["labels"]) if label != IGNORE_INDEX}
+    first_reply, second_reply = sorted(k for k in trained if k - 1 not in trained)
+    expected = {10: [], first_reply: [], second_reply: [f"Hello! How can I help?{EOT}"],
+                second_reply + 2: [f"Hello! How can I help?{EOT}", "Blue,"]}
+    for max_length, runs in expected.items():
+        row = tokenize_messages(llama31, MULTI, max_length=max_length)
+        assert row == {"input_ids": full["input_ids"][:max_length], "labels": full["labels"][:max_length]}
+        assert trained_runs(llama31, row) == runs
 
 
 def write_chat(path, conversations):

@@ -6,6 +6,8 @@ from transformers import AutoTokenizer
 from llama_space.errors import UserError
 from llama_space.inference.prompting import build_prompt, normalize_messages
 
+from llama31 import BOS, DATED, EOT, header, llama31_tokenizer_dir  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
@@ -57,3 +59,52 @@ def test_message_longer_than_context_is_explained(tokenizer):
 def test_max_new_tokens_beyond_context_is_explained(tokenizer):
     with pytest.raises(UserError, match="context window"):
         build_prompt(tokenizer, normalize_messages([], "hi"), context_window=512, max_new_tokens=600)
+
+
+@pytest.fixture(scope="module")
+def llama31(llama31_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(llama31_tokenizer_dir)
+
+
+def long_history(pairs: int) -> list[dict]:
+    history = []
+    for i in range(pairs):
+        history += [{"role": "user", "content": f"question {i} " + "word " * 20},
+                    {"role": "assistant", "content": f"answer {i} " + "word " * 20}]
+    return history
+
+
+@pytest.mark.parametrize("system", ["", "You are terse."], ids=["no-system-message", "system-message"])
+def test_llama31_prompt_is_one_bos_then_the_dated_block_and_ends_with_the_assistant_header(llama31, system):
+    prompt = build_prompt(llama31, normalize_messages([], "Hello there", system), context_window=512,
+                          max_new_tokens=16)
+    assert llama31.decode(prompt.input_ids) == (
+        f"{BOS}{header('system')}{DATED}{system}{EOT}{header('user')}Hello there{EOT}{header('assistant')}")
+    assert prompt.input_ids.count(llama31.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("system", ["", "SYSTEM RULES"], ids=["no-system-message", "system-message"])
+def test_llama31_trimming_drops_oldest_turns_and_keeps_system_block_and_newest_turn(llama31, system):
+    messages = normalize_messages(long_history(20), "the newest question", system)
+    prompt = build_prompt(llama31, messages, context_window=300, max_new_tokens=50)
+    kept = [messages[0]] * bool(system) + messages[bool(system) + prompt.dropped_messages:]
+    text = llama31.decode(prompt.input_ids)
+    assert text == llama31.apply_chat_template(kept, tokenize=False, add_generation_prompt=True)
+    assert prompt.dropped_messages > 0 and prompt.dropped_messages % 2 == 0
+    assert text.startswith(f"{BOS}{header('system')}{DATED}{system}{EOT}{header('user')}question ")
+    assert text.endswith(f"{header('user')}the newest question{EOT}{header('assistant')}")
+    # As many turns as fit: one more pair would not.
+    assert len(prompt.input_ids) <= 250
+    one_more = [messages[0]] * bool(system) + messages[bool(system) + prompt.dropped_messages - 2:]
+    assert len(llama31.apply_chat_template(one_more, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]) > 250
+
+
+def test_llama31_too_long_counts_the_dated_block(llama31):
+    messages = normalize_messages(long_history(1), "word " * 40, "Be brief.")
+    newest = [messages[0], messages[-1]]
+    needed = len(llama31.apply_chat_template(newest, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"])
+    assert build_prompt(llama31, messages, context_window=needed + 16, max_new_tokens=16).dropped_messages == 2
+    with pytest.raises(UserError, match=rf"the prompt needs {needed} tokens but only {needed - 1} fit"):
+        build_prompt(llama31, messages, context_window=needed + 15, max_new_tokens=16)
