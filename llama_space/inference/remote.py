@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 
 from llama_space import adapters
-from llama_space.inference.admission import Admission, QueueFullError
 from llama_space.errors import BackendError, NotFoundError, UserError
+from llama_space.inference import remote_wire as wire
+from llama_space.inference.admission import Admission
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.stats import ReplyStats
 
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # rough English average, for counting without a tokenizer
 DEFAULT_CONTEXT_WINDOW = 4096  # when the remote does not say (vLLM does, as max_model_len)
 TIMEOUT = httpx.Timeout(10.0, read=300.0)  # reads wait for the remote's queue as well
+# Seconds one GET /models answer serves adapter look-ups: every request names a model, a remote adds
+# adapters rarely, and one added is usable this long after.
+MODELS_TTL = 5.0
 
 
 class RemoteBackend:
@@ -42,12 +47,13 @@ class RemoteBackend:
         self.base_name = settings.model
         self._context_window = DEFAULT_CONTEXT_WINDOW
         self._tokenizer = None
+        self._cards: tuple[float, list[dict]] = (0.0, [])  # (monotonic time fetched, the remote's model cards)
         # The same bound as in-process: the remote has a queue of its own, but ours refuses at once.
         self.admission = Admission(settings.max_queue + settings.concurrency)
 
     def load(self) -> RemoteBackend:
         """Check the server answers and find the base model; a UserError says what is wrong."""
-        cards = self._models()
+        cards = self._models(fresh=True)
         ids = [card["id"] for card in cards]
         if self.base_name and self.base_name not in ids:
             raise UserError(f"The chat backend at {self.url} does not serve {self.base_name!r}; "
@@ -85,7 +91,7 @@ class RemoteBackend:
 
     # ---- adapters: whatever the remote serves ----------------------------------------------------
     def list_adapters(self) -> list[str]:
-        """The remote's model ids other than the base, asked again on every call."""
+        """The remote's model ids other than the base (asked again once MODELS_TTL has passed)."""
         return [card["id"] for card in self._models() if card["id"] != self.base_name]
 
     def load_adapter(self, name: str) -> None:
@@ -117,7 +123,7 @@ class RemoteBackend:
         """Start a streamed reply on the remote; errors it answers with are raised here as UserError."""
         if params.max_new_tokens > self.settings.max_new_tokens_limit:
             raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
-        body = request_body(self._model_id(adapter or ""), messages, params)
+        body = wire.request_body(self._model_id(adapter or ""), messages, params)
         self.admission.enter()
         try:
             return RemoteStream(self, body, on_end=self.admission.leave)
@@ -129,31 +135,39 @@ class RemoteBackend:
         """The whole reply at once."""
         return "".join(self.stream(messages, params, adapter))
 
-    def _models(self) -> list[dict]:
+    def _models(self, fresh: bool = False) -> list[dict]:
+        """The remote's model cards, reused for MODELS_TTL seconds unless `fresh`."""
+        fetched_at, cards = self._cards
+        if fresh or not cards or time.monotonic() - fetched_at >= MODELS_TTL:
+            cards = self._fetch_models()
+            self._cards = (time.monotonic(), cards)  # one assignment: readers in other threads see either
+        return cards
+
+    def _fetch_models(self) -> list[dict]:
         response = self._request("GET", "/models")
         try:
             response.read()
+        except httpx.HTTPError as exc:
+            raise wire.cut_off(exc, self.url) from None
         finally:
             response.close()
-        cards = response.json().get("data") or []
-        if not cards:
-            raise UserError(f"The chat backend at {self.url} lists no models.")
-        return cards
+        return wire.model_cards(wire.read_json(response, self.url), self.url)
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """An open (streamed) response with a 2xx status; connection problems and errors become UserError."""
+        """An open (streamed) response with a 2xx status; connection problems and error answers raise UserError."""
         try:
             response = self._client.send(self._client.build_request(method, path, **kwargs), stream=True)
-        except httpx.TransportError as exc:
-            raise BackendError(f"The chat backend at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
-                            "check that it runs and LLAMA_SPACE_BACKEND_URL.") from None
+        except httpx.HTTPError as exc:
+            raise wire.unreachable(exc, self.url) from None
         if response.is_success:
             return response
         try:
             response.read()
+        except httpx.HTTPError as exc:
+            raise wire.cut_off(exc, self.url) from None
         finally:
             response.close()
-        raise remote_error(response, self.url)
+        raise wire.remote_error(response, self.url)
 
 
 class RemoteStream(ReplyStats):
@@ -169,8 +183,11 @@ class RemoteStream(ReplyStats):
         is over, however it ends, but not when this raises."""
         super().__init__(prompt_tokens=sum(backend.count_tokens(m["content"]) for m in body["messages"]))
         self._reported_tokens: int | None = None  # the remote's usage count, when it sends one
+        self._url = backend.url
         self._response = backend._request("POST", "/chat/completions", json=body)
+        wire.check_event_stream(self._response, self._url)
         self._on_end = on_end
+        self._end_lock = threading.Lock()  # close() from another thread can race the end of __iter__
 
     def __iter__(self) -> Iterator[str]:
         completed = False
@@ -195,17 +212,15 @@ class RemoteStream(ReplyStats):
             self._hang_up()
 
     def _chunks_of_reply(self) -> Iterator[dict]:
-        """The JSON chunks of the stream; a remote that fails or vanishes mid-reply raises UserError."""
+        """The JSON chunks of the stream; a remote that fails or vanishes mid-reply raises BackendError."""
         try:
-            for data in _sse_data(self._response):
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise UserError(_message(chunk, "the chat backend failed while streaming"))
-                yield chunk
-        except httpx.HTTPError as exc:
-            if self.is_finished:  # close() hung up meanwhile
-                return
-            raise BackendError(f"The chat backend stopped answering mid-reply ({type(exc).__name__}: {exc}).") from None
+            yield from wire.sse_chunks(self._response.iter_lines(), self._url)
+        except (httpx.HTTPError, httpx.StreamError) as exc:  # StreamError: closed before the first read
+            if not self.is_finished:  # else close() hung up meanwhile: the reply ended as asked
+                raise wire.cut_off(exc, self._url) from None
+        except BackendError:
+            if not self.is_finished:
+                raise
 
     def _read_usage(self, usage: dict | None) -> None:
         if usage:
@@ -222,61 +237,13 @@ class RemoteStream(ReplyStats):
         self._hang_up()
 
     def _hang_up(self) -> None:
-        self._response.close()
-        on_end, self._on_end = self._on_end, None
-        if on_end is not None:
-            on_end()
-
-
-def request_body(model: str, messages: list[dict], params: GenerationParams) -> dict:
-    """The chat-completions body for `params`; top_k and repetition_penalty are vLLM's extensions."""
-    body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p}
-    if params.stop:
-        body["stop"] = params.stop
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if not params.greedy and params.top_k:
-        body["top_k"] = params.top_k
-    if params.repetition_penalty != 1.0:
-        body["repetition_penalty"] = params.repetition_penalty
-    return body
-
-
-def remote_error(response: httpx.Response, url: str) -> UserError:
-    """The remote's error message as a UserError (429 as the shared queue's QueueFullError)."""
-    try:
-        message = _message(response.json(), response.text)
-    except ValueError:
-        message = response.text.strip()[:300] or response.reason_phrase
-    if response.status_code == 429:
-        return QueueFullError(message)
-    if response.status_code >= 500:
-        return BackendError(f"The chat backend at {url} failed (HTTP {response.status_code}): {message}")
-    return UserError(message)
-
-
-def _message(payload: object, fallback: str) -> str:
-    """The message in OpenAI's {"error": {"message"}}, vLLM's {"message"} or FastAPI's {"detail"} shapes."""
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        for key in ("message", "detail", "error"):
-            if payload.get(key):
-                return str(payload[key])
-    return fallback
-
-
-def _sse_data(response: httpx.Response) -> Iterator[str]:
-    """The `data:` payloads of a server-sent event stream, up to [DONE]."""
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (keep-alives), event names
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield data
+        with self._end_lock:
+            on_end, self._on_end = self._on_end, None
+        try:
+            self._response.close()
+        finally:  # the queue place comes back even if closing the connection fails
+            if on_end is not None:
+                on_end()
 
 
 def _base_card(cards: list[dict]) -> dict:
