@@ -10,31 +10,57 @@ from types import SimpleNamespace
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.inference.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks, generate_overrides,
-                                     prepare_decode, should_compile)
+from llama_space.inference import loading
+from llama_space.inference.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks,
+                                               generate_overrides, prepare_decode, should_compile)
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 
 
-def tiny_manager(tiny_model_dir, tmp_path_factory) -> ModelManager:
+def tiny_manager(tiny_model_dir, tmp_path_factory, compile: str = "auto") -> ModelManager:
     directory = tmp_path_factory.mktemp("fast")
     return ModelManager(Settings(model=str(tiny_model_dir), dtype="float32", device="cpu", data_dir=directory,
-                                 adapters_dir=directory / "adapters")).load()
+                                 adapters_dir=directory / "adapters", compile=compile)).load()
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_model_dir, tmp_path_factory):
+    """Loaded as the app loads it on CPU: compile=auto leaves decoding eager, so requests are batched."""
     return tiny_manager(tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def fast(tiny_model_dir, tmp_path_factory):
-    manager = tiny_manager(tiny_model_dir, tmp_path_factory)
-    plan = prepare_decode(manager.model, manager.tokenizer, "on", backend="eager")
+    """compile=on, loaded as the app loads it (default concurrency), with dynamo's eager backend."""
+    plans = []
+
+    def eager(model, tokenizer, mode):
+        plans.append(prepare_decode(model, tokenizer, mode, backend="eager"))
+        return plans[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "prepare_decode", eager)
+        manager = tiny_manager(tiny_model_dir, tmp_path_factory, compile="on")
+    [plan] = plans
     assert plan.compiled and plan.warmup_seconds > 0
+    assert manager.settings.concurrency > 1 and not manager.batching  # compiled: one at a time, via generate
     return manager
+
+
+@pytest.fixture
+def compiled_steps(fast, monkeypatch):
+    """The caches the compiled decode step was called with, one per call, while the test runs."""
+    caches = []
+    compiled = fast.model._compiled_call  # what generate's get_compiled_call hands back
+
+    def counting(*args, **kwargs):
+        caches.append(type(kwargs.get("cache")).__name__)
+        return compiled(*args, **kwargs)
+
+    monkeypatch.setattr(fast.model, "_compiled_call", counting)
+    return caches
 
 
 def test_auto_compiles_on_cuda_only():
@@ -48,11 +74,12 @@ def test_plain_cpu_load_keeps_the_eager_dynamic_cache_path(plain):
     model = plain.model
     assert model.generation_config.cache_implementation is None
     assert getattr(model.generation_config, "compile_config", None) is None
+    assert plain.batching
     assert attention_implementation("cpu") is None  # transformers' default: SDPA
     assert generate_overrides(model) == {}
 
 
-def test_compiled_greedy_stream_equals_plain(plain, fast):
+def test_compiled_greedy_stream_equals_plain(plain, fast, compiled_steps):
     params = GenerationParams(temperature=0, max_new_tokens=24)
     for text in ("Tell me about dragons.", "What is the capital of France?"):
         messages = normalize_messages([], text)
@@ -62,12 +89,11 @@ def test_compiled_greedy_stream_equals_plain(plain, fast):
         chunks = [chunk for chunk in compiled if chunk]
         assert "".join(chunks) == reference and len(chunks) > 1
         assert compiled.completion_tokens == expected.completion_tokens == 24
-    model = fast.model
-    assert model.generation_config.cache_implementation == "static"
-    assert hasattr(model, "_compiled_call")  # generate took the compiled decode step
+    # Every token after the prefill's first came from the compiled step, over the static cache.
+    assert compiled_steps == ["StaticCache"] * 2 * 23
 
 
-def test_stop_ends_compiled_generation(fast):
+def test_stop_ends_compiled_generation(fast, compiled_steps):
     generation = fast.stream(normalize_messages([], "Write a long story."),
                              GenerationParams(temperature=0, max_new_tokens=400))
     texts = (chunk for chunk in generation if chunk)
@@ -75,6 +101,7 @@ def test_stop_ends_compiled_generation(fast):
         next(texts)
     generation.close()
     assert generation.finish_reason == "cancelled" and generation.completion_tokens < 400
+    assert 3 <= len(compiled_steps) < 400
 
 
 def test_lora_requests_decode_eagerly(fast):

@@ -1,11 +1,15 @@
-"""The model manager on the embedded SmolLM2 model: answers, streaming, stop, trimming, adapters."""
+"""The model manager: answers, streaming, stop, trimming, adapters (embedded SmolLM2); serial order (tiny Llama)."""
 
+import inspect
+import threading
 import time
 
 import pytest
 
-from llama_space.errors import UserError
+from llama_space.errors import NotFoundError, UserError
 from llama_space.inference.admission import QueueFullError
+from llama_space.inference.backend import ChatBackend
+from llama_space.inference.fifo import FairLock
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
@@ -130,3 +134,55 @@ def test_compile_setting_reaches_the_decode_plan(monkeypatch, tiny_model_dir):
     for mode in ("on", "off"):
         ModelManager(Settings(model=str(tiny_model_dir), compile=mode)).load()
     assert modes == ["on", "off"]
+
+
+@pytest.fixture(scope="module")
+def serial(tiny_model_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("serial")
+    settings = Settings(model=str(tiny_model_dir), dtype="float32", device="cpu", data_dir=directory,
+                        adapters_dir=directory / "adapters", concurrency=1, max_queue=8)
+    return ModelManager(settings).load()
+
+
+def test_serial_requests_start_in_arrival_order_and_a_stopped_waiter_never_runs(serial, monkeypatch):
+    started = []
+    generate = serial.model.generate
+
+    def recording(input_ids, **kwargs):
+        started.append(input_ids[0].tolist())
+        return generate(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(serial.model, "generate", recording)
+    params = GenerationParams(temperature=0, max_new_tokens=2)
+    with serial._lock:  # the model is busy: every request below waits
+        streams = [serial.stream(normalize_messages([], f"Request number {i}."), params) for i in range(8)]
+        time.sleep(0.3)  # every worker is waiting for the model
+        streams[3].close()  # leaves the queue while waiting
+    for stream in streams:
+        "".join(stream)
+    order = [next(i for i, s in enumerate(streams) if s.input_ids == ids) for ids in started]
+    assert order == [0, 1, 2, 4, 5, 6, 7]
+    assert streams[3].finish_reason == "cancelled" and streams[3].completion_tokens == 0
+    assert not serial._lock.locked() and serial.admission.in_flight == 0
+
+
+def test_a_turn_given_up_just_after_it_was_granted_passes_the_lock_on():
+    lock = FairLock()
+    lock.acquire()
+    first, second = lock.request(), lock.request()
+    lock.release()  # first's turn now, but its request was stopped meanwhile
+    first.cancel()
+    assert second.wait(threading.Event()) and lock.locked()
+    lock.release()
+    assert not lock.locked()
+
+
+def test_manager_is_a_chat_backend(serial):
+    assert isinstance(serial, ChatBackend)
+    for name in ("load", "close", "stream", "generate", "list_adapters", "check_adapter", "unload_adapter",
+                 "count_tokens"):
+        expected = inspect.signature(getattr(ChatBackend, name)).parameters
+        assert inspect.signature(getattr(ModelManager, name)).parameters.keys() == expected.keys(), name
+    assert serial.check_adapter("base") == serial.check_adapter("") == ""
+    with pytest.raises(NotFoundError, match="Available: base"):
+        serial.check_adapter("missing")

@@ -1,4 +1,8 @@
-"""One queue for every route: a full queue is refused at once everywhere, and a client that leaves frees its slot."""
+"""One queue for every route: a full queue is refused at once everywhere, and a client that leaves frees its slot.
+
+The key tests run in both modes: serial (one request at a time, as with a compiled decode step) and batched
+(requests decode together in the batch engine); the Gradio chat ones run serially only, to keep the file quick.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +26,17 @@ STORY = "Write a long story about a dragon."  # greedy SmolLM2 goes on for hundr
 LONG = {"messages": [{"role": "user", "content": STORY}], "max_tokens": 2000, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def launched(embedded_dir, tmp_path_factory):
-    """The embedded model with room for one running and one waiting request."""
+MODES = {"serial": 1, "batched": 2}  # mode -> concurrency
+SERIAL_ONLY = pytest.mark.parametrize("launched", ["serial"], indirect=True)
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def launched(embedded_dir, tmp_path_factory, request):
+    """The embedded model with room for `concurrency` running requests and one waiting."""
     settings = Settings(data_dir=MODEL_CACHE.parent, adapters_dir=tmp_path_factory.mktemp("adapters"),
-                        dtype="float32", max_queue=1, concurrency=1)
+                        dtype="float32", max_queue=1, concurrency=MODES[request.param])
     with launched_app(settings) as app:
+        assert app.backend.batching == (request.param == "batched")
         yield app
 
 
@@ -48,6 +57,12 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> float:
 def idle(launched) -> Callable[[], bool]:
     manager = launched.backend
     return lambda: manager.admission.in_flight == 0 and not manager._lock.locked()
+
+
+def decoding(launched) -> bool:
+    """Whether the model is generating a reply now."""
+    manager = launched.backend
+    return manager._engine.active > 0 if manager.batching else manager._lock.locked()
 
 
 @contextmanager
@@ -84,9 +99,11 @@ def assert_served_promptly(url: str) -> None:
 def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
     url, manager = launched.url, launched.backend
     gradio = Client(url, verbose=False)
+    limit = manager.admission.limit
     with long_stream(url):
-        waiting = raw_post(url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0})
-        wait_until(lambda: manager.admission.in_flight == 2, timeout=10)
+        # fill the queue (batched: a second running request, then the waiting one); each leaves when its socket closes
+        others = [raw_post(url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0}) for _ in range(limit - 1)]
+        wait_until(lambda: manager.admission.in_flight == limit, timeout=10)
 
         started = time.perf_counter()
         rest = httpx.post(url + "/", json={"prompt": "Hi"}, timeout=10)
@@ -99,8 +116,9 @@ def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
         with pytest.raises(AppError, match="busy"):
             gradio.predict("Hi", "", "", 5, 0.0, 0.9, api_name="/generate")
         assert time.perf_counter() - started < 5  # refused, not queued behind minutes of generation
-        waiting.close()
-    wait_until(idle(launched), timeout=5)  # both left: the running one stopped, the waiting one never ran long
+        for sock in others:
+            sock.close()
+    wait_until(idle(launched), timeout=5)  # all left: the running ones stopped, the waiting one never ran long
     assert_served_promptly(url)
 
 
@@ -108,12 +126,12 @@ def test_full_queue_is_refused_at_once_on_every_route(launched, sdk):
 def test_dropped_stream_frees_its_slot_within_a_step(launched, sdk, client):
     if client == "httpx":
         with long_stream(launched.url):
-            assert launched.backend._lock.locked()
+            assert decoding(launched)
     else:
         stream = sdk.chat.completions.create(model="base", stream=True, **LONG)
         for _ in range(3):
             next(stream)
-        assert launched.backend._lock.locked()
+        assert decoding(launched)
         stream.close()
     assert wait_until(idle(launched), timeout=2) < 2
     assert_served_promptly(launched.url)
@@ -121,13 +139,14 @@ def test_dropped_stream_frees_its_slot_within_a_step(launched, sdk, client):
 
 def test_dropped_non_streaming_request_frees_its_slot(launched):
     sock = raw_post(launched.url, {"prompt": STORY, "max_new_tokens": 2000, "temperature": 0})
-    wait_until(launched.backend._lock.locked, timeout=10)
+    wait_until(lambda: decoding(launched), timeout=10)
     time.sleep(0.5)  # generating now
     sock.close()
     assert wait_until(idle(launched), timeout=2) < 2
     assert_served_promptly(launched.url)
 
 
+@SERIAL_ONLY
 def test_gradio_chat_shares_the_queue_and_frees_it_when_cancelled(launched, sdk):
     gradio = Client(launched.url, verbose=False)
     job = gradio.submit(STORY, [], "", "", 2000, 0.0, 0.9, api_name="/chat")
@@ -141,6 +160,7 @@ def test_gradio_chat_shares_the_queue_and_frees_it_when_cancelled(launched, sdk)
     wait_until(idle(launched), timeout=5)
 
 
+@SERIAL_ONLY
 def test_gradio_chat_cancelled_while_waiting_never_runs(launched):
     gradio = Client(launched.url, verbose=False)
     with long_stream(launched.url):

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
+from llama_space.inference.adapter_errors import adapter_load_failure, discard_failed_load
 from llama_space.inference.admission import Admission
 from llama_space.errors import NotFoundError, UserError
 from llama_space.inference.batching import EngineHost, make_engine
+from llama_space.inference.fifo import FairLock, Turn
 from llama_space.inference.stream import GenerationStream, run_serial
 from llama_space.inference.loading import base_model_name, load_model, same_base
 from llama_space.inference.params import GenerationParams
@@ -28,8 +30,9 @@ class ModelManager:
     per-request adapter choice.
 
     Up to `settings.concurrency` requests decode together in one batch (batching.BatchEngine), each
-    with its own adapter; a model whose decode step is compiled serves them one at a time instead.
-    One lock serialises decode steps and adapter swaps. An admission counter bounds how many requests
+    with its own adapter; a model whose decode step is compiled serves them one at a time instead,
+    in the order they arrived. One first-come-first-served lock (fifo.FairLock) serialises decode
+    steps (or whole serial replies) and adapter swaps. An admission counter bounds how many requests
     may be in progress or waiting, so every route (UI, Gradio API, REST, OpenAI) shares one queue.
     """
 
@@ -41,7 +44,7 @@ class ModelManager:
         self.base_name = base_model_name(settings.model)
         self._peft = None  # PeftModel wrapping self.model once the first adapter is loaded
         self._loaded_adapters: dict[str, float] = {}  # name -> mtime of the weights loaded
-        self._lock = threading.Lock()
+        self._lock = FairLock()
         self.admission = Admission(settings.max_queue + settings.concurrency)
         self._engine = None  # BatchEngine when requests are batched
 
@@ -118,6 +121,7 @@ class ModelManager:
                 self._peft.load_adapter(str(path), adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - each cause becomes a message that says what to do
             log.exception("Loading adapter %s failed", name)
+            discard_failed_load(self.model, self._peft, name)
             raise UserError(adapter_load_failure(name, self.base_name, exc)) from exc
         self._peft.eval()
         self._loaded_adapters[name] = mtime
@@ -179,14 +183,23 @@ class ModelManager:
         if self._engine is not None:
             self._engine.submit(stream, adapter)
         else:
-            run_serial(stream, lambda stop: self._begin(adapter, stop), self._lock.release)
+            self._submit_serial(stream, adapter)
         return stream
 
-    def _begin(self, adapter: str, stop: threading.Event):
-        """Wait for the model (giving up if `stop` is set), load the adapter; (model, adapter context)."""
-        while not self._lock.acquire(timeout=0.05):
-            if stop.is_set():
-                return None
+    def _submit_serial(self, stream: GenerationStream, adapter: str) -> None:
+        # The place in the queue is taken here, in the caller's thread: worker threads may start in any order.
+        turn = self._lock.request()
+        try:
+            run_serial(stream, lambda stop: self._begin(turn, adapter, stop), self._lock.release)
+        except BaseException:  # no worker: a place nobody gives back would block the model for good
+            turn.cancel()
+            stream.end()
+            raise
+
+    def _begin(self, turn: Turn, adapter: str, stop: threading.Event):
+        """Wait for `turn` at the model (None: `stop` was set first), load the adapter; (model, adapter context)."""
+        if not turn.wait(stop):
+            return None
         try:
             if adapter not in adapters.BASE_NAMES:
                 self._load_adapter_locked(adapter)
@@ -203,20 +216,3 @@ class ModelManager:
         """Number of tokens `text` encodes to (no special tokens)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-
-
-def adapter_load_failure(name: str, base: str, exc: BaseException) -> str:
-    """What went wrong loading adapter `name` on `base`, in words a user can act on (no paths or traces)."""
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return (f"Adapter {name!r} could not be loaded: not enough memory. Unload or delete other adapters, "
-                "or restart the app with a smaller max_new_tokens or concurrency.")
-    if "size mismatch" in text or "shape" in text.lower() and "mismatch" in text.lower():
-        return (f"Adapter {name!r} does not fit {base}: its weight shapes differ from the base model's, so it "
-                "was trained on another base model. Start the app with that model, or train it again here.")
-    if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "JSONDecodeError", "UnicodeDecodeError") \
-            or "header" in text.lower() or "deserializ" in text.lower():
-        return (f"Adapter {name!r} is damaged: its files cannot be read (cut short or corrupt). "
-                "Delete it and train or upload it again.")
-    return (f"Adapter {name!r} could not be loaded on {base} ({type(exc).__name__}); "
-            "the server log has the details.")
