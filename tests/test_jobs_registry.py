@@ -210,7 +210,8 @@ def test_cli_refuses_a_finished_job_and_keeps_its_status(settings, tmp_path):
 @pytest.mark.parametrize("raised, state, message", [
     ("oom", "failed", "Out of memory at step 3. Lower batch_size or max_length"),
     ("cuda-oom-text", "failed", "Out of memory at step 3"),
-    ("bug", "failed", "Training failed at step 3: ValueError: shapes do not match (details in train.log)"),
+    ("bug", "failed", "Training failed at step 3 (ValueError); the job's log shows what went wrong."),
+    ("disk", "failed", "Training failed at step 3: No space left on device. Fix that, then resume the job"),
     ("user", "failed", "adapter 'x' exists"),
     ("ctrl-c", "interrupted", None),
 ])
@@ -221,7 +222,8 @@ def test_any_failure_ends_as_a_clear_status(settings, tmp_path, monkeypatch, rai
 
     errors = {"oom": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
               "cuda-oom-text": RuntimeError("DefaultCPUAllocator: not enough memory: out of memory"),
-              "bug": ValueError("shapes do not match"), "user": UserError("adapter 'x' exists"),
+              "bug": ValueError("shapes do not match in /secret/path"), "user": UserError("adapter 'x' exists"),
+              "disk": OSError(28, "No space left on device", "/secret/path/checkpoint-3"),
               "ctrl-c": KeyboardInterrupt()}
 
     def failing_job(job_dir):
@@ -235,6 +237,7 @@ def test_any_failure_ends_as_a_clear_status(settings, tmp_path, monkeypatch, rai
     status = jobfiles.read_json(runner.registry.job_dir(job_id) / jobfiles.STATUS_FILE)
     assert (code != 0, status["state"]) == (True, state)
     assert status["error"] == message if message is None else message in status["error"]
+    assert "/secret" not in str(status["error"])  # no file names or raw exception text in what users see
 
 
 @pytest.mark.parametrize("script, state, message", [

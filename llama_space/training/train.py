@@ -45,7 +45,10 @@ def failure_message(exc: BaseException, step: int | None = None) -> str:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
             isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return OOM_HELP.format(where=where)
-    return f"Training failed{where}: {type(exc).__name__}: {str(exc)[:500]} (details in train.log)"
+    if isinstance(exc, OSError) and exc.strerror:  # the OS's reason, without the file names it may carry
+        return f"Training failed{where}: {exc.strerror}. Fix that, then resume the job (details in the log)."
+    # Any other exception's text can hold paths or library internals: the log below has it in full.
+    return f"Training failed{where} ({type(exc).__name__}); the job's log shows what went wrong."
 
 
 def check_startable(job_dir: Path, resume: bool) -> None:
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one Llama Space LoRA training job (see job.json).")
     parser.add_argument("--job-dir", required=True, type=Path, help="job directory holding job.json")
     parser.add_argument("--resume", action="store_true",
-                        help="continue a failed/interrupted job from its last complete checkpoint")
+                        help="continue an interrupted job (or a failed one the app's clean-up has not yet "
+                             "swept) from its last complete checkpoint")
     args = parser.parse_args(argv)
     rank = f" [rank {os.environ.get('RANK', '0')}/{world_size()}]" if world_size() > 1 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
