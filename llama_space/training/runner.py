@@ -149,8 +149,9 @@ class JobRunner:
                 process = subprocess.Popen(train_command(job_dir, resume), stdin=subprocess.DEVNULL, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True, env=env)
         except OSError as exc:
-            self.registry.mark_stopped(job_id, f"Could not start the training process: {exc}")
-            raise UserError(f"Could not start the training process: {exc}") from exc
+            message = f"Could not start the training process ({exc.strerror or type(exc).__name__})."
+            self.registry.mark_stopped(job_id, message)
+            raise UserError(message) from exc
         (job_dir / jobfiles.PID_FILE).write_text(str(process.pid))
         threading.Thread(target=self._reap, args=(job_id, process), daemon=True,
                          name=f"reap-{job_id}").start()
