@@ -1,6 +1,7 @@
 """N simultaneous chat streams against the launched app, serialised and batched, and what batching can give.
 
     python bench/concurrency.py           # embedded model; N = 1, 2, 4, 8 streams of 64 tokens; 2 rounds
+    python bench/concurrency.py --parts stall     # only part 3
 
 Part 1 sends N streamed POST /v1/chat/completions at once to the app (a child process) and reports
 aggregate tokens/s, per-stream decode tokens/s and TTFT, twice: with LLAMA_SPACE_CONCURRENCY=1 (one
@@ -8,12 +9,18 @@ generation at a time) and with the default batching (up to 8 requests decoded to
 is the batched aggregate over the serial one, measured in the same run.
 Part 2 times one decode step of the same model in-process at batch 1, 2, 4 and 8 (KV cache of ~150
 tokens, best of 5 interleaved rounds): the ceiling batching could reach on this machine.
+Part 3 (in-process batch engine) starts a few streams, lets them decode, then sends a long prompt (~3.5k
+tokens) and reports the worst stall of the other rows' tokens while it joins (the largest gap between
+two consecutive tokens of an already-running stream, from the long prompt's arrival to its first token),
+with its prompt prefilled in one pass ("one-shot": the chunk is the whole prompt) and in
+prefill.PREFILL_CHUNK chunks ("chunked"), in interleaved rounds.
 Prints tables, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -34,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--context", type=int, default=150, help="KV-cache length for the batched-step timing")
+    parser.add_argument("--parts", default="bursts,steps,stall", help="which parts to run (comma-separated)")
+    parser.add_argument("--long-prompt", type=int, default=3500, help="prompt tokens of the joining request")
+    parser.add_argument("--running", type=int, default=3, help="streams decoding when the long prompt arrives")
     parser.add_argument("--omp-wait", choices=sorted(common.OMP_WAITS), default="spin",
                         help="OpenMP waiting for this process and the app's (spin: libgomp's default, as the app)")
     return parser.parse_args()
@@ -94,32 +104,93 @@ def step_seconds(model, batch: int, context: int, steps: int = 8) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ.update(common.OMP_WAITS[args.omp_wait])  # before torch loads OpenMP; the app's process inherits it
+def timed_tokens(stream) -> list[float]:
+    """The perf_counter time of each token the engine hands `stream` from now on."""
+    times: list[float] = []
+    put = stream.put
+
+    def put_timed(token_id: int) -> None:
+        times.append(time.perf_counter())
+        put(token_id)
+
+    stream.put = put_timed
+    return times
+
+
+def join_stall(manager, long_text: str, running: int) -> dict:
+    """Running streams, then a long prompt joining them: the worst gap in their tokens while it prefills."""
+    from llama_space.inference.params import GenerationParams
+
+    ask = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]} for i in range(running)]
+    streams = [manager.stream([message], GenerationParams(temperature=0, max_new_tokens=2048)) for message in ask]
+    times = [timed_tokens(stream) for stream in streams]
+    while min(len(t) for t in times) < 8:  # every row decoding in the batch
+        time.sleep(0.01)
+    arrived = time.perf_counter()
+    long_ask = [{"role": "user", "content": long_text}]
+    joining = manager.stream(long_ask, GenerationParams(temperature=0, max_new_tokens=2))
+    first = timed_tokens(joining)
+    while not first:
+        time.sleep(0.01)
+    for stream in streams:
+        stream.close()
+    "".join(joining)
+    gaps = [b - a for t in times for a, b in itertools.pairwise(t) if b > arrived and a < first[0]]
+    usual = [b - a for t in times for a, b in itertools.pairwise(t) if b <= arrived]
+    return {"worst_stall_ms": round(max(gaps) * 1e3), "usual_gap_ms": round(median(usual) * 1e3),
+            "long_prompt_ttft_ms": round((first[0] - arrived) * 1e3), "prompt_tokens": joining.prompt_tokens}
+
+
+def stall_rounds(source: str, args: argparse.Namespace) -> dict:
+    """join_stall with the long prompt prefilled one-shot and in chunks, `args.rounds` interleaved rounds each."""
+    from llama_space.inference import prefill
+    from llama_space.inference.manager import ModelManager
+    from llama_space.settings import Settings
+
+    manager = ModelManager(Settings(model=source, concurrency=args.running + 1, max_queue=2)).load()
+    sentence = "Summarise the history of the Roman Empire, from Augustus to the fall of Constantinople. "
+    long_text = sentence * (args.long_prompt * 10 // manager.count_tokens(sentence * 10))
+    chunks = {"one-shot": 10**9, "chunked": prefill.PREFILL_CHUNK}
+    runs: dict[str, list[dict]] = {mode: [] for mode in chunks}
+    join_stall(manager, sentence, args.running)  # warm-up
+    for _ in range(args.rounds):
+        for mode, chunk in chunks.items():
+            prefill.PREFILL_CHUNK = chunk
+            runs[mode].append(join_stall(manager, long_text, args.running))
+    manager.close()
+    return {mode: {"chunk": chunks[mode] if mode == "chunked" else "whole prompt", "rounds": rounds}
+            for mode, rounds in runs.items()}
+
+
+def print_stalls(stalls: dict) -> None:
+    print(f"\n{'prefill':>10}{'chunk':>14}{'prompt':>8}{'worst stall ms':>16}{'usual gap ms':>14}"
+          f"{'long TTFT ms':>14}")
+    for mode, result in stalls.items():
+        for r in result["rounds"]:
+            print(f"{mode:>10}{result['chunk']:>14}{r['prompt_tokens']:>8}{r['worst_stall_ms']:>16}"
+                  f"{r['usual_gap_ms']:>14}{r['long_prompt_ttft_ms']:>14}")
+
+
+def decode_steps(source: str, context: int) -> dict:
+    """Part 2: one bf16 decode step at batch 1, 2, 4 and 8, best of 5 interleaved rounds."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from llama_space.inference.loading import resolve_model
-
-    source = resolve_model(args.model, REPO / "data" / "cache")
-    counts = [int(n) for n in args.streams.split(",")]
-    modes = {"serial": 1, "batched": max(counts)}
-    streams = {mode: serve_bursts(source, counts, concurrency, args) for mode, concurrency in modes.items()}
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).eval()
     batches = (1, 2, 4, 8)
     timings: dict[int, list[float]] = {b: [] for b in batches}
-    step_seconds(model, 1, args.context, 2)
+    step_seconds(model, 1, context, 2)
     for _ in range(5):
         for b in batches:
-            timings[b].append(step_seconds(model, b, args.context))
+            timings[b].append(step_seconds(model, b, context))
     # Best of 5 interleaved rounds: the step's own cost, with other processes' interference filtered out.
     best = {b: min(t) for b, t in timings.items()}
-    steps = {b: {"step_ms": round(t * 1e3, 1), "cost_vs_batch1": round(t / best[1], 2),
-                 "aggregate_tps": round(b / t, 1), "speedup_vs_serial": round(b * best[1] / t, 2)}
-             for b, t in best.items()}
+    return {b: {"step_ms": round(t * 1e3, 1), "cost_vs_batch1": round(t / best[1], 2),
+                "aggregate_tps": round(b / t, 1), "speedup_vs_serial": round(b * best[1] / t, 2)}
+            for b, t in best.items()}
 
+
+def print_bursts(streams: dict) -> None:
     print(f"{'mode':>8}{'streams':>8}{'aggregate tok/s':>17}{'x serial':>10}{'per-stream tok/s':>18}"
           f"{'TTFT median ms':>16}{'TTFT max ms':>13}")
     for mode, rows in streams.items():
@@ -127,13 +198,38 @@ def main() -> None:
             row["x_serial"] = round(row["aggregate_tps"] / streams["serial"][n]["aggregate_tps"], 2)
             print(f"{mode:>8}{n:>8}{row['aggregate_tps']:>17.1f}{row['x_serial']:>10.2f}"
                   f"{row['per_stream_decode_tps']:>18.1f}{row['ttft_median_ms']:>16}{row['ttft_max_ms']:>13}")
+
+
+def print_steps(steps: dict) -> None:
     print(f"\n{'batch':>8}{'step ms':>10}{'x batch 1':>11}{'tok/s':>8}{'vs serial':>11}")
     for b, row in steps.items():
         print(f"{b:>8}{row['step_ms']:>10.1f}{row['cost_vs_batch1']:>11.2f}{row['aggregate_tps']:>8.1f}"
               f"{row['speedup_vs_serial']:>11.2f}")
-    print(json.dumps({"bench": "concurrency", "machine": common.machine(), "model": source,
-                      "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "streams": streams,
-                      "context": args.context, "batched_decode_step": steps}))
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.update(common.OMP_WAITS[args.omp_wait])  # before torch loads OpenMP; the app's process inherits it
+    from llama_space.inference.loading import resolve_model
+
+    source = resolve_model(args.model, REPO / "data" / "cache")
+    parts = set(args.parts.split(","))
+    report: dict = {"bench": "concurrency", "model": source, "rounds": args.rounds}
+    if "bursts" in parts:
+        counts = [int(n) for n in args.streams.split(",")]
+        modes = {"serial": 1, "batched": max(counts)}
+        report["streams"] = {mode: serve_bursts(source, counts, concurrency, args)
+                             for mode, concurrency in modes.items()}
+        report["max_new_tokens"] = args.max_new_tokens
+        print_bursts(report["streams"])
+    if "steps" in parts:
+        report["context"], report["batched_decode_step"] = args.context, decode_steps(source, args.context)
+        print_steps(report["batched_decode_step"])
+    if "stall" in parts:
+        report["long_prompt_join"] = stall_rounds(source, args)
+        print_stalls(report["long_prompt_join"])
+    report["machine"] = common.machine()
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ parameters and adapter; stopping, finishing and failing one row leaves the other
 float32 throughout: in bfloat16 a row's greedy text may depend on what it is batched with.
 """
 
+import itertools
 import threading
 import time
 
@@ -27,20 +28,41 @@ def ask(prompt: str) -> list[dict]:
     return normalize_messages([], prompt)
 
 
-def together(manager, jobs: list[tuple[str, GenerationParams, str]]) -> list[str]:
+def together(manager, jobs: list[tuple[str, GenerationParams, str]]) -> list[str | BaseException]:
     """Start every (prompt, params, adapter) at once; the replies, in order."""
-    streams = [manager.stream(ask(prompt), params, adapter) for prompt, params, adapter in jobs]
-    replies = [""] * len(streams)
+    return outcomes([manager.stream(ask(prompt), params, adapter) for prompt, params, adapter in jobs])
+
+
+def outcome(stream) -> str | BaseException:
+    """The stream's whole reply, or the error it ended with."""
+    try:
+        return "".join(stream)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+def outcomes(streams) -> list[str | BaseException]:
+    """Read every stream on its own thread (as concurrent clients do); each one's outcome, in order."""
+    results: list = [None] * len(streams)
 
     def read(i: int) -> None:
-        replies[i] = "".join(streams[i])
+        results[i] = outcome(streams[i])
 
     threads = [threading.Thread(target=read, args=(i,)) for i in range(len(streams))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return replies
+    return results
+
+
+def started(stream, tokens: int = 2):
+    """`stream`, once it has produced `tokens` tokens (so it is decoding in the batch)."""
+    deadline = time.monotonic() + 60
+    while stream.completion_tokens < tokens:
+        assert time.monotonic() < deadline, "the stream never started decoding"
+        time.sleep(0.01)
+    return stream
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +210,116 @@ def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(batched, monkeypat
     monkeypatch.undo()
     assert batched.generate(ask("Hi"), GREEDY)
     assert engine._thread is not None and engine._thread.is_alive()
+
+
+def test_a_row_with_invalid_probabilities_fails_alone(serial, batched, monkeypatch):
+    """Rows whose sampling turns NaN (at their first token, or mid-reply) end with a clear error; the rows
+    decoding with them reply exactly as they would alone."""
+    from llama_space.inference import prefill, sampling
+
+    class NaNAfter:
+        """A warper that turns every score to NaN from its `calls`-th call on."""
+
+        def __init__(self, calls: int) -> None:
+            self.calls = calls
+
+        def __call__(self, input_ids, scores):
+            self.calls -= 1
+            return scores * float("nan") if self.calls <= 0 else scores
+
+    class Poisoned(sampling.RowSampler):
+        def __init__(self, params, device) -> None:
+            super().__init__(params, device)
+            if params.seed in (101, 102):
+                self.warpers.append(NaNAfter(1 if params.seed == 101 else 4))
+
+    monkeypatch.setattr(prefill, "RowSampler", Poisoned)  # where the engine builds each row's sampler
+    long = GenerationParams(temperature=0, max_new_tokens=40)
+    expected = [serial.generate(ask(prompt), long) for prompt in PROMPTS[:2]]
+    healthy = [started(batched.stream(ask(prompt), long)) for prompt in PROMPTS[:2]]
+    poisoned = [batched.stream(ask(PROMPTS[2]), GenerationParams(temperature=0.8, seed=seed, max_new_tokens=40))
+                for seed in (101, 102)]
+    *replies, at_first, mid_reply = outcomes(healthy + poisoned)
+    assert replies == expected
+    for error in (at_first, mid_reply):
+        assert isinstance(error, UserError) and "invalid probabilities (NaN/inf)" in str(error)
+    assert poisoned[0].completion_tokens == 0 and poisoned[1].completion_tokens == 3
+    assert batched.generate(ask(PROMPTS[2]), GenerationParams(temperature=0.8, seed=5, max_new_tokens=8))
+
+
+def test_a_row_whose_sampler_raises_fails_alone(serial, batched, monkeypatch):
+    from llama_space.inference import prefill, sampling
+
+    class Raising(sampling.RowSampler):
+        """Raises at its request's third token when seeded with 103."""
+
+        calls = 0
+
+        def choose(self, logits, tokens):
+            self.calls += 1
+            if self.generator is not None and self.generator.initial_seed() == 103 and self.calls == 3:
+                raise RuntimeError("sampler broke (simulated)")
+            return super().choose(logits, tokens)
+
+    monkeypatch.setattr(prefill, "RowSampler", Raising)
+    expected = serial.generate(ask(PROMPTS[1]), GREEDY)
+    healthy = started(batched.stream(ask(PROMPTS[1]), GREEDY))
+    doomed = batched.stream(ask(PROMPTS[3]), GenerationParams(temperature=0.8, seed=103, max_new_tokens=400))
+    reply, error = outcomes([healthy, doomed])
+    assert reply == expected
+    assert isinstance(error, RuntimeError) and "simulated" in str(error) and doomed.completion_tokens == 2
+
+
+def test_an_adapter_that_fails_to_load_ends_only_its_stream(serial, batched, monkeypatch):
+    engine = batched._engine
+    prepare = engine.host.prepare_adapter
+
+    def prepare_or_fail(name: str) -> None:
+        if name == "two":
+            raise UserError("Adapter 'two' is damaged (simulated); delete it and train it again.")
+        prepare(name)
+
+    monkeypatch.setattr(engine.host, "prepare_adapter", prepare_or_fail)
+    long = GenerationParams(temperature=0, max_new_tokens=40)
+    jobs = [(PROMPTS[0], "one"), (PROMPTS[1], "")]
+    expected = [serial.generate(ask(prompt), long, adapter) for prompt, adapter in jobs]
+    healthy = [started(batched.stream(ask(prompt), long, adapter)) for prompt, adapter in jobs]
+    doomed = batched.stream(ask(PROMPTS[2]), long, "two")
+    *replies, error = outcomes(healthy + [doomed])
+    assert replies == expected
+    assert isinstance(error, UserError) and str(error).startswith("Adapter 'two' is damaged (simulated)")
+    assert doomed.completion_tokens == 0
+
+
+LONG_PROMPT = "Tell me everything about the history of Rome, from its founding to its fall. " * 14
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(serial, batched, monkeypatch):
+    """Chunked prefill gives the reply a one-shot prefill gives, and the running row gets a token between
+    every two chunks instead of waiting for the whole prompt."""
+    from llama_space.inference import prefill
+
+    monkeypatch.setattr(prefill, "PREFILL_CHUNK", 32)
+    engine = batched._engine
+    healthy = engine.host.model
+    params = GenerationParams(temperature=0, max_new_tokens=24)
+    long_alone = serial.generate(ask(LONG_PROMPT), params)
+    running_alone = serial.generate(ask(PROMPTS[0]), GenerationParams(temperature=0, max_new_tokens=200))
+    running = started(batched.stream(ask(PROMPTS[0]), GenerationParams(temperature=0, max_new_tokens=200)))
+    seen_at_chunks: list[int] = []  # the running row's token count at each prefill forward pass
+
+    class Watched:
+        def __init__(self, model):
+            self.model, self.device, self.config = model, model.device, model.config
+
+        def __call__(self, **kwargs):
+            if kwargs["cache"] is not engine._cache.cache:  # a joining row's own cache: a prefill chunk
+                seen_at_chunks.append(running.completion_tokens)
+            return self.model(**kwargs)
+
+    monkeypatch.setattr(engine.host, "model", lambda: (Watched(healthy()[0]), healthy()[1]))
+    joining = batched.stream(ask(LONG_PROMPT), params)
+    reply, running_reply = outcomes([joining, running])
+    assert joining.prompt_tokens > 6 * 32 and len(seen_at_chunks) == -(-joining.prompt_tokens // 32)
+    assert all(a < b for a, b in itertools.pairwise(seen_at_chunks))
+    assert reply == long_alone and running_reply == running_alone

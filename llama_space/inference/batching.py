@@ -5,13 +5,15 @@ eight sequences cost about 1.7x one step on 2 CPU cores and far less than that o
 requests together gives several times the throughput of serving them in turn (BENCHMARKS.md).
 One engine thread owns the model between steps:
 
-- a new request is prefilled alone (its whole prompt in one forward pass), then joins the batch;
+- a new request is prefilled alone, `prefill.PREFILL_CHUNK` prompt tokens per round with a decode step of
+  the running rows between chunks, then joins the batch with its first token;
 - each step decodes one token for every request in the batch: their KV caches live in one
   DynamicCache, left-padded to a common length, with the padding masked out;
 - each row samples with its own parameters (`sampling.RowSampler`) and its own LoRA adapter (PEFT's
   mixed-adapter batches: `adapter_names`, "__base__" for the base model);
-- a row leaves when it ends (end of sequence, token limit, stopped) and the padding columns no row
-  needs any more are cut off.
+- a row leaves when it ends (end of sequence, token limit, stopped, or a failure of its own: its adapter
+  would not load, its scores turned NaN) and the padding columns no row needs any more are cut off;
+  only a failure of the shared forward pass fails every row in it.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llama_space import adapters
-from llama_space.inference.batch_cache import BatchCache
 from llama_space.errors import UserError
+from llama_space.inference import prefill
+from llama_space.inference.batch_cache import BatchCache
 from llama_space.inference.fast_decode import decode_hooks
-from llama_space.inference.sampling import RowSampler, eos_token_ids
+from llama_space.inference.prefill import Prefill
+from llama_space.inference.sampling import RowSampler, choose_rows, eos_token_ids
 
 if TYPE_CHECKING:
     from llama_space.inference.stream import GenerationStream
@@ -90,6 +94,7 @@ class BatchEngine:
         self.max_batch = max_batch
         self._waiting: collections.deque[tuple[GenerationStream, str]] = collections.deque()
         self._rows: list[_Row] = []
+        self._joining: Prefill | None = None  # the request being prefilled, a chunk per round
         self._cache = BatchCache()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +104,8 @@ class BatchEngine:
         self.largest_batch = 0  # the most rows decoded in one step so far
 
     def submit(self, stream: GenerationStream, adapter: str) -> None:
-        """Queue `stream` (for `adapter`, "" or a base name for none); it joins the next step it fits in."""
+        """Queue `stream` (for `adapter`, "" or a base name for none); it joins the batch when there is room
+        and its prompt is prefilled."""
         with self._thread_lock:
             self._waiting.append((stream, adapter))
             self._wake.set()
@@ -130,7 +136,7 @@ class BatchEngine:
         with torch.inference_mode():
             while not self._closing:
                 self._wake.clear()
-                if self._rows or self._waiting:
+                if self._rows or self._waiting or self._joining:
                     self._work()
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS and self._exit_if_idle():
@@ -139,8 +145,8 @@ class BatchEngine:
                     self._wake.wait(IDLE_WAIT_SECONDS)
 
     def _work(self) -> None:
-        """One round: drop stopped requests, admit waiting ones, decode a step; never lets an error
-        end the thread (the rows in flight fail with it, the engine goes on serving)."""
+        """One round: drop stopped requests, prefill a chunk of waiting ones, decode a step; never lets an
+        error end the thread (the rows in flight fail with it, the engine goes on serving)."""
         try:
             self._end_stopped()
             with self.host.lock:
@@ -166,41 +172,55 @@ class BatchEngine:
             if stream.stop_requested:
                 self._waiting.remove((stream, adapter))
                 stream.end()
+        if self._joining is not None and self._joining.stream.stop_requested:
+            self._joining.stream.end()
+            self._joining = None
         kept = [i for i, row in enumerate(self._rows) if not row.stream.stop_requested]
         if len(kept) < len(self._rows):
             self._keep_rows(kept)
 
     def _admit(self) -> None:
-        """Prefill waiting requests while the batch has room."""
-        while self._waiting and len(self._rows) < self.max_batch:
-            stream, adapter = self._waiting.popleft()
-            if stream.stop_requested:
-                stream.end()
-                continue
+        """Prefill up to PREFILL_CHUNK prompt tokens of waiting requests while the batch has room; each
+        joins the batch once its whole prompt is in (a long prompt takes several rounds)."""
+        budget = prefill.PREFILL_CHUNK
+        while budget > 0 and len(self._rows) < self.max_batch and (self._joining is not None or self._waiting):
+            if self._joining is None:
+                stream, adapter = self._waiting.popleft()
+                if stream.stop_requested:
+                    stream.end()
+                    continue
+                name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
+                self._joining = Prefill(stream, name, self.host.model()[0])
+            joining = self._joining
             try:
-                self._prefill(stream, adapter)
+                budget -= self._feed(joining, budget)
             except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
                 if not isinstance(exc, UserError):
                     log.exception("Prefill failed")
-                stream.end(exc)
+                self._joining = None
+                joining.stream.end(exc)
+                continue
+            if joining.first is not None:
+                self._joining = None
+                self._join(joining)
 
-    def _prefill(self, stream: GenerationStream, adapter: str) -> None:
-        import torch
-        from transformers.cache_utils import DynamicCache
-
-        name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
-        if name != PEFT_BASE:
-            self.host.prepare_adapter(name)
+    def _feed(self, joining: Prefill, budget: int) -> int:
+        """One chunk of `joining`'s prompt, its adapter (re)loaded first if need be; the tokens it took."""
+        if joining.adapter != PEFT_BASE:
+            self.host.prepare_adapter(joining.adapter)  # UserError when it cannot be loaded
         model, is_peft = self.host.model()
-        ids = torch.tensor([stream.input_ids], device=model.device)
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True,
-                    logits_to_keep=1, **({"adapter_names": [name]} if is_peft else {}))
-        stream.streamer.put(ids[0].cpu())  # the prompt, as generate hands it over: the streamer skips it
-        row = _Row(stream, name, RowSampler(stream.params, model.device), list(stream.input_ids))
-        self._cache.add(cache, len(stream.input_ids))
-        self._rows.append(row)
-        self._take(row, int(row.sampler.choose(out.logits[0, -1], row.tokens)))
+        return joining.feed(model, is_peft, budget)
+
+    def _join(self, joining: Prefill) -> None:
+        """Move a prefilled request into the batch, with its first token."""
+        import torch
+
+        stream = joining.stream
+        stream.streamer.put(torch.tensor(stream.input_ids))  # the prompt, as generate hands it over: skipped
+        row = _Row(stream, joining.adapter, joining.sampler, list(stream.input_ids))
+        self._rows.append(row)  # first: should the cache fail to grow, _work's handler ends this stream too
+        self._cache.add(joining.cache, joining.length)
+        self._take(row, joining.first)
         if self._finished(row):  # a one-token reply, or end of sequence at once
             self._keep_rows(list(range(len(self._rows) - 1)))
 
@@ -220,13 +240,17 @@ class BatchEngine:
                     cache=self._cache.cache, use_cache=True, logits_to_keep=1, **kwargs)
         for hook in self.host.hooks:
             hook(ids, None)
-        chosen = torch.stack([row.sampler.choose(logits, row.tokens)
-                              for row, logits in zip(self._rows, out.logits[:, -1])]).tolist()
-        for row, token in zip(self._rows, chosen):
-            self._take(row, token)
-        finished = [i for i, row in enumerate(self._rows) if self._finished(row)]
-        if finished:
-            self._keep_rows([i for i in range(len(self._rows)) if i not in finished])
+        rows = self._rows
+        picks = choose_rows([row.sampler for row in rows], out.logits[:, -1], [row.tokens for row in rows])
+        for row, pick in zip(self._rows, picks):
+            if isinstance(pick, Exception):
+                row.stream.end(pick)
+            else:
+                self._take(row, pick)
+        ended = [i for i, (row, pick) in enumerate(zip(self._rows, picks))
+                 if isinstance(pick, Exception) or self._finished(row)]
+        if ended:
+            self._keep_rows([i for i in range(len(self._rows)) if i not in ended])
 
     def _take(self, row: _Row, token: int) -> None:
         row.tokens.append(token)

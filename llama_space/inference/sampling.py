@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+from llama_space.errors import UserError
 from llama_space.inference.params import GenerationParams
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
+
+INVALID_TOKEN = -1  # RowSampler.choose's answer when the model's scores are NaN/inf
+INVALID_SCORES = ("The model produced invalid probabilities (NaN/inf) for this request; try other sampling "
+                  "settings (a lower temperature, top_p or repetition_penalty) or another adapter.")
 
 
 class RowSampler:
@@ -41,18 +49,43 @@ class RowSampler:
 
     def choose(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
         """The next token id (a 0-d tensor on the logits' device, so a batch syncs with the host once)
-        given this row's `logits` [vocab] and its `tokens` so far (prompt included)."""
+        given this row's `logits` [vocab] and its `tokens` so far (prompt included); INVALID_TOKEN when
+        the scores hold no distribution to choose from."""
         import torch
 
         scores = logits.float().unsqueeze(0)
         if self.penalty is not None:
             scores = self.penalty(torch.tensor([tokens], device=scores.device), scores)
-        if self.greedy:
-            return scores[0].argmax()
         for warper in self.warpers:
             scores = warper(None, scores)
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator)[0, 0]
+        # NaN or +inf anywhere, or every token filtered out (all -inf). Flagged on the device: multinomial
+        # would raise on the CPU and assert on CUDA, failing every row in the batch with this one.
+        invalid = ~torch.isfinite(scores.max())
+        if self.greedy:
+            token = scores[0].argmax()
+        else:
+            probs = torch.softmax(scores.masked_fill(invalid, 0.0), dim=-1)
+            token = torch.multinomial(probs, 1, generator=self.generator)[0, 0]
+        return torch.where(invalid, INVALID_TOKEN, token)
+
+
+def choose_rows(samplers: list[RowSampler], logits: torch.Tensor, tokens: list[list[int]]) -> list[int | Exception]:
+    """Each row's next token from `logits` [rows, vocab] (one host sync for all), or the error that row
+    fails with: its scores were NaN/inf, or its sampler raised. One row's error leaves the others' choice."""
+    import torch
+
+    errors: dict[int, Exception] = {}
+    chosen = []
+    for i, (sampler, row_logits, row_tokens) in enumerate(zip(samplers, logits, tokens)):
+        try:
+            chosen.append(sampler.choose(row_logits, row_tokens))
+        except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
+            log.exception("Sampling failed for one row of the batch")
+            errors[i] = exc
+            chosen.append(torch.tensor(INVALID_TOKEN, device=row_logits.device))
+    picks = torch.stack(chosen).tolist()
+    return [errors.get(i, UserError(INVALID_SCORES)) if token == INVALID_TOKEN else token
+            for i, token in enumerate(picks)]
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
