@@ -186,3 +186,21 @@ def test_manager_is_a_chat_backend(serial):
     assert serial.check_adapter("base") == serial.check_adapter("") == ""
     with pytest.raises(NotFoundError, match="Available: base"):
         serial.check_adapter("missing")
+
+
+def test_nan_probabilities_end_a_serial_reply_clearly(serial, monkeypatch):
+    """Sampling from NaN scores ends the reply with the batch engine's message, not torch's."""
+    import torch
+
+    forward = serial.model.forward
+
+    def nan_logits(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits = torch.full_like(out.logits, float("nan"))
+        return out
+
+    monkeypatch.setattr(serial.model, "forward", nan_logits)
+    with pytest.raises(UserError, match="invalid probabilities"):
+        serial.generate(FRANCE, GenerationParams(temperature=1.0, max_new_tokens=4))
+    monkeypatch.undo()
+    assert serial.generate(FRANCE, GenerationParams(temperature=0, max_new_tokens=4))

@@ -37,6 +37,7 @@ from llama_space.inference.prefill import Prefill
 from llama_space.inference.sampling import RowSampler, choose_rows, eos_token_ids
 
 if TYPE_CHECKING:
+    from llama_space.inference.fifo import FairLock
     from llama_space.inference.stream import GenerationStream
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class _Row:
 class EngineHost:
     """What the engine needs from the model's owner (the ModelManager)."""
 
-    lock: threading.Lock  # held for each step; adapter loads and unloads take it between steps
+    lock: FairLock  # held for each step; adapter loads and unloads take it between steps
     model: Callable[[], tuple[Any, bool]]  # (model to call, whether it is a PeftModel)
     prepare_adapter: Callable[[str], None]  # load a named adapter (under the lock); UserError if impossible
     adapter_loaded: Callable[[str], bool]
@@ -258,7 +259,8 @@ class BatchEngine:
         row.stream.put(token)
 
     def _finished(self, row: _Row) -> bool:
-        return row.last in self.eos or row.generated >= row.stream.params.max_new_tokens
+        row.stream.ended_by_eos = row.last in self.eos
+        return row.stream.ended_by_eos or row.generated >= row.stream.params.max_new_tokens
 
     def _drop_rows_without_adapter(self, is_peft: bool) -> None:
         missing = [i for i, row in enumerate(self._rows)

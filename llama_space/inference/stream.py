@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.params import GenerationParams
+from llama_space.errors import UserError
+from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids
 from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class GenerationStream(ReplyStats):
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
                                              timeout=HEARTBEAT_SECONDS)
         self._error: BaseException | None = None
+        self.ended_by_eos = False  # the decoder's last token ended the turn (then a full budget is no "length")
 
     # ---- decoder side ---------------------------------------------------------------------------
     @property
@@ -102,7 +105,7 @@ class GenerationStream(ReplyStats):
                 self.close()
         if self._error is not None:
             raise self._error
-        if self.completion_tokens >= self.params.max_new_tokens:
+        if self.completion_tokens >= self.params.max_new_tokens and not self.ended_by_eos:
             self.finish_reason = "length"
 
     def _deltas(self) -> Iterator[str]:
@@ -163,13 +166,18 @@ def _generate(stream: GenerationStream, begin, release) -> None:
             if stream.params.seed is not None:
                 torch.manual_seed(stream.params.seed)
             with adapter_context(), torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
-                               stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
-                               pad_token_id=stream.streamer.tokenizer.pad_token_id,
-                               **stream.params.generate_kwargs(), **generate_overrides(model))
+                out = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
+                    pad_token_id=stream.streamer.tokenizer.pad_token_id,
+                    **stream.params.generate_kwargs(), **generate_overrides(model))
+            stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.streamer.tokenizer)
         finally:
             release()
-    except BaseException as exc:  # re-raised in the consuming thread
+    except RuntimeError as exc:  # re-raised in the consuming thread
+        # NaN/inf probabilities end this reply with what the batch engine says for them, not torch's text.
+        error = UserError(INVALID_SCORES) if "probability tensor contains" in str(exc) else exc
+    except BaseException as exc:
         error = exc
     finally:
         stream.end(error)
