@@ -44,3 +44,19 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama31_tokenizer_dir(tmp_path_factory, embedded_dir) -> Path:
+    """A Llama-3.1-style tokenizer (SmolLM2's vocabulary plus Llama 3.1's special tokens; see tests/llama31.py)."""
+    from llama31 import save_tokenizer
+
+    return save_tokenizer(embedded_dir, tmp_path_factory.mktemp("llama31-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def llama31_model_dir(tmp_path_factory, llama31_tokenizer_dir) -> Path:
+    """The scripted tiny Llama of tests/llama31.py (greedy "Hello world" then <|eot_id|>) with that tokenizer."""
+    from llama31 import save_model
+
+    return save_model(llama31_tokenizer_dir, tmp_path_factory.mktemp("llama31-model"))

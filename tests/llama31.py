@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 BOS, END_OF_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
 # The real template writes this into the system turn of every prompt, with or without a system message.
@@ -99,23 +97,3 @@ def save_model(tokenizer_dir: Path, out: Path) -> Path:
     tokenizer.save_pretrained(out)
     return out
 
-
-def _once(tmp_path_factory, name: str, build) -> Path:
-    """`build(path)` once per session: test modules import these fixtures, which pytest then holds per module."""
-    path = tmp_path_factory.getbasetemp() / name
-    if not path.is_dir():
-        partial = path.with_name(name + ".partial")  # renamed when complete, so a failed build is not reused
-        build(partial).rename(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def llama31_tokenizer_dir(tmp_path_factory, embedded_dir) -> Path:
-    """A Llama-3.1-style tokenizer (SmolLM2's vocabulary) saved in a tmp dir."""
-    return _once(tmp_path_factory, "llama31-tokenizer", lambda path: save_tokenizer(embedded_dir, path))
-
-
-@pytest.fixture(scope="session")
-def llama31_model_dir(tmp_path_factory, llama31_tokenizer_dir) -> Path:
-    """The scripted tiny Llama (see save_model) saved with the Llama-3.1-style tokenizer."""
-    return _once(tmp_path_factory, "llama31-model", lambda path: save_model(llama31_tokenizer_dir, path))

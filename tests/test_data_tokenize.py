@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from llama_space.data import IGNORE_INDEX, build_examples, tokenize_messages, validate_file
 from llama_space.errors import UserError
 
-from llama31 import BOS, DATED, EOT, header, llama31_tokenizer_dir  # noqa: F401
+from llama31 import BOS, DATED, EOT, header
 
 SINGLE = [{"role": "user", "content": "What is the capital of France?"},
           {"role": "assistant", "content": "The capital of France is Paris."}]

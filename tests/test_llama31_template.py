@@ -16,8 +16,7 @@ from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.sampling import eos_token_ids
 from llama_space.settings import Settings
 
-from llama31 import (BOS, DATED, END_OF_TEXT, EOT, SCRIPTED_REPLY, header, llama31_model_dir,  # noqa: F401
-                     llama31_tokenizer_dir)
+from llama31 import BOS, DATED, END_OF_TEXT, EOT, SCRIPTED_REPLY, header
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
                 {"role": "assistant", "content": "Hello! How can I help?"},

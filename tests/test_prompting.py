@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from llama_space.errors import UserError
 from llama_space.inference.prompting import build_prompt, normalize_messages
 
-from llama31 import BOS, DATED, EOT, header, llama31_tokenizer_dir  # noqa: F401
+from llama31 import BOS, DATED, EOT, header
 
 
 @pytest.fixture(scope="module")
