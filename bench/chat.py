@@ -3,6 +3,7 @@
     python bench/chat.py                  # embedded SmolLM2-135M-Instruct, 3 rounds x 3 prompts, 128 tokens
     python bench/chat.py --compile        # adds plain generate with static cache + torch.compile (minutes)
     python bench/chat.py --omp-ab 3 --max-new-tokens 32 [--contend 2]   # dtype x OpenMP waiting x threads
+    python bench/chat.py --starts 3 --max-new-tokens 160 --prompts 1   # served /generate vs plain, per app start
 
 Paths: (a) plain fp32 `model.generate`, no streamer, as the tutorial did it; (a2) the same in bfloat16;
 (b) our in-process `ModelManager.stream`; (c) gradio_client against the launched app's /chat;
@@ -39,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--omp-ab", type=int, default=0, metavar="ROUNDS",
                         help="instead: plain generate in fresh processes, dtype x OpenMP waiting x threads, "
                              "alternating for ROUNDS rounds")
+    parser.add_argument("--starts", type=int, default=0, metavar="N",
+                        help="instead: N app starts (dtype auto, as the app defaults), each timing plain generate "
+                             "fp32/bf16 here and /generate there, interleaved for --rounds rounds")
     parser.add_argument("--contend", type=int, default=0, metavar="N",
                         help="with --omp-ab: N busy processes alongside, as a training job would be")
     return parser.parse_args()
@@ -194,8 +198,70 @@ def omp_ab(model: str, rounds: int, tokens: int, contend: int) -> None:
                       "decode_tps": {k: round(median(v), 2) for k, v in rates.items()}, "samples": rates}))
 
 
+def generate_case(client, tokenizer, prompt: str, max_new_tokens: int):
+    """gradio_client /generate, timed like (a): a one-token call (the fixed latency) and the whole reply."""
+    def call(n: int) -> tuple[float, str]:
+        started = time.perf_counter()
+        text = client.predict(prompt=prompt, system_prompt="", adapter="", max_new_tokens=n, temperature=0,
+                              top_p=1.0, api_name="/generate")
+        return time.perf_counter() - started, text
+
+    def case() -> Sample:
+        (ttft, _), (total, text) = call(1), call(max_new_tokens)
+        return Sample(ttft, total, len(tokenizer(text, add_special_tokens=False)["input_ids"]), text)
+
+    return case
+
+
+def app_starts(args: argparse.Namespace) -> None:
+    """Served /generate against plain generate (this process, all cores) over several app starts."""
+    import torch
+    from gradio_client import Client
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llama_space.inference.loading import resolve_model
+    from llama_space.inference.prompting import build_prompt, normalize_messages
+
+    source = resolve_model(args.model, REPO / "data" / "cache")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    plain = {dtype: AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
+             for dtype in ("float32", "bfloat16")}
+    starts = []
+    for start in range(args.starts):
+        info: dict = {}
+        with common.served_app(source, dtype="auto", info=info) as url:
+            client, cases = Client(url, verbose=False), {}
+            for i, prompt in enumerate(PROMPTS[:args.prompts]):
+                ids = build_prompt(tokenizer, normalize_messages([], prompt), 8192, args.max_new_tokens).input_ids
+                for dtype, model in plain.items():
+                    cases[f"plain_{dtype}/{i}"] = plain_case(model, ids, args.max_new_tokens, tokenizer.pad_token_id)
+                cases[f"served_generate/{i}"] = generate_case(client, tokenizer, prompt, args.max_new_tokens)
+            for case in cases.values():  # warm-up
+                case()
+            load: list[float] = []
+            with common.others_load([info["pid"]], load):
+                by_case = common.interleaved(args.rounds, cases)
+        rates: dict[str, list[float]] = {}
+        for key, samples in by_case.items():
+            rates.setdefault(key.split("/")[0], []).extend(round(s.decode_tps, 2) for s in samples)
+        tps = {name: round(median(values), 2) for name, values in rates.items()}
+        best = max(tps["plain_float32"], tps["plain_bfloat16"])
+        starts.append({"app_dtype": info["dtype"], "decode_tps": tps, "samples": rates, "others_cores": round(load[0], 2),
+                       "served_vs_best_plain": round(tps["served_generate"] / best, 3)})
+        print(f"start {start + 1}: app chose {info['dtype']}; tok/s plain fp32 {tps['plain_float32']:.1f}, plain bf16 "
+              f"{tps['plain_bfloat16']:.1f}, served /generate {tps['served_generate']:.1f} -> "
+              f"{starts[-1]['served_vs_best_plain']:.2f}x the best plain; other processes kept "
+              f"{load[0]:.2f} cores busy", flush=True)
+    print(json.dumps({"bench": "chat-starts", "machine": common.machine(), "model": source,
+                      "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "prompts": args.prompts,
+                      "starts": starts}))
+
+
 def main() -> None:
     args = parse_args()
+    if args.starts:
+        app_starts(args)
+        return
     if args.omp_ab:
         omp_ab(args.model, args.omp_ab, args.max_new_tokens, args.contend)
         return

@@ -138,11 +138,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_app(model: str, dtype: str = "bfloat16", fake: bool = False, **settings) -> Iterator[str]:
+def served_app(model: str, dtype: str = "bfloat16", fake: bool = False, info: dict | None = None,
+               **settings) -> Iterator[str]:
     """The app serving `model` in a child process on a free loopback port; yields its base URL.
 
     A separate process, as in production: the client's Python work must not share the server's GIL.
     `fake` serves the /chat and /v1 routes around an instant fake model instead (see _launch_fake).
+    `info`, when given, receives the child's pid and the dtype it serves in.
     """
     port = free_port()
     extra = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
@@ -155,6 +157,7 @@ def served_app(model: str, dtype: str = "bfloat16", fake: bool = False, **settin
         try:
             for line in proc.stdout:  # Gradio prints its own banner first
                 if line.startswith("READY"):
+                    (info if info is not None else {}).update(pid=proc.pid, **json.loads(line[5:]))
                     break
             else:
                 raise RuntimeError(f"the app did not start (exit code {proc.wait()})")
@@ -173,13 +176,15 @@ def _serve(argv: list[str], fake: bool = False) -> None:
     from llama_space.settings import load_settings
 
     settings = load_settings(argv, environ={})
+    dtype = ""
     if fake:
         demo = _launch_fake(settings)
     else:
         from llama_space.web.server import launch
 
-        demo, _ = launch(settings, block=False)
-    print("READY", flush=True)
+        demo, app = launch(settings, block=False)
+        dtype = str(app.state.backend.model.dtype).removeprefix("torch.")
+    print("READY", json.dumps({"dtype": dtype}), flush=True)
     sys.stdin.read()
     demo.close()
 
@@ -284,6 +289,30 @@ def decode_in_child(model: str, dtype: str, tokens: int, omp_wait: str, threads:
                           "--tokens", str(tokens), "--threads", str(threads)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@contextmanager
+def others_load(pids: list[int], into: list[float]) -> Iterator[None]:
+    """Append to `into` the cores that processes other than this one and `pids` kept busy in the block:
+    the other engineers' work on a shared machine, which every figure measured meanwhile depends on."""
+    from llama_space.inference.fast_decode import cpu_seconds
+
+    def sample() -> tuple[float, float, float]:
+        wall, busy, own = cpu_seconds()
+        return wall, busy, own + sum(_cpu_seconds(pid) for pid in pids)
+
+    before = sample()
+    try:
+        yield
+    finally:
+        wall, busy, ours = (after - start for start, after in zip(before, sample()))
+        into.append(max(0.0, (busy - ours) / wall) if wall > 0 else 0.0)
 
 
 @contextmanager

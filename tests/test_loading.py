@@ -1,5 +1,9 @@
 """Loading on CPU with dtype="auto": the dtype is chosen by timing, and the served weights stay exact."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -70,3 +74,88 @@ def test_timing_copy_decodes_like_a_cast_model(tiny_model_dir):
         assert torch.equal(copy(ids).logits, cast(ids).logits)
     assert model.dtype == torch.float32
     assert copy.lm_head.weight.data_ptr() == copy.get_input_embeddings().weight.data_ptr()  # ties kept
+
+
+class Machine:
+    """A fake clock and CPU counters for the ThreadGovernor: advance time with our and others' use."""
+
+    def __init__(self) -> None:
+        self.wall = self.busy = self.ours = 0.0
+
+    def run(self, seconds: float, ours: float, others: float) -> None:
+        self.wall += seconds
+        self.ours += ours * seconds
+        self.busy += (ours + others) * seconds
+
+    def sample(self) -> tuple[float, float, float]:
+        return self.wall, self.busy, self.ours
+
+
+def governor_on(machine: Machine, chosen: list):
+    from llama_space.inference.fast_decode import ThreadGovernor
+
+    return ThreadGovernor(cores=2, sample=machine.sample, set_threads=chosen.append, clock=lambda: machine.wall)
+
+
+def decode(governor, machine: Machine, seconds: float, others: float, step: float = 0.05) -> None:
+    ids = torch.ones((1, 3), dtype=torch.long)
+    for _ in range(round(seconds / step)):
+        machine.run(step, ours=2.0, others=others)
+        governor(ids, None)
+
+
+def test_governor_ignores_what_others_did_while_the_engine_was_idle():
+    # The batch engine keeps one governor across requests; between them a client or a benchmark's plain
+    # generate kept both cores busy. The next reply, on a quiet machine, must start on both cores.
+    machine, chosen = Machine(), []
+    governor = governor_on(machine, chosen)
+    decode(governor, machine, 2.0, others=0.0)
+    machine.run(10.0, ours=0.0, others=2.0)
+    decode(governor, machine, 2.0, others=0.0)
+    assert chosen == [2]
+
+
+def test_governor_still_decides_when_every_step_is_slow():
+    machine, chosen = Machine(), []
+    governor = governor_on(machine, chosen)
+    decode(governor, machine, 30.0, others=1.0, step=3.0)  # a large model: 3 s a step, a neighbour on a core
+    assert chosen == [1]
+
+
+DECODE_AFTER_LOAD = """
+import sys, threading
+from pathlib import Path
+import torch
+from llama_space.inference.loading import load_model
+
+load_model(sys.argv[1], "cpu", "auto", Path(sys.argv[2]), compile="off")
+
+def sleeps() -> int:
+    lines = (line for task in Path("/proc/self/task").iterdir() for line in (task / "status").read_text().splitlines())
+    return sum(int(line.split()[1]) for line in lines if line.startswith("voluntary_ctxt_switches"))
+
+def decode_like(result: list) -> None:
+    x, w = torch.randn(1, 576), torch.randn(8192, 576)
+    torch.nn.functional.linear(x, w)
+    before = sleeps()
+    for _ in range(200):
+        torch.nn.functional.linear(x, w)
+    result.append((sleeps() - before) / 200)
+
+result = []
+thread = threading.Thread(target=decode_like, args=(result,))
+thread.start()
+thread.join()
+print(result[0])
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not os.path.exists("/proc/self/task"),
+                    reason="needs 2+ cores (an OpenMP pool) and Linux /proc")
+def test_a_thread_decoding_after_load_keeps_its_openmp_threads_spinning(tiny_model_dir, tmp_path):
+    # The app loads in the main thread and decodes in the batch engine's. A pool left behind in the loading
+    # thread made libgomp put the decoding thread's workers to sleep at every parallel region (2 context
+    # switches per matmul), halving decode speed on 2 cores.
+    out = subprocess.run([sys.executable, "-c", DECODE_AFTER_LOAD, str(tiny_model_dir), str(tmp_path)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    assert float(out.stdout.strip().splitlines()[-1]) < 1.0

@@ -1,7 +1,8 @@
 """Decode speed-ups: attention kernel and compiled static-cache decoding (chosen at load), CPU threads (per step).
 
 What pays where (measured on 2 CPU cores; see BENCHMARKS.md):
-- CPU: bfloat16 weights (loading.choose_cpu_dtype) are the big win, 1.7x over fp32. A static
+- CPU: bfloat16 weights decode up to 1.7x faster than fp32 on some CPUs and no faster on others (AMX
+  Xeons); loading.choose_cpu_dtype times both and keeps exact fp32 unless bf16 is clearly faster. A static
   cache plus torch.compile decodes no faster there, costs over a minute of compiling before the first
   reply and changes bf16 greedy text (the padded static cache sums attention in another order), so
   "auto" leaves it off on CPU. Threads matter as much: torch's OpenMP threads spin at every barrier, so
@@ -136,25 +137,34 @@ def cpu_seconds() -> tuple[float, float, float]:
 class ThreadGovernor:
     """Every `interval` seconds of decoding, use the cores other processes leave free (at least one).
 
-    Called by `generate` after every step, in the thread that runs the model, which is the thread whose
-    OpenMP thread count `torch.set_num_threads` sets.
+    Called by `generate` (or the batch engine) after every step, in the thread that runs the model, which
+    is the thread whose OpenMP thread count `torch.set_num_threads` sets. A pause between calls of over
+    `idle_gap` seconds and 4x the pause before (an engine idle between requests, not a slow step) starts
+    a fresh window: what other processes did while we were not decoding (a client, a benchmark's other
+    cases) says nothing about the cores we get now, and would cost the next reply a window on one thread.
     """
 
     def __init__(self, cores: int | None = None, interval: float = 0.5, sample=cpu_seconds,
-                 set_threads=None) -> None:
+                 set_threads=None, idle_gap: float = 2.0, clock=time.monotonic) -> None:
         import torch
 
         self.cores = cores or os.cpu_count() or 1
-        self.interval = interval
-        self._sample = sample
+        self.interval, self.idle_gap = interval, idle_gap
+        self._sample, self._clock = sample, clock
         self._set_threads = set_threads or torch.set_num_threads
         self._last = sample()
+        self._last_call, self._pause = self._last[0], 0.0
         self.threads: int | None = None
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        if time.monotonic() - self._last[0] >= self.interval:
+        now = self._clock()
+        pause, self._last_call = now - self._last_call, now
+        idle, self._pause = pause > max(self.idle_gap, 4 * self._pause), pause
+        if idle:
+            self._last = self._sample()
+        elif now - self._last[0] >= self.interval:
             self.update()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
