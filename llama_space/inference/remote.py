@@ -145,13 +145,17 @@ class RemoteBackend:
 
     def _fetch_models(self) -> list[dict]:
         response = self._request("GET", "/models")
+        self._read_whole(response)
+        return wire.model_cards(wire.read_json(response, self.url), self.url)
+
+    def _read_whole(self, response: httpx.Response) -> None:
+        """Read a streamed response to its end and close it; a cut-off body is a BackendError."""
         try:
             response.read()
         except httpx.HTTPError as exc:
             raise wire.cut_off(exc, self.url) from None
         finally:
             response.close()
-        return wire.model_cards(wire.read_json(response, self.url), self.url)
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """An open (streamed) response with a 2xx status; connection problems and error answers raise UserError."""
@@ -161,12 +165,7 @@ class RemoteBackend:
             raise wire.unreachable(exc, self.url) from None
         if response.is_success:
             return response
-        try:
-            response.read()
-        except httpx.HTTPError as exc:
-            raise wire.cut_off(exc, self.url) from None
-        finally:
-            response.close()
+        self._read_whole(response)
         raise wire.remote_error(response, self.url)
 
 
