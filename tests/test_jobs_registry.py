@@ -256,3 +256,31 @@ def test_a_process_that_dies_silently_is_reaped_and_reported(settings, tmp_path,
     assert status["error"] is None if message is None else message in status["error"]
     pid = int((runner.registry.job_dir(job_id) / jobfiles.PID_FILE).read_text())
     assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left behind
+
+
+def test_a_late_reaper_of_a_killed_run_leaves_the_resumed_launch_alone(settings, tmp_path, monkeypatch):
+    """After an app restart, the old runner's reaper of a killed run may wake only while the new runner is
+    launching the resumed job (status queued, process not started yet): it must not mark that job stopped."""
+    from types import SimpleNamespace
+
+    from llama_space.training import runner as runner_module
+
+    old, new = JobRunner(settings), JobRunner(settings)
+    job_id = old.registry.create(write_alpaca(tmp_path / "d.jsonl"), "late", TrainingParams(max_steps=2))
+    job_dir = old.registry.job_dir(job_id)
+    (job_dir / jobfiles.PID_FILE).write_text("4194300")  # the killed earlier run
+    assert new.status(job_id)["state"] == "interrupted"
+    popen = subprocess.Popen
+
+    def launch_after_the_late_reaper(command, **kwargs):
+        old._reap(job_id, SimpleNamespace(pid=4194300, wait=lambda: -signal.SIGKILL))  # wakes in the window
+        return popen(command, **kwargs)
+
+    monkeypatch.setattr(runner_module, "train_command",
+                        lambda job_dir, resume: [sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
+    monkeypatch.setattr(runner_module.subprocess, "Popen", launch_after_the_late_reaper)
+    status = new.resume(job_id)
+    try:
+        assert status["state"] == "queued" and new.status(job_id)["state"] == "queued", status
+    finally:
+        os.kill(int((job_dir / jobfiles.PID_FILE).read_text()), signal.SIGKILL)

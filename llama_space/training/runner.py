@@ -19,7 +19,7 @@ import llama_space
 from llama_space.errors import UserError
 from llama_space.settings import Settings
 from llama_space.training import jobfiles
-from llama_space.training.jobs import JobRegistry, process_alive
+from llama_space.training.jobs import JobRegistry, job_pid, process_alive
 from llama_space.training.params import TrainingParams
 
 TRAIN_MODULE = "llama_space.training.train"
@@ -139,7 +139,10 @@ class JobRunner:
 
     def _launch(self, job_id: str, resume: bool) -> None:
         job_dir = self.registry.job_dir(job_id)
-        # Queued before the process exists, and without the pid of an earlier run, so nothing reads it as dead.
+        # Queued before the process exists, and without the pid of an earlier run, so nothing reads it as dead:
+        # the reaper of a killed earlier run (of another runner, after an app restart) may wake only now, and
+        # must not take this launch for its own process.
+        (job_dir / jobfiles.PID_FILE).unlink(missing_ok=True)
         jobfiles.update_status(job_dir, state="queued", pid=None, error=None)
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(llama_space.__file__).parent.parent),
@@ -165,9 +168,9 @@ class JobRunner:
                 status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
             except jobfiles.DamagedJobFile:
                 return  # nothing to add: the registry reports such a job failed, saying why
-            # A late reaper must leave a resumed job alone: the status then belongs to a newer launch.
-            if (status.get("state") not in jobfiles.ACTIVE_STATES
-                    or (job_dir / jobfiles.PID_FILE).read_text() != str(process.pid)):
+            # A late reaper must leave a resumed job alone: the status then belongs to a newer launch (whose pid
+            # file is gone or names another process; {}: ask the pid file, not the status).
+            if status.get("state") not in jobfiles.ACTIVE_STATES or job_pid(job_dir, {}) != process.pid:
                 return
             # Ranks started by `accelerate launch` run in sessions of their own and outlive a killed launcher;
             # while rank 0 (which reports its pid) lives the job runs, and the registry marks it once rank 0 ends.
@@ -180,4 +183,5 @@ class JobRunner:
                 tail = jobfiles.log_tail(job_dir, 5).strip()
                 self.registry.mark_stopped(job_id, f"The training process exited with code {code} "
                                                    f"before reporting why. Last log lines:\n{tail}")
+
 
