@@ -44,21 +44,21 @@ def loss_frame(metrics: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
 
 
-def loss_plot(metrics: list[dict]) -> gr.LinePlot:
+def loss_plot(frame: pd.DataFrame) -> gr.LinePlot:
     """The loss plot, hidden until a loss is logged (an empty plot draws a meaningless "-Infinity" legend)."""
-    frame = loss_frame(metrics)
     return gr.LinePlot(frame, visible=not frame.empty)
 
 
 def job_view(status: dict) -> tuple[str, gr.LinePlot, str]:
     """(progress HTML, loss plot, log tail) for one job status."""
     html_text = progress_html(status)
-    metrics = status.get("metrics") or []
-    if loss_frame(metrics).empty:
+    frame = loss_frame(status.get("metrics") or [])
+    if frame.empty:
         html_text += "<div class='job-note'>The loss plot appears once the first step is logged.</div>"
-    return html_text, loss_plot(metrics), status.get("log_tail", "")
+    return html_text, loss_plot(frame), status.get("log_tail", "")
 
 
 def no_job_view() -> tuple[str, gr.LinePlot, str]:
     """What the job panel shows before any job exists."""
-    return "<div>No training job yet: upload data and press Start training.</div>", loss_plot([]), ""
+    return ("<div>No training job yet: upload data and press Start training.</div>", loss_plot(loss_frame([])),
+            "")
