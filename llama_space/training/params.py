@@ -31,6 +31,16 @@ def _real(name: str, value, low: float, high: float, low_open: bool = False) -> 
     return float(value)
 
 
+PLACEMENTS = ("auto", "process", "shared")
+QUANTIZATIONS = ("none", "nf4")
+TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")
+
+
+def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 @dataclass
 class TrainingParams:
     """Everything that shapes one LoRA fine-tuning run."""
@@ -49,6 +59,9 @@ class TrainingParams:
     seed: int = 42  # seeds the data split, shuffling and LoRA initialisation
     save_steps: int = 50  # write a resumable checkpoint (and evaluate) every this many optimizer steps
     gradient_checkpointing: str = "auto"  # auto (only when GPU memory needs it), on or off
+    placement: str = "auto"  # auto (the memory planner picks), process (own process and base copy) or shared
+    quantization: str = "none"  # none, or nf4: the trainer's base in 4-bit NF4 with double quant (QLoRA)
+    report_to: str = "none"  # experiment tracker: none, tensorboard, trackio, wandb or mlflow
 
     def __post_init__(self) -> None:
         self.lora_r = _whole("lora_r", self.lora_r, 1, 256)
@@ -69,6 +82,9 @@ class TrainingParams:
         self.save_steps = _whole("save_steps", self.save_steps, 1, 1_000_000)
         if self.gradient_checkpointing not in ("auto", "on", "off"):
             raise UserError(f"gradient_checkpointing must be auto, on or off, got {self.gradient_checkpointing!r}")
+        _choice("placement", self.placement, PLACEMENTS)
+        _choice("quantization", self.quantization, QUANTIZATIONS)
+        _choice("report_to", self.report_to, TRACKERS)
 
     def _check_targets(self) -> None:
         if isinstance(self.target_modules, str):
