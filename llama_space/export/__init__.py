@@ -1,0 +1,1 @@
+"""After training: merge, GGUF and Ollama exports, publishing."""
