@@ -4,12 +4,16 @@ import logging
 import sys
 
 from llama_space.errors import UserError
+from llama_space.inference import zerogpu
 from llama_space.settings import load_settings
-from llama_space.web.server import launch
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        launch(load_settings())
+        settings = load_settings()
+        zerogpu.prepare(settings)  # before torch is imported
+        from llama_space.web.server import launch
+
+        launch(settings)
     except UserError as exc:  # a setting or the model to fix: say what, without a traceback
         sys.exit(f"Llama Space cannot start: {exc}")

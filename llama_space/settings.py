@@ -88,6 +88,11 @@ class Settings:
         return self.share or not loopback or bool(os.environ.get("SPACE_ID"))
 
     @property
+    def zero_gpu(self) -> bool:
+        """Whether this runs on a ZeroGPU Space, where a GPU is lent per call (`spaces` sets SPACES_ZERO_GPU)."""
+        return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+    @property
     def changes_allowed(self) -> bool:
         """Training, deleting and pushing are on unless the app is exposed without auth (then opt-in)."""
         return not self.exposed or bool(self.auth) or self.allow_public_changes
