@@ -152,6 +152,15 @@ class ModelManager:
         return sorted(self._loaded_adapters)
 
     @contextmanager
+    def holding_model(self, adapter: str = ""):
+        """Hold the generation lock with `adapter` loaded and yield (model, is_peft) for a few forward passes;
+        a PeftModel picks adapters per row by `adapter_names` ("__base__" = base), as the batch engine does."""
+        with self._lock:
+            if adapter not in adapters.BASE_NAMES:
+                self._load_adapter_locked(adapter)
+            yield self._current_model()
+
+    @contextmanager
     def _adapter_context(self, name: str):
         if self._peft is None:
             yield
