@@ -1,0 +1,281 @@
+"""GGUF export of a merged Llama-architecture model folder (Llama 3.x, SmolLM2) for llama.cpp and Ollama."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llama_space.errors import UserError
+from llama_space.export.gguf_vocab import read_vocab
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from gguf import GGUFWriter
+
+log = logging.getLogger(__name__)
+
+QTYPES = ("f16", "bf16", "q8_0", "q4_0")
+QUANT_CHUNK_ROWS = 1024  # rows quantized at a time, so only that many rows are ever held as float32
+
+
+@dataclass
+class PlannedTensor:
+    """One tensor of the output file: where it comes from and how it is stored."""
+
+    name: str  # llama.cpp's name, e.g. blk.0.attn_q.weight
+    source: str  # the checkpoint's name, or "" for a tensor computed here (rope_freqs)
+    shape: tuple[int, ...]  # numpy order (rows, columns)
+    ggml_type: Any  # gguf.GGMLQuantizationType
+    heads: int = 0  # undo transformers' rotary layout for this many heads (attn_q, attn_k); 0: none
+    values: Any = None  # the data of a computed tensor
+
+
+def write_gguf(model_dir: Path, out_file: Path, qtype: str,
+               progress: Callable[[float], None] | None = None) -> Path:
+    """Write the model in `model_dir` as one GGUF file `out_file` in `qtype`, a tensor at a time."""
+    from gguf import GGUFWriter
+
+    if qtype not in QTYPES:
+        raise UserError(f"Unknown GGUF type {qtype!r}; choose one of {', '.join(QTYPES)}.")
+    model_dir, out_file = Path(model_dir), Path(out_file)
+    config = _read_config(model_dir)
+    vocab = read_vocab(model_dir, config.vocab_size)
+    sources = _tensor_files(model_dir)
+    plan = _plan(config, sources, qtype)
+    partial = out_file.with_name(out_file.name + ".partial")
+    writer = GGUFWriter(partial, "llama")
+    try:
+        _add_hyperparameters(writer, config, qtype, model_dir.name)
+        vocab.add_to(writer)
+        for tensor in plan:
+            writer.add_tensor_info(tensor.name, _byte_shape(tensor), _uint8(), _nbytes(tensor),
+                                   raw_dtype=tensor.ggml_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        _write_tensors(writer, plan, sources, progress)
+        writer.close()
+        os.replace(partial, out_file)
+    finally:
+        writer.close()
+        partial.unlink(missing_ok=True)
+    return out_file
+
+
+def _read_config(model_dir: Path) -> Any:
+    from transformers import AutoConfig
+
+    if not (model_dir / "config.json").is_file():
+        raise UserError("The model folder has no config.json; export a merged model folder.")
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError("The model folder's config.json could not be read as a transformers config.") from exc
+    if config.model_type != "llama":
+        raise UserError(f"GGUF export supports Llama-architecture models (Llama 3.x, SmolLM2); this model is "
+                        f"{config.model_type!r}.")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise UserError("GGUF export supports Llama models without bias terms; this one has attention or MLP biases.")
+    return config
+
+
+def _tensor_files(model_dir: Path) -> dict[str, Path]:
+    """Each checkpoint tensor's name -> the safetensors file that holds it."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError("The model folder has no .safetensors weights; merge the adapter into a folder first.")
+    sources: dict[str, Path] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            sources.update(dict.fromkeys(handle.keys(), file))
+    return sources
+
+
+def _plan(config: Any, sources: dict[str, Path], qtype: str) -> list[PlannedTensor]:
+    """The output tensors in file order, with their llama.cpp names, shapes and types."""
+    from gguf import MODEL_ARCH, get_tensor_name_map
+
+    names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+    plan: list[PlannedTensor] = []
+    if (freqs := _rope_freqs(config)) is not None:
+        plan.append(PlannedTensor("rope_freqs.weight", "", freqs.shape, _ggml("f32"), values=freqs))
+    for source in sources:
+        if source.endswith("rotary_emb.inv_freq"):
+            continue  # a buffer older checkpoints saved; llama.cpp computes it
+        if source == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # tied: llama.cpp reuses token_embd when the file has no output tensor
+        base, _, suffix = source.rpartition(".")
+        name = names.get_name(base)
+        if name is None:
+            raise UserError(f"The checkpoint holds a tensor a Llama GGUF has no place for ({source}); "
+                            "export a merged model, not an adapter folder.")
+        shape = _shape(sources[source], source)
+        plan.append(PlannedTensor(f"{name}.{suffix}", source, shape, _tensor_type(name, shape, qtype),
+                                  heads=heads.get(name.rsplit(".", 1)[-1], 0)))
+    if not config.tie_word_embeddings and not any(t.name == "output.weight" for t in plan):
+        raise UserError("The config says the output layer is not tied to the embeddings, but the checkpoint "
+                        "has no lm_head.weight.")
+    return plan
+
+
+def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> Any:
+    from gguf import GGML_QUANT_SIZES
+
+    if len(shape) < 2:
+        return _ggml("f32")  # norms: llama.cpp computes them in float32
+    if qtype == "q4_0" and name in ("token_embd", "output"):
+        # llama.cpp's own quantizer keeps these two at 6 bits (Q6_K), which the gguf package cannot
+        # write; Q8_0 is the nearest type it can.
+        qtype = "q8_0"
+    ggml_type = _ggml(qtype)
+    if shape[-1] % GGML_QUANT_SIZES[ggml_type][0]:
+        return _ggml("f16")  # rows that do not split into whole blocks
+    return ggml_type
+
+
+def _rope_freqs(config: Any) -> np.ndarray | None:
+    """llama.cpp's per-frequency divisors for Llama 3.1's rope scaling, or None without scaling."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = getattr(config, "rope_parameters", None) or {}
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise UserError(f"GGUF export supports the default and Llama 3 rope scaling; this model uses {kind!r}.")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    base = rope["rope_theta"]
+    plain = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    return (plain / scaled).to(torch.float32).numpy()
+
+
+def _add_hyperparameters(writer: GGUFWriter, config: Any, qtype: str, name: str) -> None:
+    from gguf import GGML_QUANT_VERSION, LlamaFileType
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    file_types = {"f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
+                  "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
+    writer.add_type("model")
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_file_type(file_types[qtype])
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if qtype in ("q8_0", "q4_0"):
+        writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _write_tensors(writer: GGUFWriter, plan: list[PlannedTensor], sources: dict[str, Path],
+                   progress: Callable[[float], None] | None) -> None:
+    from safetensors import safe_open
+
+    total = sum(_elements(t) for t in plan) or 1
+    done = 0
+    with contextlib.ExitStack() as stack:
+        handles = {file: stack.enter_context(safe_open(file, framework="pt")) for file in set(sources.values())}
+        for tensor in plan:
+            if tensor.source:
+                data = _encode(handles[sources[tensor.source]].get_tensor(tensor.source), tensor)
+            else:
+                data = tensor.values
+            writer.write_tensor_data(data)
+            del data  # the one tensor in memory at a time
+            done += _elements(tensor)
+            if progress is not None:
+                progress(done / total)
+
+
+def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
+    """`weights` as the bytes of `tensor.ggml_type`, in llama.cpp's rotary layout for attn_q/attn_k."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    if tensor.heads:
+        weights = _permute(weights, tensor.heads)
+    kind = tensor.ggml_type
+    if kind == T.F32:
+        return weights.to(torch.float32).contiguous().numpy()
+    if kind == T.F16:
+        return weights.to(torch.float16).contiguous().numpy()
+    if kind == T.BF16:
+        return weights.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint8)
+    out = np.empty(_byte_shape(tensor), dtype=np.uint8)
+    for start in range(0, weights.shape[0], QUANT_CHUNK_ROWS):
+        rows = weights[start:start + QUANT_CHUNK_ROWS].to(torch.float32).numpy()
+        out[start:start + QUANT_CHUNK_ROWS] = quantize(rows, kind)
+    return out
+
+
+def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
+    """Each head's rows from transformers' half-split rotary order to llama.cpp's interleaved pairs.
+
+    transformers rotates dimension i with i + head_dim/2; llama.cpp rotates 2i with 2i+1. Its GGUF
+    loader undoes exactly this (LlamaTensorProcessor._reverse_permute_weights).
+    """
+    rows = weights.shape[0]
+    return (weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _shape(file: Path, name: str) -> tuple[int, ...]:
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as handle:
+        return tuple(handle.get_slice(name).get_shape())
+
+
+def _ggml(qtype: str) -> Any:
+    from gguf import GGMLQuantizationType
+
+    return GGMLQuantizationType[qtype.upper()]
+
+
+def _byte_shape(tensor: PlannedTensor) -> tuple[int, ...]:
+    from gguf.quants import quant_shape_to_byte_shape
+
+    return quant_shape_to_byte_shape(tensor.shape, tensor.ggml_type)
+
+
+def _nbytes(tensor: PlannedTensor) -> int:
+    shape = _byte_shape(tensor)
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _elements(tensor: PlannedTensor) -> int:
+    count = 1
+    for size in tensor.shape:
+        count *= size
+    return count
+
+
+def _uint8() -> Any:
+    import numpy as np
+
+    return np.dtype(np.uint8)
+
