@@ -1,4 +1,4 @@
-"""transformers Trainer set up for our jobs: atomic checkpoints, packed batches, logits only where trained."""
+"""transformers Trainer set up for our jobs: atomic checkpoints, packed batches, a chunked loss where trained."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llama_space.training import checkpoints
 from llama_space.training.collate import packing_collator
+from llama_space.training.loss import LOGITS_BUDGET, PLAIN_HEAD_MODEL_TYPES, token_nll_sum
 from llama_space.training.params import TrainingParams
 
 IGNORE_INDEX = -100
@@ -60,9 +61,10 @@ class StopTogether(TrainerCallback):
 
 
 class JobTrainer(Trainer):
-    """A Trainer whose checkpoints appear all at once, and whose loss projects only trained positions."""
+    """A Trainer whose checkpoints appear all at once, and whose loss projects only trained positions, in chunks."""
 
     _staging: Path | None = None
+    logits_budget: int = LOGITS_BUDGET  # most logit elements alive at once in the training loss
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -74,25 +76,52 @@ class JobTrainer(Trainer):
         """Sum of token cross-entropies over the labelled tokens, divided by the labelled tokens of the step.
 
         Only positions that predict a labelled (assistant) token go through the LM head: with prompts
-        masked that skips about half of the (batch tokens x vocabulary) logits and their gradients.
+        masked that skips about half of the (batch tokens x vocabulary) logits and their gradients; those
+        are taken a chunk at a time (loss.py), so the full set of logits never exists.
         """
         labels = inputs.pop("labels")
         targets = labels[:, 1:]  # the logits at position i predict token i + 1
-        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, logits_to_keep=keep)
-        picked = targets[:, keep]
-        loss = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1).float(), picked.flatten(),
-                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        if self._lean_loss(model):
+            loss, outputs = self._chunked_loss(model, inputs, targets)
+        else:
+            keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+            outputs = model(**inputs, logits_to_keep=keep)
+            loss = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1).float(),
+                                                     targets[:, keep].flatten(), ignore_index=IGNORE_INDEX,
+                                                     reduction="sum")
         # Trainer counts the labelled tokens of all micro-batches of a step, so the loss is a true mean
         # over the step; without that count (evaluation) it is the mean over this batch.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is None:
-            loss = loss / (picked != IGNORE_INDEX).sum().clamp(min=1)
+            loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
         else:
             loss = loss / num_items_in_batch
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
                 loss = loss * self.args.world_size  # DDP averages gradients; the count covers every rank
         return (loss, outputs) if return_outputs else loss
+
+    def _lean_loss(self, model) -> bool:
+        """Whether the loss may run the LM head itself, in chunks, on the final hidden states.
+
+        Sharded weights (FSDP, ZeRO-3) are whole only inside the model's forward, and some architectures
+        scale or cap their logits after the head: those keep the loss on the forward's own logits.
+        """
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        model_type = getattr(self.accelerator.unwrap_model(model).config, "model_type", None)
+        return not sharded and model_type in PLAIN_HEAD_MODEL_TYPES
+
+    def _chunked_loss(self, model, inputs, targets):
+        """Summed loss from the final hidden states at the labelled positions, the LM head applied per chunk."""
+        no_positions = torch.empty(0, dtype=torch.long, device=targets.device)
+        # The forward's own LM head sees no position; only the last hidden state (after the norm) is kept.
+        outputs = model(**inputs, logits_to_keep=no_positions, output_hidden_states=[-1])
+        trained = targets != IGNORE_INDEX
+        hidden = outputs.hidden_states[-1][:, :-1][trained]  # (labelled tokens, hidden size)
+        outputs.hidden_states = None
+        unwrapped = self.accelerator.unwrap_model(model)
+        summed = token_nll_sum(unwrapped.get_output_embeddings(), hidden, targets[trained],
+                               unwrapped.config.vocab_size, self.logits_budget)
+        return summed, outputs
 
     def _get_output_dir(self, trial) -> str:
         # Trainer saves `<output dir>/checkpoint-<step>`; while saving, that output dir is our temp dir.
