@@ -131,25 +131,10 @@ def zip_adapter(adapters_dir: Path, name: str, out_dir: Path) -> Path:
 
 
 def push_to_hub(adapters_dir: Path, name: str, repo_id: str, token: str | None = None,
-                private: bool = True) -> str:
-    """Upload adapter `name` to the Hub model repo `repo_id` (created if needed); return the repo URL."""
-    path = _existing(adapters_dir, name)
-    token = token or os.environ.get("HF_TOKEN") or None
-    if not token:
-        raise UserError("Pushing to the Hub needs a token with write access: create one at "
-                        "https://huggingface.co/settings/tokens and set HF_TOKEN (or pass it).")
-    from huggingface_hub import HfApi, constants
+                private: bool = True, api=None) -> str:
+    """Upload adapter `name` with a generated model card to the Hub model repo `repo_id` (created private by
+    default); return the repo URL. `api` stands in for huggingface_hub.HfApi (tests record what would be sent)."""
+    from llama_space.export import publish
 
-    if constants.HF_HUB_OFFLINE:
-        raise UserError("The Hub is switched off here (HF_HUB_OFFLINE=1); unset it to push, "
-                        "or download the adapter as a zip instead.")
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(path), repo_id=repo_id, repo_type="model",
-                          commit_message=f"Upload LoRA adapter {name} from Llama Space")
-    except Exception as exc:  # noqa: BLE001 - network, auth and repo-name failures all become one clear message
-        raise UserError(f"Could not push {name!r} to {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}. "
-                        "Check the network connection, the repo id (user/name) and that HF_TOKEN may "
-                        "write there.") from exc
-    return str(url)
+    path = _existing(adapters_dir, name)
+    return publish.push("adapter", path, name, read_metadata(path), repo_id, private=private, api=api, token=token)

@@ -1,0 +1,154 @@
+"""The model card (README.md) pushed with an adapter, a merged model or a GGUF file: what it is and how to use it."""
+
+from __future__ import annotations
+
+import json
+
+KINDS = ("adapter", "merged", "gguf")
+_LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
+_TRAINING_ROWS = [("dataset_name", "Dataset"), ("dataset_fingerprint", "Dataset fingerprint (SHA-256)"),
+                  ("train_examples", "Training examples"), ("steps", "Optimizer steps"),
+                  ("train_loss", "Final training loss"), ("eval_loss", "Held-out loss"),
+                  ("base_quantization", "Base quantization while training"), ("created", "Trained")]
+
+
+def model_card(kind: str, name: str, metadata: dict, repo_id: str, qtype: str = "", gguf_file: str = "") -> str:
+    """The README.md for `repo_id` holding adapter `name` (kind adapter), its merged model or its GGUF file."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    base = metadata.get("base_model") or "the base model"
+    parts = [_front_matter(kind, base, qtype), f"# {repo_id.split('/')[-1]}\n", _summary(kind, name, base, qtype),
+             _training(metadata), _hyperparameters(metadata.get("hyperparameters") or {}),
+             _evaluation(metadata.get("evaluation")), _usage(kind, name, base, repo_id, gguf_file)]
+    return "\n".join(part for part in parts if part)
+
+
+def _front_matter(kind: str, base: str, qtype: str) -> str:
+    tags = ["llama-space", "lora", "text-generation"] + (["gguf", qtype] if kind == "gguf" else [])
+    lines = ["---", f"base_model: {json.dumps(base)}", f"library_name: {_LIBRARY[kind]}",
+             "pipeline_tag: text-generation", "tags:", *[f"- {tag}" for tag in tags], "---", ""]
+    return "\n".join(lines)
+
+
+def _summary(kind: str, name: str, base: str, qtype: str) -> str:
+    what = {"adapter": f"A LoRA adapter, `{name}`, for `{base}`",
+            "merged": f"`{base}` with the LoRA adapter `{name}` merged into its weights (the base's dtype)",
+            "gguf": f"`{base}` with the LoRA adapter `{name}` merged in, as a GGUF file quantized to {qtype.upper()}"}
+    return f"{what[kind]}, fine-tuned and exported with Llama Space.\n"
+
+
+def _training(metadata: dict) -> str:
+    rows = [(label, metadata[key]) for key, label in _TRAINING_ROWS if metadata.get(key) not in (None, "")]
+    return "## Training\n\n" + _table(("", ""), rows) if rows else ""
+
+
+def _hyperparameters(hyper: dict) -> str:
+    rows = sorted((key, value) for key, value in hyper.items() if value is not None)
+    return "## Hyperparameters\n\n" + _table(("Parameter", "Value"), rows) if rows else ""
+
+
+def _evaluation(evaluation) -> str:
+    """Evaluation figures as recorded in the metadata: a table per model when each entry is a dict of figures."""
+    if not evaluation:
+        return "## Evaluation\n\nNo evaluation was recorded for this adapter.\n"
+    if isinstance(evaluation, dict) and all(isinstance(v, dict) for v in evaluation.values()):
+        columns = list(dict.fromkeys(key for figures in evaluation.values() for key in figures))
+        rows = [(model, *[figures.get(key, "") for key in columns]) for model, figures in evaluation.items()]
+        return "## Evaluation\n\n" + _table(("", *columns), rows)
+    if isinstance(evaluation, dict):
+        return "## Evaluation\n\n" + _table(("Figure", "Value"), list(evaluation.items()))
+    return f"## Evaluation\n\n```json\n{json.dumps(evaluation, indent=1)}\n```\n"
+
+
+def _table(header: tuple, rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _usage(kind: str, name: str, base: str, repo_id: str, gguf_file: str) -> str:
+    return "## How to use it\n\n" + {"adapter": _adapter_usage, "merged": _merged_usage,
+                                      "gguf": _gguf_usage}[kind](name, base, repo_id, gguf_file)
+
+
+def _adapter_usage(name: str, base: str, repo_id: str, _gguf: str) -> str:
+    return f"""With transformers and PEFT:
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{base}")
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}", dtype="auto"), "{repo_id}")
+messages = [{{"role": "user", "content": "Hello!"}}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(ids, max_new_tokens=128)[0, ids.shape[1]:], skip_special_tokens=True))
+```
+
+`model.merge_and_unload()` folds the adapter into the weights. With vLLM, serve the base and this adapter by name
+(OpenAI-compatible; ask for `"model": "{name}"`):
+
+```bash
+vllm serve {base} --enable-lora --lora-modules {name}={repo_id}
+```
+
+For Ollama or llama.cpp, export the adapter as GGUF in Llama Space (Export tab, kind "gguf"): it writes the
+GGUF file and an Ollama `Modelfile` (`ollama create {name} -f Modelfile`, then `ollama run {name}`).
+"""
+
+
+def _merged_usage(name: str, base: str, repo_id: str, _gguf: str) -> str:
+    return f"""A full model: no PEFT needed.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+model = AutoModelForCausalLM.from_pretrained("{repo_id}", dtype="auto")
+messages = [{{"role": "user", "content": "Hello!"}}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+print(tokenizer.decode(model.generate(ids, max_new_tokens=128)[0, ids.shape[1]:], skip_special_tokens=True))
+```
+
+With vLLM (or TGI, `--model-id {repo_id}`), OpenAI-compatible:
+
+```bash
+vllm serve {repo_id}
+```
+
+The unmerged adapter runs on the base with `vllm serve {base} --enable-lora --lora-modules {name}=<adapter repo>`.
+For Ollama, export it as GGUF in Llama Space (Export tab, kind "gguf").
+"""
+
+
+def _gguf_usage(name: str, base: str, repo_id: str, gguf_file: str) -> str:
+    file = gguf_file or "the .gguf file"
+    return f"""With Ollama, straight from the Hub:
+
+```bash
+ollama run hf.co/{repo_id}
+```
+
+or from the downloaded files (`Modelfile` holds the chat template and stop tokens):
+
+```bash
+ollama create {name} -f Modelfile
+ollama run {name}
+```
+
+With llama.cpp's OpenAI-compatible server:
+
+```bash
+llama-server -m {file} --port 8080
+```
+
+For transformers, `AutoModelForCausalLM.from_pretrained("{repo_id}", gguf_file="{file}")` dequantizes it; vLLM
+serves the merged safetensors model or `{base}` with the adapter (`--lora-modules`) better than a GGUF file.
+"""
