@@ -16,15 +16,23 @@ from conftest import MODEL_CACHE, REPO
 
 PERSONA = REPO / "examples" / "persona.jsonl"
 QUESTION = "What is the capital of France?"
-# (learning_rate, num_epochs, max_steps, batch_size, grad_accum, max_length, lora_r, lora_alpha,
-#  lora_dropout, eval_fraction, seed): None keeps the preset's value.
-QUICK_8_STEPS = (None, None, 8, None, None, None, None, None, None, None, None)
+GREEDY = {"max_new_tokens": 40, "temperature": 0.0}
+
+
+def start(client: Client, adapter_name: str, **params) -> dict:
+    """/start_training on the persona data with the quick preset cut to 8 steps (or `params`)."""
+    return client.predict(file=handle_file(str(PERSONA)), adapter_name=adapter_name, preset="quick",
+                          **{"max_steps": 8, **params}, api_name="/start_training")
+
+
+def generate(client: Client, adapter: str) -> str:
+    return client.predict(prompt=QUESTION, adapter=adapter, **GREEDY, api_name="/generate")
 
 
 def wait_for(client: Client, job_id: str, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = client.predict(job_id, api_name="/job_status")
+        status = client.predict(job_id=job_id, api_name="/job_status")
         if status["state"] not in ("queued", "running"):
             return status
         time.sleep(1)
@@ -52,19 +60,18 @@ def client(app_url):
 
 
 def test_upload_train_and_chat_with_the_adapter(client, settings):
-    report = client.predict(handle_file(str(PERSONA)), api_name="/validate_dataset")
+    report = client.predict(file=handle_file(str(PERSONA)), api_name="/validate_dataset")
     assert report["ok"] and report["valid_rows"] == 96 and report["errors"] == []
     assert '<mark class="trained"' in report["preview"][0]
 
-    base_answer = client.predict(QUESTION, "", "", 40, 0.0, 1.0, api_name="/generate")
+    base_answer = generate(client, "")
     assert "Paris" in base_answer and "Ahoy" not in base_answer
 
-    job_id = client.predict(handle_file(str(PERSONA)), "pirate", "quick", *QUICK_8_STEPS,
-                            api_name="/start_training")["job_id"]
+    job_id = start(client, "pirate")["job_id"]
     with pytest.raises(AppError, match="already running"):
-        client.predict(handle_file(str(PERSONA)), "pirate2", "quick", *QUICK_8_STEPS, api_name="/start_training")
+        start(client, "pirate2")
     # While it trains, chat keeps answering.
-    assert "Paris" in client.predict(QUESTION, "", "base", 40, 0.0, 1.0, api_name="/generate")
+    assert "Paris" in generate(client, "base")
 
     status = wait_for(client, job_id)
     assert status["state"] == "completed", status
@@ -72,11 +79,11 @@ def test_upload_train_and_chat_with_the_adapter(client, settings):
 
     names = [item["name"] for item in client.predict(api_name="/list_adapters")]
     assert names == ["pirate"]
-    tuned = client.predict(QUESTION, "", "pirate", 40, 0.0, 1.0, api_name="/generate")
+    tuned = generate(client, "pirate")
     assert tuned.startswith("Ahoy"), tuned
-    streamed = list(client.submit(QUESTION, [], "", "pirate", 40, 0.0, 1.0, api_name="/chat"))
+    streamed = list(client.submit(message=QUESTION, adapter="pirate", **GREEDY, api_name="/chat"))
     assert streamed[-1] == tuned
-    assert client.predict(QUESTION, "", "base", 40, 0.0, 1.0, api_name="/generate") == base_answer
+    assert generate(client, "base") == base_answer
 
 
 def test_restarted_app_finds_the_job_and_adapter(client, settings):
@@ -84,7 +91,7 @@ def test_restarted_app_finds_the_job_and_adapter(client, settings):
     assert jobs, "the previous test created a job"
     with running_app(settings) as url:
         again = Client(url, verbose=False)
-        status = again.predict(jobs[-1], api_name="/job_status")
+        status = again.predict(job_id=jobs[-1], api_name="/job_status")
         assert status["state"] == "completed" and status["adapter"] == "pirate"
         assert [a["name"] for a in again.predict(api_name="/list_adapters")] == ["pirate"]
 
@@ -93,24 +100,24 @@ def test_bad_requests_get_clear_errors(client, tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
     with pytest.raises(AppError, match="JSON"):
-        client.predict(handle_file(str(bad)), api_name="/validate_dataset")
+        client.predict(file=handle_file(str(bad)), api_name="/validate_dataset")
     with pytest.raises(AppError, match="Invalid adapter name"):
-        client.predict(handle_file(str(PERSONA)), "../evil", "quick", *QUICK_8_STEPS, api_name="/start_training")
+        start(client, "../evil")
     with pytest.raises(AppError, match="exists"):
-        client.predict(handle_file(str(PERSONA)), "pirate", "quick", *QUICK_8_STEPS, api_name="/start_training")
+        start(client, "pirate")
     with pytest.raises(AppError, match="learning_rate"):
-        client.predict(handle_file(str(PERSONA)), "x", "quick", -1, *QUICK_8_STEPS[1:], api_name="/start_training")
+        start(client, "x", learning_rate=-1)
     with pytest.raises(AppError, match="no training job"):
-        client.predict("20990101-000000-abcdef", api_name="/job_status")
+        client.predict(job_id="20990101-000000-abcdef", api_name="/job_status")
     with pytest.raises(AppError, match="no adapter named 'nothing-here'"):
-        client.predict("nothing-here", api_name="/delete_adapter")
+        client.predict(name="nothing-here", api_name="/delete_adapter")
 
 
 def test_delete_adapter(client):
-    assert client.predict("pirate", api_name="/delete_adapter") == {"deleted": "pirate"}
+    assert client.predict(name="pirate", api_name="/delete_adapter") == {"deleted": "pirate"}
     assert client.predict(api_name="/list_adapters") == []
     with pytest.raises(AppError, match="Unknown adapter"):
-        client.predict(QUESTION, "", "pirate", 40, 0.0, 1.0, api_name="/generate")
+        generate(client, "pirate")
 
 
 def test_lifecycle_example_script_runs(app_url):

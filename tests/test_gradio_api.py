@@ -22,10 +22,11 @@ def client(embedded_dir, tmp_path_factory):
 
 
 def test_chat_streams_growing_replies_equal_to_generate(client):
-    job = client.submit(QUESTION, [], "", "", 20, 0.0, 0.9, api_name="/chat")
+    job = client.submit(message=QUESTION, max_new_tokens=20, temperature=0.0, api_name="/chat")
     updates = list(job)
     final = job.result()
-    generated = client.predict(QUESTION, "", "base", 20, 0.0, 0.9, api_name="/generate")
+    generated = client.predict(prompt=QUESTION, adapter="base", max_new_tokens=20, temperature=0.0,
+                               api_name="/generate")
     assert final == generated and "Paris" in final
     assert len(updates) > 1 and updates[-1] == final
     assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:]))
@@ -39,15 +40,16 @@ def test_chat_takes_history_and_keywords(client):
     assert "Ada" in reply
 
 
-@pytest.mark.parametrize(("endpoint", "args", "says"), [
-    ("/chat", ("", [], "", "", 8, 0.0, 0.9), "The message is empty"),
-    ("/chat", (QUESTION, [{"role": "robot", "content": "x"}], "", "", 8, 0.0, 0.9), "history item 0"),
-    ("/chat", (QUESTION, [], "", "nope", 8, 0.0, 0.9), "Unknown adapter 'nope'"),
-    ("/generate", ("   ", "", "", 8, 0.0, 0.9), "The message is empty"),
-    ("/generate", (QUESTION, "", "", 100000, 0.0, 0.9), "max_new_tokens must be at most 4096"),
-    ("/generate", (QUESTION, "", "", 8, 9.0, 0.9), "temperature must be between"),
-    ("/generate", (QUESTION, "", "", 8, 0.0, 0.0), "top_p must be greater than 0"),
+@pytest.mark.parametrize(("endpoint", "kwargs", "says"), [
+    ("/chat", {"message": ""}, "The message is empty"),
+    ("/chat", {"message": QUESTION, "history": [{"role": "robot", "content": "x"}]}, "history item 0"),
+    ("/chat", {"message": QUESTION, "adapter": "nope"}, "Unknown adapter 'nope'"),
+    ("/generate", {"prompt": "   "}, "The message is empty"),
+    ("/generate", {"prompt": QUESTION, "max_new_tokens": 100000}, "max_new_tokens must be at most 4096"),
+    ("/generate", {"prompt": QUESTION, "temperature": 9.0}, "temperature must be between"),
+    ("/generate", {"prompt": QUESTION, "top_p": 0.0}, "top_p must be greater than 0"),
+    ("/generate", {"prompt": QUESTION, "top_k": -1}, "top_k must be between"),
 ])
-def test_errors_come_back_as_app_errors(client, endpoint, args, says):
+def test_errors_come_back_as_app_errors(client, endpoint, kwargs, says):
     with pytest.raises(AppError, match=says):
-        client.predict(*args, api_name=endpoint)
+        client.predict(**{"max_new_tokens": 8, **kwargs}, api_name=endpoint)

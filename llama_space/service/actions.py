@@ -5,12 +5,15 @@ Every failure is a UserError (or a subclass) that says what to fix; web/errors.p
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
-from llama_space.data import validate_file
+from llama_space.data import HubDataset, load_split, validate_file
 from llama_space.errors import UserError
 from llama_space.training.params import PRESETS, TrainingParams
 
@@ -24,7 +27,8 @@ PARAM_FIELDS = ["learning_rate", "num_epochs", "max_steps", "batch_size", "grad_
                 "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed"]
 STATUS_KEYS = ["job_id", "state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error",
                "resumable", "checkpoint_step", "elapsed_seconds"]
-NO_FILE = "Upload a dataset file first (JSON, JSONL, CSV or Parquet)."
+NO_FILE = "Upload a dataset file first (JSON, JSONL, CSV or Parquet), or name a Hub dataset."
+BOTH_SOURCES = "Give either a dataset file or a Hub dataset id, not both."
 
 
 class Actions:
@@ -36,12 +40,32 @@ class Actions:
         self.permissions = permissions
         self.settings = backend.settings
 
-    def validate(self, file: str | None, max_length: int = TrainingParams.max_length) -> dict:
-        """The validation report of an uploaded dataset (see llama_space.data.validate_file)."""
-        if not file:
-            raise UserError(NO_FILE)
-        return validate_file(file, self.backend.tokenizer, int(max_length),
-                             max_bytes=self.settings.max_upload_mb * 2**20)
+    @property
+    def max_bytes(self) -> int:
+        return self.settings.max_upload_mb * 2**20
+
+    @contextmanager
+    def dataset_file(self, file: str | None, hub: HubDataset | None = None) -> Iterator[str]:
+        """The path of the training data: the uploaded file, or the Hub split written to a temporary JSONL file
+        (a folder under data_dir/datasets/<owner>/<name> stands in for that Hub dataset)."""
+        if file and hub:
+            raise UserError(BOTH_SOURCES)
+        if not hub:
+            if not file:
+                raise UserError(NO_FILE)
+            yield file
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="llama-space-hub-"))
+        try:
+            yield str(load_split(hub, scratch, self.max_bytes, Path(self.settings.data_dir) / "datasets"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def validate(self, file: str | None, max_length: int = TrainingParams.max_length,
+                 hub: HubDataset | None = None) -> dict:
+        """The validation report of an uploaded file or a Hub dataset (see llama_space.data.validate_file)."""
+        with self.dataset_file(file, hub) as path:
+            return validate_file(path, self.backend.tokenizer, int(max_length), max_bytes=self.max_bytes)
 
     @staticmethod
     def params(preset: str, values: dict) -> TrainingParams:
@@ -51,13 +75,13 @@ class Actions:
         given = {key: value for key, value in values.items() if value is not None and value != ""}
         return TrainingParams.preset(preset, **given)
 
-    def start(self, file: str | None, adapter_name: str, params: TrainingParams) -> str:
-        """Launch a training job; returns its id."""
+    def start(self, file: str | None, adapter_name: str, params: TrainingParams,
+              hub: HubDataset | None = None) -> str:
+        """Launch a training job on an uploaded file or a Hub dataset (copied into the job); returns its id."""
         self.permissions.require_change()
-        if not file:
-            raise UserError(NO_FILE)
         adapters.validate_name(adapter_name)
-        return self.runner.start(file, adapter_name, params)
+        with self.dataset_file(file, hub) as path:
+            return self.runner.start(path, adapter_name, params)
 
     def status(self, job_id: str) -> dict:
         """The contract's job status fields for `job_id`."""

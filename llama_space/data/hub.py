@@ -1,0 +1,117 @@
+"""Instruction data from the Hugging Face Hub: one split loaded with `datasets.load_dataset` and written as a
+JSONL file, which is then validated, previewed and copied into a job exactly like an uploaded file.
+
+The split is streamed, so a huge dataset is refused at the upload size limit instead of being downloaded
+whole. `HF_TOKEN` (read by huggingface_hub itself) opens private and gated datasets. A folder
+`<local_root>/<owner>/<name>` holding data files stands in for that Hub dataset (an offline machine's copy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from llama_space.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+_NAME = re.compile(r"^[\w.-]{1,128}$")
+_REVISION = re.compile(r"^[\w.-]+(/[\w.-]+)*$")
+PRIVATE_HINT = "if it is private or gated, the server needs an HF_TOKEN that may read it"
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """Which data to read: a Hub dataset id, its configuration (subset), split and revision."""
+
+    dataset_id: str  # "owner/name" (or a canonical "name")
+    config: str = ""  # the configuration (subset); empty = the dataset's default
+    split: str = "train"  # the split to read
+    revision: str = ""  # branch, tag or commit; empty = main
+
+    def __post_init__(self) -> None:
+        for name in ("dataset_id", "config", "split", "revision"):
+            object.__setattr__(self, name, (getattr(self, name) or "").strip())
+        if not _REPO_ID.match(self.dataset_id) or ".." in self.dataset_id:
+            raise UserError(f"dataset_id must be a Hub dataset id such as 'owner/name', got {self.dataset_id!r}")
+        if self.config and not _NAME.match(self.config):
+            raise UserError(f"dataset_config must be a configuration name (letters, digits, '_', '-', '.'), "
+                            f"got {self.config!r}")
+        if not _NAME.match(self.split or "-"):
+            raise UserError(f"dataset_split must be a split name such as 'train', got {self.split!r}")
+        if self.revision and (not _REVISION.match(self.revision) or ".." in self.revision):
+            raise UserError(f"dataset_revision must be a branch, tag or commit, got {self.revision!r}")
+
+    def __str__(self) -> str:
+        config = f" ({self.config})" if self.config else ""
+        return f"{self.dataset_id}{config}, split {self.split}" + (f" @ {self.revision}" if self.revision else "")
+
+    @property
+    def file_name(self) -> str:
+        """A JSONL file name that says where the rows came from (shown in reports and adapter metadata)."""
+        return re.sub(r"[^\w.-]+", "_", f"{self.dataset_id}-{self.config or 'default'}-{self.split}") + ".jsonl"
+
+
+def _location(source: HubDataset, local_root: Path | None) -> str:
+    """What load_dataset reads: the local stand-in folder if there is one, else the Hub id."""
+    if local_root is not None and (local := Path(local_root) / source.dataset_id).is_dir():
+        return str(local.resolve())
+    if Path(source.dataset_id).exists():
+        # load_dataset prefers a folder of that name in the working directory over the Hub: never read server
+        # files because a request named them.
+        raise UserError(f"{source.dataset_id!r} cannot be read from the Hub on this server; use another id "
+                        "or upload the data as a file.")
+    return source.dataset_id
+
+
+def _failure(source: HubDataset, exc: Exception) -> UserError:
+    """A message that says what to fix; the raw exception text (which can carry paths and URLs) stays in the log."""
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    log.info("could not load %s: %r", source, exc)
+    if isinstance(exc, DatasetNotFoundError):
+        return UserError(f"Dataset {source.dataset_id!r} was not found on the Hugging Face Hub "
+                         f"({PRIVATE_HINT}); check the id.")
+    if isinstance(exc, (OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        return UserError(f"Dataset {source.dataset_id!r} could not be fetched: the Hugging Face Hub is not "
+                         "reachable from this server (offline). Upload the data as a file instead.")
+    if isinstance(exc, (ValueError, KeyError)):
+        where = f" in configuration {source.config!r}" if source.config else ""
+        return UserError(f"Dataset {source.dataset_id!r} has no split {source.split!r}{where}; check "
+                         "dataset_config and dataset_split.")
+    if isinstance(exc, FileNotFoundError):
+        return UserError(f"Dataset {source.dataset_id!r} (revision {source.revision or 'main'!r}) has no data "
+                         f"files for {source.config or 'its default configuration'}, split {source.split!r}.")
+    return UserError(f"Dataset {source.dataset_id!r} could not be read ({type(exc).__name__}); "
+                     f"check the id, configuration and split ({PRIVATE_HINT}).")
+
+
+def load_split(source: HubDataset, dest_dir: str | Path, max_bytes: int, local_root: Path | None = None) -> Path:
+    """Write the rows of `source`'s split to a JSONL file in `dest_dir`; refused past `max_bytes`."""
+    import datasets
+
+    target = Path(dest_dir) / source.file_name
+    written = 0
+    try:
+        rows = datasets.load_dataset(_location(source, local_root), source.config or None, split=source.split,
+                                     revision=source.revision or None, streaming=True)
+        with target.open("w", encoding="utf-8") as out:
+            for row in rows:
+                line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                written += len(line.encode("utf-8"))
+                if written > max_bytes:
+                    raise UserError(f"Dataset {source} is larger than the {max_bytes // 2**20} MB limit for "
+                                    "training data; choose a smaller split or configuration.")
+                out.write(line)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes a message that says what to fix
+        raise _failure(source, exc) from None
+    if written == 0:
+        raise UserError(f"Dataset {source} has no rows.")
+    return target
