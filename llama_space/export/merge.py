@@ -69,10 +69,12 @@ class MergePlan:
         """Disk the merged folder takes (weights, plus a margin for tokenizer and config files)."""
         return self.weight_bytes + 64 * 2**20
 
-    def describe(self) -> str:
-        """One line for the UI: what it needs."""
-        return (f"Merging needs about {gib(self.memory_bytes)} of memory and {gib(self.disk_bytes)} of disk "
-                f"({self.parameters / 1e9:.2f}B parameters in {self.dtype}, {len(self.deltas)} LoRA weights).")
+    def describe(self, disk_bytes: int | None = None) -> str:
+        """One line for the UI: what it needs (`disk_bytes` when an export needs more disk than the merge)."""
+        disk = self.disk_bytes if disk_bytes is None else disk_bytes
+        size = f"{self.parameters / 1e9:.2f}B" if self.parameters >= 1e9 else f"{self.parameters / 1e6:.1f}M"
+        return (f"About {gib(self.memory_bytes)} of memory and {gib(disk)} of disk "
+                f"({size} parameters in {self.dtype}, {len(self.deltas)} LoRA weights).")
 
 
 def read_header(path: Path) -> tuple[int, dict]:

@@ -45,7 +45,10 @@ class Janitor:
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns how many things of each kind it removed."""
-        return {"job_scratch": self._job_scratch(), "job_staging": self._job_staging(),
+        from llama_space.export.jobs import sweep_exports
+
+        return {"exports": sweep_exports(self.jobs_dir.parent),
+                "job_scratch": self._job_scratch(), "job_staging": self._job_staging(),
                 "staging": self._stale_staging(),
                 "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),
                 "zips": self._old_entries(Path(tempfile.gettempdir()), "llama-space-zip-*", self.zip_max_age)}

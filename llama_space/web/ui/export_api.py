@@ -1,0 +1,65 @@
+"""Named Gradio endpoints for exports, each one call into service.exports.ExportActions.
+
+/export_adapter(adapter, kind="merge", quantization="q8_0"), /export_status(export_id), /cancel_export(export_id),
+/list_exports(), /push_to_hub(source, repo_id, private=True) and /download_export(export_id) -> the file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from llama_space.web.errors import user_facing
+
+if TYPE_CHECKING:
+    from llama_space.service.exports import ExportActions
+
+
+def download_path(exports: ExportActions, export_id: str) -> str:
+    """The completed export's file, served from where it lies: copying an 8B model into Gradio's cache would
+    take as long as the export (only files a permitted user asked for are served)."""
+    path = exports.download(export_id)
+    gr.set_static_paths([path])
+    return str(path)
+
+
+def register_export_api(exports: ExportActions) -> None:
+    """Typed endpoints (gr.api) for scripts, plus /download_export on a hidden File (gr.api cannot return files)."""
+
+    def export_adapter(adapter: str, kind: str = "merge", quantization: str = "q8_0") -> dict:
+        """Start merging `adapter` into the base (kind "merge": safetensors) or converting it to GGUF (kind "gguf",
+        quantization f16, bf16, q8_0 or q4_0) as a job; returns its status with export_id."""
+        return exports.start_export(adapter, kind, quantization)
+
+    def export_status(export_id: str) -> dict:
+        """state (queued|running|completed|failed|cancelled|interrupted), stage, progress 0..1, files, error."""
+        return exports.export_status(export_id)
+
+    def cancel_export(export_id: str) -> dict:
+        """Stop a queued or running export; its partial files are removed."""
+        return exports.cancel_export(export_id)
+
+    def list_exports() -> list[dict]:
+        """Every export's status, newest first."""
+        return exports.list_exports()
+
+    def push_to_hub(source: str, repo_id: str, private: bool = True) -> dict:
+        """Push an adapter (by name) or a completed export (by export_id) to the Hub repo `repo_id` with a model
+        card; needs HF_TOKEN. Returns {url, repo_id, private}."""
+        return exports.push(source, repo_id, private)
+
+    for fn, what in ((export_adapter, "starting the export"), (export_status, "reading the export status"),
+                     (cancel_export, "cancelling the export"), (list_exports, "listing exports"),
+                     (push_to_hub, "pushing to the Hub")):
+        gr.api(user_facing(fn, what), api_name=fn.__name__)
+    with gr.Column(visible=False):
+        export_id = gr.Textbox(label="export_id")
+        file = gr.File(label="file")
+        trigger = gr.Button("download_export")
+
+    def download_export(export_id: str) -> str:
+        """The completed export's file: the merged model's zip, or the GGUF file."""
+        return download_path(exports, export_id)
+
+    trigger.click(user_facing(download_export, "preparing the download"), export_id, file, api_name="download_export")

@@ -1,0 +1,98 @@
+"""The Export tab: merge an adapter into its base or convert it to GGUF as a job, watch it, download it, push it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from llama_space.export.jobs import QTYPES
+from llama_space.service.exports import ExportActions
+from llama_space.web.errors import user_facing
+from llama_space.web.ui.export_api import download_path, register_export_api
+
+if TYPE_CHECKING:
+    from llama_space.service.actions import Actions
+
+POLL_SECONDS = 2.0
+KIND_LABELS = [("Merged model (safetensors, for transformers / vLLM / TGI)", "merge"),
+               ("GGUF + Ollama Modelfile (for llama.cpp / Ollama)", "gguf")]
+
+
+def status_markdown(status: dict | None) -> str:
+    """What the tab shows about one export."""
+    if not status:
+        return "No export yet: choose an adapter and start one."
+    what = f"{status['kind']}" + (f" ({status['quantization']})" if status.get("quantization") else "")
+    line = f"**Export `{status['export_id']}`** · {what} of `{status['adapter']}` · **{status['state']}**"
+    if status["state"] in ("queued", "running"):
+        line += f" · {status.get('stage') or ''} {100 * (status.get('progress') or 0):.0f}%"
+    parts = [line, f"Needs: {status.get('needs') or '?'}"]
+    if status.get("elapsed_seconds") is not None:
+        parts.append(f"Elapsed: {status['elapsed_seconds']:.0f} s")
+    if status.get("files"):
+        parts.append("Files: " + ", ".join(f"`{name}`" for name in status["files"]))
+    if status.get("error"):
+        parts.append(f"❌ {status['error']}")
+    return "\n\n".join(parts)
+
+
+def add_export_tab(actions: Actions) -> ExportActions:
+    """The Export tab and the export endpoints, over export actions sharing the app's settings and permissions."""
+    exports = ExportActions(actions.settings, actions.permissions)
+    with gr.Tab("Export", id="export"):
+        build_export_tab(exports)
+    register_export_api(exports)
+    return exports
+
+
+def build_export_tab(exports: ExportActions) -> None:
+    """Lay out the tab and wire its events; a timer shows the running (or latest) export, after a reload too."""
+    allow = exports.permissions.controls_on
+    if not allow:
+        gr.Markdown(f"⚠️ {exports.permissions.disabled_reason}", elem_id="export-disabled")
+    with gr.Row():
+        adapter = gr.Dropdown(exports.adapter_names(), label="Adapter", elem_id="export-adapter")
+        kind = gr.Radio(KIND_LABELS, value="merge", label="Export as", elem_id="export-kind")
+        quantization = gr.Dropdown(list(QTYPES), value="q8_0", label="GGUF quantization", visible=False,
+                                   elem_id="export-quantization")
+    with gr.Row():
+        start = gr.Button("Start export", variant="primary", interactive=allow, elem_id="export-start")
+        cancel = gr.Button("Cancel", interactive=allow, elem_id="export-cancel")
+        download = gr.Button("Download", interactive=allow, elem_id="export-download")
+    export_id = gr.State("")
+    status_md = gr.Markdown(status_markdown(None), elem_id="export-status")
+    file = gr.File(label="Download", interactive=False, elem_id="export-file")
+    with gr.Row():
+        repo_id = gr.Textbox(label="Hub repository (user/name)", placeholder="your-name/my-model")
+        private = gr.Checkbox(True, label="Private")
+        push_what = gr.Radio([("This export", "export"), ("The adapter", "adapter")], value="export",
+                             label="Push")
+        push = gr.Button("Push to Hub", interactive=allow, elem_id="export-push")
+    message = gr.Markdown(elem_id="export-message")
+    hidden = {"api_visibility": "private"}
+
+    def on_start(name, chosen_kind, qtype):
+        started = exports.start_export(name or "", chosen_kind, qtype)
+        return started["export_id"], status_markdown(started)
+
+    def poll(current):
+        status = exports.current(current)
+        return (status["export_id"] if status else ""), status_markdown(status)
+
+    def on_push(current, name, what, repo, is_private):
+        source = current if what == "export" else (name or "")
+        return f"Pushed to {exports.push(source, repo, is_private)['url']}"
+
+    adapter.focus(lambda: gr.Dropdown(choices=exports.adapter_names()), None, adapter, queue=False, **hidden)
+    kind.change(lambda value: gr.Dropdown(visible=value == "gguf"), kind, quantization, queue=False, **hidden)
+    start.click(user_facing(on_start, "starting the export"), [adapter, kind, quantization],
+                [export_id, status_md], **hidden)
+    cancel.click(user_facing(lambda current: status_markdown(exports.cancel_export(current)), "cancelling"),
+                 export_id, status_md, **hidden)
+    download.click(user_facing(lambda current: download_path(exports, current), "preparing the download"),
+                   export_id, file, **hidden)
+    push.click(user_facing(on_push, "pushing to the Hub"), [export_id, adapter, push_what, repo_id, private],
+               message, **hidden)
+    gr.Timer(POLL_SECONDS).tick(user_facing(poll, "reading the export status"), export_id, [export_id, status_md],
+                                queue=False, show_progress="hidden", **hidden)
