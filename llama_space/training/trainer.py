@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llama_space.training import checkpoints
+from llama_space.training import checkpoints, jobfiles, tracking
 from llama_space.training.collate import packing_collator
 from llama_space.training.loss import LOGITS_BUDGET, PLAIN_HEAD_MODEL_TYPES, token_nll_sum
 from llama_space.training.params import TrainingParams
@@ -180,18 +181,28 @@ def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluat
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
         disable_tqdm=True,
-        report_to="none",
+        report_to=params.report_to,
+        run_name=checkpoints_dir.parent.name,  # the job id
+        project=tracking.PROJECT,
     )
 
 
 def build_trainer(model, params: TrainingParams, checkpoints_dir: Path, train_rows: list[dict],
                   eval_rows: list[dict], callback: TrainerCallback, activation_checkpointing: bool
                   ) -> JobTrainer:
-    """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing."""
+    """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing, and
+    the job's experiment tracker writing into <job>/logs (UserError before anything trains if not installed)."""
+    job_dir = checkpoints_dir.parent
+    tracking.set_up(params.report_to, job_dir)
     args = training_arguments(params, checkpoints_dir, evaluate=bool(eval_rows),
                               activation_checkpointing=activation_checkpointing)
     callbacks = [callback, StopTogether()] if args.world_size > 1 else [callback]
     trainer = JobTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
                          data_collator=packing_collator(), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our callback logs each step in a readable line
+    for each in trainer.callback_handler.callbacks:
+        if isinstance(each, TensorBoardCallback):  # set here, not by environment: a shared job shares the app's
+            each.logging_dir = str(tracking.logs_dir(job_dir) / "tensorboard")
+    if params.report_to != "none" and trainer.is_world_process_zero():
+        jobfiles.update_status(job_dir, tracking=tracking.where_to_look(params.report_to, job_dir))
     return trainer
