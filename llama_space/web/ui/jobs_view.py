@@ -32,6 +32,8 @@ def progress_html(status: dict) -> str:
            f"<div>{' · '.join(parts)} ({percent:.0f}%)</div>")
     if status.get("adapter") and status.get("state") == "completed":
         bar += f"<div>Adapter <b>{html.escape(status['adapter'])}</b> is ready: choose it in the Chat tab.</div>"
+    if status.get("tracking"):
+        bar += f"<div class='job-tracking'>Tracking: <code>{html.escape(status['tracking'])}</code></div>"
     if status.get("error"):
         bar += f"<div class='job-error' style='color:#b91c1c'>{html.escape(status['error'])}</div>"
     return bar
