@@ -72,3 +72,16 @@ def test_user_errors_raised_inside_the_gpu_call_keep_their_class_and_text(manage
     with pytest.raises(NotFoundError):
         backend.stream(HELLO, GREEDY, adapter="missing")
     assert backend.base_name == manager.base_name  # everything else is the inner backend's
+
+
+def test_starting_a_job_on_zerogpu_is_refused_before_anything_is_copied(manager, monkeypatch, tmp_path):
+    from llama_space.service.actions import Actions
+    from llama_space.service.permissions import Permissions
+    from llama_space.training.runner import JobRunner
+
+    settings = manager.settings
+    actions = Actions(manager, JobRunner(settings), Permissions(settings, lambda: None))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(UserError, match="ZeroGPU"):
+        actions.start(None, "my-adapter", actions.params("quick", {}))
+    assert not list(settings.data_dir.glob("jobs/*"))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from llama_space import adapters
 from llama_space.data import HubDataset, load_split, validate_file
 from llama_space.errors import UserError
+from llama_space.inference import zerogpu
 from llama_space.training.params import PRESETS, TrainingParams
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Actions:
               hub: HubDataset | None = None) -> str:
         """Launch a training job on an uploaded file or a Hub dataset (copied into the job); returns its id."""
         self.permissions.require_change()
+        zerogpu.refuse_training(self.settings)
         adapters.validate_name(adapter_name)
         with self.dataset_file(file, hub) as path:
             return self.runner.start(path, adapter_name, params)
