@@ -2,7 +2,8 @@
 
 Everything the server answers is in place before its port opens: the auth middleware, the REST and /v1
 routes (handed to the FastAPI constructor, so no request sees a half-built app) and the lifespan, composed
-here: the janitor sweeps while the app serves, and the backend is closed when it stops.
+here: the MCP server offers only MCP_TOOLS, the janitor sweeps while the app serves, and the backend is
+closed when it stops.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,10 @@ if TYPE_CHECKING:
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The named endpoints Gradio's MCP server (/gradio_api/mcp) offers as tools: chatting, looking and starting a
+# job. Cancelling, resuming and deleting stay off it, so an agent cannot undo work by a wrong tool choice.
+MCP_TOOLS = ("generate", "chat", "list_adapters", "validate_dataset", "start_training", "job_status")
 
 
 def build_app(settings: Settings) -> tuple[gr.Blocks, ChatBackend, Actions]:
@@ -56,6 +62,7 @@ def lifespan(settings: Settings, backend: ChatBackend):
 
     @asynccontextmanager
     async def serving(app):
+        prepare_mcp(app.get_blocks(), settings)  # runs before the port opens
         uploads = Path(getattr(app, "uploaded_file_dir", "") or "").resolve()
         own = uploads.is_relative_to(Path(settings.data_dir).resolve())
         task = asyncio.create_task(sweep_forever(Janitor(settings, uploads if own else None)))
@@ -66,6 +73,38 @@ def lifespan(settings: Settings, backend: ChatBackend):
             backend.close()
 
     return serving
+
+
+def prepare_mcp(demo: gr.Blocks, settings: Settings) -> None:
+    """Offer only MCP_TOOLS on Gradio's MCP server (it offers every public endpoint, and gradio has no switch
+    that keeps one in view_api() but off MCP) and, behind --auth, let its loopback client log in."""
+    mcp = demo.mcp_server_obj
+    if mcp is None:
+        return
+    mcp.tool_to_endpoint = {tool: endpoint for tool, endpoint in mcp.tool_to_endpoint.items()
+                            if endpoint.lstrip("/") in MCP_TOOLS}
+    if settings.auth_pair:
+        mcp._get_or_create_client = _logged_in_client(mcp, settings.auth_pair)
+
+
+def _logged_in_client(mcp, auth_pair: tuple[str, str]):
+    """A replacement for the MCP server's client factory. It runs queued tools through a gradio_client of its
+    own against this app, made without credentials, which the auth middleware refuses; this one logs in
+    (only a request that passed the same login reaches a tool; each call still carries the caller's headers)."""
+    from gradio_client import Client
+
+    made: list[Client] = []
+    lock = threading.Lock()
+
+    def client() -> Client:
+        with lock:
+            if not made:
+                made.append(Client(mcp.local_url, auth=auth_pair, download_files=False, verbose=False,
+                                   analytics_enabled=False, headers={"x-gradio-user": "mcp"},
+                                   _skip_components=False))
+            return made[0]
+
+    return client
 
 
 def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
@@ -85,11 +124,11 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
-        prevent_thread_lock=True, show_error=True,
+        prevent_thread_lock=True, show_error=True, mcp_server=True,
         app_kwargs={"routes": api_routes(backend, settings), "middleware": auth.middleware(settings),
                     "lifespan": lifespan(settings, backend)})
     app.state.backend = backend
-    log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1)", local_url,
+    log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1, MCP: /gradio_api/mcp/)", local_url,
              f" and {share_url}" if share_url else "")
     if block:
         demo.block_thread()
