@@ -19,21 +19,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_base(model_setting: str, cache_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Base model and tokenizer for training: fp32 on CPU, bf16 on CUDA (LoRA weights stay fp32 either way)."""
+def load_base(model_setting: str, cache_dir: Path, quantization: str = "none"
+              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Base model and tokenizer for training: fp32 on CPU, bf16 on CUDA (LoRA weights stay fp32 either way);
+    with quantization "nf4" its Linear layers (all but the head) load in 4-bit NF4 with double quant (QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(model_setting, cache_dir)
     token = os.environ.get("HF_TOKEN") or None
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    extra = nf4_arguments(dtype) if quantization == "nf4" else {}
     tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, token=token)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, token=token, **extra)
+    if quantization == "nf4":
+        # What peft.prepare_model_for_kbit_training does, less its fp32 upcast of the embeddings and head (+2.1 GB
+        # on an 8B model): the frozen embeddings' output requires grad, so gradients reach the LoRA weights
+        # through checkpointed layers whatever checkpointing flavour runs.
+        model.enable_input_require_grads()
     # With a KV cache in play transformers skips packed-sequence detection and rows attend to each other.
     model.config.use_cache = False
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def nf4_arguments(dtype) -> dict:
+    """from_pretrained arguments for an NF4 (double quant) base computing in `dtype`, on this rank's device."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    # A quantized model cannot be moved after loading: it loads straight onto the device it trains on.
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 def add_lora(model: PreTrainedModel, params: TrainingParams) -> PeftModel:
@@ -60,25 +80,21 @@ def linear_layer_names(model: PreTrainedModel) -> list[str]:
 
 
 def wants_checkpointing(model: PreTrainedModel, params: TrainingParams) -> bool:
-    """Whether to recompute activations: only when asked, or on CUDA when they would not fit.
+    """Whether to recompute activations: when asked, or (auto) when a step would not fit without it.
 
-    Activation memory of one micro-batch is estimated as ~34 bytes x hidden per token and layer in bf16
-    (Korthikanti et al. 2022); checkpointing costs ~30% speed, so it is used only when needed.
+    The planner's estimate of what a step adds to the loaded weights (LoRA state, activations, logits) is
+    compared with the memory free now; checkpointing costs ~30% speed, so it is used only when needed.
     """
-    import torch
+    from llama_space.training import planner
 
     if params.gradient_checkpointing != "auto":
         return params.gradient_checkpointing == "on"
-    if not torch.cuda.is_available():
-        return False
-    config = model.config
-    tokens = params.batch_size * params.max_length
-    activations = 34 * config.hidden_size * config.num_hidden_layers * tokens
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    free, _total = torch.cuda.mem_get_info()
-    need = activations + weights
-    log.info("activation checkpointing check: need ~%.1f GiB, free %.1f GiB", need / 2**30, free / 2**30)
-    return need > 0.8 * free
+    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    need = planner.step_bytes(model.config, params, device=device, dtype=model.dtype, checkpointing=False)
+    free = planner.free_memory(device)
+    log.info("activation checkpointing check: a step needs ~%.1f GB without it, %.1f GB free", need / 1e9,
+             free / 1e9)
+    return need > free
 
 
 def save_adapter(model: PeftModel, directory: Path, base_model: str, state_dict: dict | None = None) -> None:

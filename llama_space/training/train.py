@@ -149,7 +149,8 @@ def train_job(job_dir: Path) -> dict:
         metadata = {
             "base_model": config["base_model"], "job_id": config["job_id"],
             "dataset_fingerprint": config["dataset_fingerprint"], "dataset_name": config["dataset_name"],
-            "hyperparameters": params.to_dict(), "train_loss": progress.final_train_loss(),
+            "hyperparameters": params.to_dict(), "base_quantization": params.quantization,
+            "train_loss": progress.final_train_loss(),
             "eval_loss": eval_loss, "steps": trainer.state.global_step,
             "train_examples": len(trainer.train_dataset), "processes": trainer.args.world_size,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -169,7 +170,7 @@ def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams):
     from llama_space.training.trainer import build_trainer
 
     set_seed(params.seed)
-    model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]))
+    model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]), params.quantization)
     examples = build_examples(config["dataset"], tokenizer, params.max_length,
                               max_bytes=config["max_bytes"])
     train_rows, eval_rows = split_examples(examples, params.eval_fraction, params.seed)
