@@ -66,9 +66,9 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
     if len(tokenizer) > vocab_size:
         raise UserError(f"The tokenizer has {len(tokenizer)} tokens but the model's embedding only "
                         f"{vocab_size} rows; resize the embeddings before exporting.")
-    tokens, types = _tokens_and_types(tokenizer, vocab_size)
+    tokens, types = _tokens_and_types(tokenizer, spec, vocab_size)
     return GgufVocab(
-        tokens=tokens, token_types=types, merges=_merges(model_dir, spec), pre=_pre_tokenizer_name(spec),
+        tokens=tokens, token_types=types, merges=_merges(spec), pre=_pre_tokenizer_name(spec),
         special_ids=_special_ids(tokenizer, tokens), add_bos=_adds_first(tokenizer, tokenizer.bos_token_id),
         add_eos=_adds_last(tokenizer, tokenizer.eos_token_id), chat_template=tokenizer.chat_template)
 
@@ -80,9 +80,10 @@ def _check_byte_level_bpe(spec: dict) -> None:
                         "tokenizer is a different kind.")
 
 
-def _tokens_and_types(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tuple[list[str], list[int]]:
+def _tokens_and_types(tokenizer: PreTrainedTokenizerBase, spec: dict, vocab_size: int) -> tuple[list[str], list[int]]:
     from gguf import TokenType
 
+    by_id = {token_id: text for text, token_id in spec["model"]["vocab"].items()}
     added = tokenizer.added_tokens_decoder
     tokens: list[str] = []
     types: list[int] = []
@@ -90,25 +91,26 @@ def _tokens_and_types(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> tu
         if token_id in added:
             tokens.append(added[token_id].content)
             types.append(TokenType.CONTROL if added[token_id].special else TokenType.USER_DEFINED)
-            continue
-        text = tokenizer.convert_ids_to_tokens(token_id) if token_id < len(tokenizer) else None
-        # Embedding rows past the tokenizer (vocabularies padded to a round size) get placeholders,
-        # as llama.cpp's own converter names them, so token ids keep matching rows.
-        tokens.append(text if text is not None else f"[PAD{token_id}]")
-        types.append(TokenType.NORMAL if text is not None else TokenType.UNUSED)
+        elif token_id in by_id:
+            tokens.append(by_id[token_id])  # in the byte-level alphabet, as llama.cpp expects ("Ġthe")
+            types.append(TokenType.NORMAL)
+        else:
+            # Embedding rows past the tokenizer (vocabularies padded to a round size) get placeholders,
+            # named as llama.cpp's own converter names them, so token ids keep matching rows.
+            tokens.append(f"[PAD{token_id}]")
+            types.append(TokenType.UNUSED)
     return tokens, types
 
 
-def _merges(model_dir: Path, spec: dict) -> list[str]:
-    from gguf import SpecialVocab
-
-    merges = SpecialVocab(model_dir, load_merges=True).merges
-    if not merges:
-        # A tokenizer saved without tokenizer.json: its backend still knows the merges.
-        merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"].get("merges", [])]
+def _merges(spec: dict) -> list[str]:
+    """BPE merges as llama.cpp lists them: "left right", one string each."""
+    merges = spec["model"].get("merges") or []
     if not merges:
         raise UserError("The tokenizer has no BPE merges; GGUF export needs tokenizer.json with its merges.")
-    return merges
+    if isinstance(merges[0], str):
+        return merges  # the older "left right" form
+    # tokenizers now stores pairs; a space inside a part is written as its byte-level letter, "Ġ".
+    return [" ".join(part.replace(" ", "\u0120") for part in pair) for pair in merges]
 
 
 def _pre_tokenizer_name(spec: dict) -> str:
