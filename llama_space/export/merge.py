@@ -26,7 +26,7 @@ PROVENANCE_FILE = "llama_space_export.json"  # which adapter and base the merged
 PREFIX = "base_model.model."  # PEFT's prefix on every adapter tensor name
 # Python, torch and safetensors themselves, plus the adapter (measured: see BENCHMARKS.md, "Export").
 PROCESS_BYTES = 512 * 2**20
-COPY_CHUNK = 64 * 2**20
+COPY_CHUNK = 8 * 2**20
 # Weights and other formats of them are never copied into the merged folder; everything else at the top of the
 # base folder (config, generation config, tokenizer files, chat template) is.
 _NOT_COPIED = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|msgpack|h5|ckpt)$|.*\.index\.json$|^README\.md$|^\..*")
@@ -213,15 +213,15 @@ def _write_weights(plan: MergePlan, out: Path, progress: Progress) -> None:
             name = f"model-{number:05d}-of-{count:05d}.safetensors"
             length, header = read_header(shard)
             tensors = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
-            with open(shard, "rb") as src, open(out / name, "wb") as dst, safe_open(str(shard), "pt") as base:
-                src.seek(0)
+            with open(shard, "rb") as src, open(out / name, "wb") as dst:
                 dst.write(src.read(8 + length))  # the same header: a merge changes no tensor's size
                 for key in tensors:
                     start, end = header[key]["data_offsets"]
+                    src.seek(8 + length + start)
                     if key in plan.deltas:
-                        _write_merged(dst, base.get_tensor(key), plan.deltas[key], lora, end - start)
+                        weight = _read_tensor(src, header[key], end - start)
+                        _write_merged(dst, weight, plan.deltas[key], lora, end - start)
                     else:
-                        src.seek(8 + length + start)
                         _copy_bytes(src, dst, end - start)
                     weight_map[key] = name
                     done += end - start
@@ -229,6 +229,20 @@ def _write_weights(plan: MergePlan, out: Path, progress: Progress) -> None:
     index = {"metadata": {"total_size": plan.weight_bytes, "total_parameters": plan.parameters},
              "weight_map": dict(sorted(weight_map.items()))}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+
+
+def _read_tensor(src, info: dict, size: int):
+    """One tensor read into memory of its own (safe_open would map the shard: every merged weight's pages would
+    stay in the process's memory until the end)."""
+    import torch
+
+    dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(info["dtype"])
+    if dtype is None:
+        raise UserError(f"The base stores a LoRA-targeted weight as {info['dtype']}; only float weights merge.")
+    data = bytearray(src.read(size))
+    if len(data) != size:
+        raise UserError("A base model shard ended early; the checkpoint is damaged: download it again.")
+    return torch.frombuffer(data, dtype=dtype).reshape(info["shape"])
 
 
 def _write_merged(dst, weight, delta: LoraDelta, lora, size: int) -> None:
