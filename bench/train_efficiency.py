@@ -25,6 +25,8 @@ Measured on 2 shared CPU cores, --threads 1, 6 steps (one pass over 96 rows): pe
 60-74 tokens, so little padding to save) ours 109 vs 70 real tokens/s (1.55x), final loss 2.2026 vs
 2.2044, peak RSS 2089 vs 1649 MiB; generated mixed-length rows 2.38x wall (2.03x per CPU second), loss
 3.8435 vs 3.8420, RSS 3342 vs 2706 MiB. Skipping activation checkpointing is what costs the memory.
+Chunked loss (ours vs unchunked, --model tiny-128k --data none --batch-size 16 --steps 6 --threads 1): final
+loss 11.6351 both, peak RSS while training 1120 vs 1966 MiB, 0.94x tokens per CPU second.
 """
 
 from __future__ import annotations
