@@ -24,7 +24,8 @@ unchunked: ours, but the loss takes the logits of all trained positions at once 
 Measured on 2 shared CPU cores, --threads 1, 6 steps (one pass over 96 rows): persona.jsonl (rows of
 60-74 tokens, so little padding to save) ours 109 vs 70 real tokens/s (1.55x), final loss 2.2026 vs
 2.2044, peak RSS 2089 vs 1649 MiB; generated mixed-length rows 2.38x wall (2.03x per CPU second), loss
-3.8435 vs 3.8420, RSS 3342 vs 2706 MiB. Skipping activation checkpointing is what costs the memory.
+3.8435 vs 3.8420, RSS 3342 vs 2706 MiB (those RSS figures: the whole process, loading included, as measured
+before the peak was reset after loading). Skipping activation checkpointing is what costs the memory.
 Chunked loss (ours vs unchunked, --model tiny-128k --data none --batch-size 16 --steps 6 --threads 1): final
 loss 11.6351 both, peak RSS while training 1120 vs 1966 MiB, 0.94x tokens per CPU second.
 """
