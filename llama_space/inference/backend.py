@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from llama_space.inference.params import GenerationParams
+    from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 
 
@@ -51,10 +52,15 @@ class ChatBackend(Protocol):
     def close(self) -> None:
         """Free what load() took."""
 
-    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> ReplyStream:
-        """Start a reply to `messages` ([{role, content}], ending with a user turn) with `adapter` ("" = base)."""
+    def stream(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+               tools: ToolUse | None = None) -> ReplyStream:
+        """Start a reply to `messages` ([{role, content}], ending with a user turn or tool results) with
+        `adapter` ("" = base), offering `tools` (the reply text then holds any calls in the model's own
+        form, after ToolUse.prefill). A string is a raw prompt that the reply continues, with no chat template
+        (/v1/completions)."""
 
-    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+    def generate(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+                 tools: ToolUse | None = None) -> str:
         """The whole reply at once."""
 
     def list_adapters(self) -> list[str]:

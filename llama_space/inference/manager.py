@@ -17,9 +17,10 @@ from llama_space.inference.fifo import FairLock, Turn
 from llama_space.inference.stream import GenerationStream, run_serial
 from llama_space.inference.loading import base_model_name, load_model, same_base
 from llama_space.inference.params import GenerationParams
-from llama_space.inference.prompting import build_prompt
+from llama_space.inference.prompting import build_prompt, build_raw_prompt
 
 if TYPE_CHECKING:
+    from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,18 @@ class ModelManager:
                 self._load_adapter_locked(adapter)
             yield self._current_model()
 
+    def training_copy(self):
+        """(model, tokenizer) for a LoRA job trained in this process: the plain base as a module tree of its own
+        whose weights are the served tensors (see training.shared), made while no adapter swap changes them."""
+        import copy
+
+        from llama_space.training.shared import plain_copy
+
+        if self.model is None:
+            raise UserError("The model is still loading; start the training job in a moment.")
+        with self._lock:
+            return plain_copy(self.model), copy.deepcopy(self.tokenizer)
+
     @contextmanager
     def _adapter_context(self, name: str):
         if self._peft is None:
@@ -172,28 +185,47 @@ class ModelManager:
             yield
 
     # ---- generation -----------------------------------------------------------------------------
-    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> GenerationStream:
-        """Start generating a reply to `messages` (see prompting.normalize_messages); iterate it for text."""
+    def stream(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+               tools: ToolUse | None = None) -> GenerationStream:
+        """Start generating a reply to `messages` (see prompting.normalize_messages; a string is raw text
+        continued without the chat template) offering `tools`; iterate it for text."""
         if self.model is None:
             raise UserError("The model is still loading; try again in a moment.")
-        if params.max_new_tokens > self.settings.max_new_tokens_limit:
-            raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
+        self._check_params(params)
         adapter = adapter or ""
         if adapter not in adapters.BASE_NAMES:
             self._check_adapter(adapter)  # fail fast, before queueing
-        prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
-        self.admission.enter()
+        if isinstance(messages, str):
+            prompt = build_raw_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
+        else:
+            prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens, tools)
+        tokens = len(prompt.input_ids) + params.max_new_tokens  # the most KV cache this reply can hold
+        self.admission.enter(tokens)
         try:
-            stream = GenerationStream(self.tokenizer, prompt.input_ids, params, on_end=self.admission.leave,
+            stream = GenerationStream(self.tokenizer, prompt.input_ids, params,
+                                      on_end=lambda: self.admission.leave(tokens),
                                       dropped_messages=prompt.dropped_messages)
         except BaseException:
-            self.admission.leave()
+            self.admission.leave(tokens)
             raise
         if self._engine is not None:
             self._engine.submit(stream, adapter)
         else:
             self._submit_serial(stream, adapter)
         return stream
+
+    def _check_params(self, params: GenerationParams) -> None:
+        """UserError for what this model cannot honour: a budget over the limit, JSON modes, unknown token ids."""
+        if params.max_new_tokens > self.settings.max_new_tokens_limit:
+            raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
+        if params.response_format is not None:
+            raise UserError(f"response_format {params.response_format.get('type')!r} is not supported by the "
+                            "in-process model: it cannot constrain its output to JSON. Ask for JSON in the "
+                            "prompt instead, or serve through a backend that can (vLLM).")
+        vocab = self.model.config.vocab_size
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise UserError(f"logit_bias holds token id {max(params.logit_bias)}, but this model's vocabulary "
+                            f"has ids 0 to {vocab - 1}")
 
     def _submit_serial(self, stream: GenerationStream, adapter: str) -> None:
         # The place in the queue is taken here, in the caller's thread: worker threads may start in any order.
@@ -217,9 +249,10 @@ class ModelManager:
             raise
         return self._current_model()[0], lambda: self._adapter_context(adapter)
 
-    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+    def generate(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+                 tools: ToolUse | None = None) -> str:
         """The whole reply at once."""
-        return "".join(self.stream(messages, params, adapter))
+        return "".join(self.stream(messages, params, adapter, tools))
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` encodes to (no special tokens)."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from llama_space.errors import UserError
 
+MAX_LOGIT_BIAS = 300  # entries in one logit_bias (OpenAI's limit)
+
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not isinstance(value, (int, float)) or value != value or not low <= value <= high:
@@ -23,6 +25,12 @@ class GenerationParams:
     repetition_penalty: float = 1.0  # >1 discourages repeating tokens
     stop: list[str] = field(default_factory=list)  # strings that end the reply (not included in it)
     seed: int | None = None  # fixes sampling for reproducible replies
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per earlier occurrence in the reply
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token the reply already holds
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its score (-100..100)
+    # OpenAI's response_format (json_object / json_schema) for a backend that can constrain output (a remote
+    # vLLM); the in-process model refuses it.
+    response_format: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, float) and self.max_new_tokens.is_integer():
@@ -42,6 +50,22 @@ class GenerationParams:
             self.stop = [self.stop]
         if len(self.stop) > 8 or any(not isinstance(s, str) or not s for s in self.stop):
             raise UserError("stop must be up to 8 non-empty strings")
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        self._check_logit_bias()
+
+    def _check_logit_bias(self) -> None:
+        if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise UserError(f"logit_bias must map up to {MAX_LOGIT_BIAS} token ids to biases")
+        for token, bias in self.logit_bias.items():
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise UserError(f"logit_bias keys must be token ids (whole numbers from 0), got {token!r}")
+            _check_range(f"logit_bias[{token}]", bias, -100.0, 100.0)
+
+    @property
+    def penalizes(self) -> bool:
+        """Whether OpenAI's frequency/presence penalties or a logit bias change the scores."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
     @property
     def greedy(self) -> bool:

@@ -20,8 +20,10 @@ from llama_space.inference import remote_wire as wire
 from llama_space.inference.admission import Admission
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.stats import ReplyStats
+from llama_space.inference.tools import uses_tools
 
 if TYPE_CHECKING:
+    from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,10 +121,16 @@ class RemoteBackend:
         return adapter
 
     # ---- generation -----------------------------------------------------------------------------
-    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> RemoteStream:
-        """Start a streamed reply on the remote; errors it answers with are raised here as UserError."""
+    def stream(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+               tools: ToolUse | None = None) -> RemoteStream:
+        """Start a streamed reply on the remote (a string prompt: its /completions); errors it answers with
+        are raised here as UserError. Tools are refused: the remote parses its own tool calls, and a reply
+        stream carries text only."""
         if params.max_new_tokens > self.settings.max_new_tokens_limit:
             raise UserError(f"max_new_tokens must be at most {self.settings.max_new_tokens_limit}")
+        if tools is not None or (not isinstance(messages, str) and uses_tools(messages)):
+            raise UserError("Tool calling is not supported with a remote chat backend; call the backend's own "
+                            "/v1/chat/completions for tools, or serve the model in-process.")
         body = wire.request_body(self._model_id(adapter or ""), messages, params)
         self.admission.enter()
         try:
@@ -131,9 +139,10 @@ class RemoteBackend:
             self.admission.leave()
             raise
 
-    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
+    def generate(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+                 tools: ToolUse | None = None) -> str:
         """The whole reply at once."""
-        return "".join(self.stream(messages, params, adapter))
+        return "".join(self.stream(messages, params, adapter, tools))
 
     def _models(self, fresh: bool = False) -> list[dict]:
         """The remote's model cards, reused for MODELS_TTL seconds unless `fresh`."""
@@ -180,10 +189,12 @@ class RemoteStream(ReplyStats):
     def __init__(self, backend: RemoteBackend, body: dict, on_end: Callable[[], None] = lambda: None) -> None:
         """Send the request (raising UserError if the remote refuses it); `on_end` runs once when the reply
         is over, however it ends, but not when this raises."""
-        super().__init__(prompt_tokens=sum(backend.count_tokens(m["content"]) for m in body["messages"]))
+        texts = [body["prompt"]] if "prompt" in body else [m["content"] for m in body["messages"]]
+        super().__init__(prompt_tokens=sum(backend.count_tokens(text) for text in texts))
         self._reported_tokens: int | None = None  # the remote's usage count, when it sends one
         self._url = backend.url
-        self._response = backend._request("POST", "/chat/completions", json=body)
+        path = "/completions" if "prompt" in body else "/chat/completions"
+        self._response = backend._request("POST", path, json=body)
         wire.check_event_stream(self._response, self._url)
         self._on_end = on_end
         self._end_lock = threading.Lock()  # close() from another thread can race the end of __iter__
@@ -194,7 +205,7 @@ class RemoteStream(ReplyStats):
             for chunk in self._chunks_of_reply():
                 self._read_usage(chunk.get("usage"))
                 for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content") or ""
+                    delta = wire.choice_text(choice)
                     if choice.get("finish_reason"):
                         self.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
                     if delta:

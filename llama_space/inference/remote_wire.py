@@ -26,10 +26,18 @@ BAD_CHUNK = "The chat backend at {url} sent a stream chunk that is not chat-comp
 CUT_OFF = "The chat backend at {url} stopped answering mid-reply; try again in a moment."
 
 
-def request_body(model: str, messages: list[dict], params: GenerationParams) -> dict:
-    """The chat-completions body for `params`; top_k and repetition_penalty are vLLM's extensions."""
-    body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True},
+def request_body(model: str, messages: list[dict] | str, params: GenerationParams) -> dict:
+    """The chat-completions body for `params` (a completions body for a string prompt); top_k and
+    repetition_penalty are vLLM's extensions."""
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
             "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p}
+    body |= {"prompt": messages} if isinstance(messages, str) else {"messages": messages}
+    return body | _sampling_fields(params)
+
+
+def _sampling_fields(params: GenerationParams) -> dict:
+    """The optional sampling fields `params` sets, passed on as the remote names them."""
+    body: dict = {}
     if params.stop:
         body["stop"] = params.stop
     if params.seed is not None:
@@ -38,7 +46,22 @@ def request_body(model: str, messages: list[dict], params: GenerationParams) -> 
         body["top_k"] = params.top_k
     if params.repetition_penalty != 1.0:
         body["repetition_penalty"] = params.repetition_penalty
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
+    if params.response_format is not None:
+        body["response_format"] = params.response_format
     return body
+
+
+def choice_text(choice: dict) -> str:
+    """The text of one streamed choice: a chat chunk's delta.content or a completions chunk's text."""
+    if "text" in choice:
+        return choice.get("text") or ""
+    return (choice.get("delta") or {}).get("content") or ""
 
 
 def unreachable(exc: httpx.HTTPError, url: str) -> BackendError:
@@ -153,6 +176,7 @@ def _well_formed(chunk: object) -> bool:
         return False
     deltas = [(choice.get("delta") or {}) if isinstance(choice, dict) else None for choice in choices]
     return (all(isinstance(d, dict) and isinstance(d.get("content") or "", str) for d in deltas)
+            and all(isinstance(choice.get("text") or "", str) for choice in choices)
             and all(isinstance(usage.get(key) or 0, int) for key in ("prompt_tokens", "completion_tokens")))
 
 

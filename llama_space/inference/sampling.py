@@ -18,21 +18,57 @@ INVALID_SCORES = ("The model produced invalid probabilities (NaN/inf) for this r
                   "settings (a lower temperature, top_p or repetition_penalty) or another adapter.")
 
 
+def penalty_processors(params: GenerationParams, prompt_length: int) -> list:
+    """The logits processors for OpenAI's penalties and logit_bias ([] when `params` sets none), for
+    `generate(logits_processor=...)`, which runs them after its repetition penalty and before the warpers."""
+    return [OpenAIPenalties(params, prompt_length)] if params.penalizes else []
+
+
+class OpenAIPenalties:
+    """OpenAI's frequency and presence penalties over the tokens generated so far (not the prompt, as in
+    vLLM), then its logit_bias added to the scores; a logits processor as `generate` calls them."""
+
+    def __init__(self, params: GenerationParams, prompt_length: int) -> None:
+        self.frequency, self.presence = params.frequency_penalty, params.presence_penalty
+        self.bias = params.logit_bias
+        self.prompt_length = prompt_length
+        self._bias: tuple | None = None  # (ids, values) on the scores' device, made at the first call
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` [rows, vocab] adjusted for `input_ids` [rows, length] (prompt first)."""
+        import torch
+
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] and (self.frequency or self.presence):
+            ones = torch.ones_like(generated, dtype=scores.dtype)
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, ones)  # [rows, vocab]
+            scores = scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+        if self.bias:
+            if self._bias is None:
+                self._bias = (torch.tensor(list(self.bias), device=scores.device),
+                              torch.tensor(list(self.bias.values()), dtype=scores.dtype, device=scores.device))
+            ids, values = self._bias
+            scores = scores.index_add(1, ids, values.expand(scores.shape[0], -1))
+        return scores
+
+
 class RowSampler:
     """Greedy or sampled choice with `params`, applied as `generate` applies them to one sequence.
 
-    Order as in transformers: repetition penalty, then temperature, top-k and top-p. A seeded request
-    draws from its own generator, so its reply does not depend on what it is batched with.
+    Order as in transformers: repetition penalty, OpenAI's penalties and logit bias (our processors come
+    after generate's own), then temperature, top-k and top-p. A seeded request draws from its own
+    generator, so its reply does not depend on what it is batched with.
     """
 
-    def __init__(self, params: GenerationParams, device) -> None:
+    def __init__(self, params: GenerationParams, device, prompt_length: int = 0) -> None:
         import torch
         from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                                   TopPLogitsWarper)
 
         self.greedy = params.greedy
-        self.penalty = (RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
-                        if params.repetition_penalty != 1.0 else None)
+        self.penalties = [RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
+                          ] if params.repetition_penalty != 1.0 else []
+        self.penalties += penalty_processors(params, prompt_length)
         self.warpers = []
         self.generator = None
         if not self.greedy:
@@ -54,8 +90,10 @@ class RowSampler:
         import torch
 
         scores = logits.float().unsqueeze(0)
-        if self.penalty is not None:
-            scores = self.penalty(torch.tensor([tokens], device=scores.device), scores)
+        if self.penalties:
+            ids = torch.tensor([tokens], device=scores.device)
+            for penalty in self.penalties:
+                scores = penalty(ids, scores)
         for warper in self.warpers:
             scores = warper(None, scores)
         # NaN or +inf anywhere, or every token filtered out (all -inf). Flagged on the device: multinomial

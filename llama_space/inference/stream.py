@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.params import GenerationParams
 from llama_space.errors import UserError
-from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids
+from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids, penalty_processors
 from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def run_serial(stream: GenerationStream, begin: Callable[[threading.Event], Star
 
 def _generate(stream: GenerationStream, begin, release) -> None:
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     error = None
     try:
@@ -170,6 +170,7 @@ def _generate(stream: GenerationStream, begin, release) -> None:
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
                     stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
                     pad_token_id=stream.streamer.tokenizer.pad_token_id,
+                    logits_processor=LogitsProcessorList(penalty_processors(stream.params, ids.shape[1])),
                     **stream.params.generate_kwargs(), **generate_overrides(model))
             stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.streamer.tokenizer)
         finally:

@@ -1,10 +1,12 @@
-"""HTTP routes that share the Gradio port: the tutorial's POST / and the OpenAI-compatible /v1."""
+"""HTTP routes that share the Gradio port: the tutorial's POST / and the OpenAI-compatible /v1 (chat and legacy
+completions)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from llama_space.web.routes.common import GenerationRunner
+from llama_space.web.routes.completions import completions_router
 from llama_space.web.routes.openai_api import openai_router
 from llama_space.web.routes.rest import rest_router
 
@@ -21,4 +23,5 @@ def api_routes(backend: ChatBackend, settings: Settings) -> list[BaseRoute]:
     All of them generate through `backend.stream`, so they share its queue with the Gradio UI and API.
     """
     runner = GenerationRunner(backend)
-    return [*rest_router(backend, runner).routes, *openai_router(backend, runner, settings.api_key).routes]
+    return [*rest_router(backend, runner).routes, *openai_router(backend, runner, settings.api_key).routes,
+            *completions_router(backend, runner, settings.api_key).routes]
