@@ -11,7 +11,11 @@ from llama_space.web.errors import user_facing
 if TYPE_CHECKING:
     from llama_space.service.actions import Actions
 
-COLUMNS = ["name", "base_model", "created", "train_loss", "eval_loss", "steps", "lora_r", "dataset"]
+# The last columns show the latest evaluation (service/evaluate.py): the adapter's figure, the base's beside it.
+EVALUATION_COLUMNS = {"loss (base)": "loss", "perplexity (base)": "perplexity", "exact match (base)": "exact_match",
+                      "contains (base)": "contains"}
+COLUMNS = ["name", "base_model", "created", "train_loss", "eval_loss", "steps", "lora_r", "dataset",
+           "evaluated on", *EVALUATION_COLUMNS]
 
 
 def adapter_rows(actions: Actions) -> list[list]:
@@ -21,12 +25,26 @@ def adapter_rows(actions: Actions) -> list[list]:
         hyper = item.get("hyperparameters") or {}
         rows.append([item.get("name"), item.get("base_model", ""), item.get("created", ""),
                      _round(item.get("train_loss")), _round(item.get("eval_loss")), item.get("steps", ""),
-                     hyper.get("lora_r", item.get("r", "")), item.get("dataset_fingerprint", "")])
+                     hyper.get("lora_r", item.get("r", "")), item.get("dataset_fingerprint", ""),
+                     *_evaluation_cells(item.get("evaluation"))])
     return rows
 
 
 def _round(value):
     return round(value, 4) if isinstance(value, float) else ("" if value is None else value)
+
+
+def _evaluation_cells(evaluation) -> list[str]:
+    """"evaluated on", then "adapter (base)" per figure; blanks when never evaluated."""
+    if not isinstance(evaluation, dict):
+        return [""] * (1 + len(EVALUATION_COLUMNS))
+    base = evaluation.get("base") if isinstance(evaluation.get("base"), dict) else {}
+    return [str(evaluation.get("source", "")),
+            *(f"{_figure(evaluation.get(key))} ({_figure(base.get(key))})" for key in EVALUATION_COLUMNS.values())]
+
+
+def _figure(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def build_adapters_tab(actions: Actions):
