@@ -1,33 +1,84 @@
-"""The shared queue's bound: how many generation requests may be in progress or waiting at once."""
+"""The shared queue's bounds: how many generation requests may be in progress or waiting at once, and, while a
+training job shares the device with chat, how much KV cache their prompts and replies may take together."""
 
 from __future__ import annotations
 
 import threading
-
+import time
 from llama_space.errors import UserError
+
+MEMORY_WAIT = 20.0  # seconds a request that would fit waits for others to free KV cache before it is refused
 
 
 class QueueFullError(UserError):
     """Too many generation requests are waiting; the caller should retry later."""
 
 
+class MemoryBoundError(UserError):
+    """A request needs more KV cache than the memory left beside the training job can ever hold."""
+
+
+def kv_bytes_per_token(config, dtype_bytes: int) -> int:
+    """KV cache bytes one token takes in every layer: keys and values of each KV head (128 KiB on 8B bf16)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
 class Admission:
-    """A counter every route's requests pass through; the one past `limit` is refused at once."""
+    """A gate every route's requests pass through: the one past `limit` is refused at once, and with a token
+    bound set (`bound_tokens`) a request waits until its tokens fit beside the others admitted."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, memory_wait: float = MEMORY_WAIT) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
+        self.memory_wait = memory_wait
+        self._cond = threading.Condition()
         self.in_flight = 0
+        self.tokens_in_use = 0  # prompt plus max_new_tokens of every admitted request (their KV cache bound)
+        self.token_limit: int | None = None  # None: memory is no concern (no job shares the device)
 
-    def enter(self) -> None:
-        """Take a place, or raise QueueFullError."""
-        with self._lock:
+    def bound_tokens(self, tokens: int | None) -> None:
+        """Let admitted requests hold at most `tokens` of KV cache together (None lifts the bound)."""
+        with self._cond:
+            self.token_limit = None if tokens is None else max(0, int(tokens))
+            self._cond.notify_all()
+
+    def enter(self, tokens: int = 0) -> None:
+        """Take a place for a request of up to `tokens` tokens (its prompt plus max_new_tokens).
+
+        QueueFullError when the queue is full, or when the memory beside a training job stays taken by other
+        replies for `memory_wait` seconds; MemoryBoundError when the request alone can never fit.
+        """
+        with self._cond:
             if self.in_flight >= self.limit:
                 raise QueueFullError(f"The server is busy ({self.in_flight} requests in progress or waiting); "
                                      "try again in a moment.")
             self.in_flight += 1
+            try:
+                self._wait_for_room(tokens)
+            except BaseException:
+                self.in_flight -= 1
+                raise
+            self.tokens_in_use += tokens
 
-    def leave(self) -> None:
-        """Give a place back (exactly once per successful enter)."""
-        with self._lock:
+    def _wait_for_room(self, tokens: int) -> None:
+        deadline = time.monotonic() + self.memory_wait
+        while self.token_limit is not None and self.tokens_in_use + tokens > self.token_limit:
+            if tokens > self.token_limit:
+                raise MemoryBoundError(
+                    f"This request needs KV cache for {tokens} tokens (prompt plus max_new_tokens), but only "
+                    f"{self.token_limit} fit in the memory left beside the training job: lower max_new_tokens "
+                    "or shorten the conversation, or wait for the job to finish.")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueFullError(f"The server is busy: the memory chat has beside the training job is taken "
+                                     f"by other replies ({self.tokens_in_use} of {self.token_limit} tokens); "
+                                     "try again in a moment.")
+            self._cond.wait(left)
+
+    def leave(self, tokens: int = 0) -> None:
+        """Give a place back (exactly once per successful enter, with the same `tokens`)."""
+        with self._cond:
             self.in_flight -= 1
+            self.tokens_in_use -= tokens
+            self._cond.notify_all()

@@ -2,7 +2,8 @@
 
 The registry is the source of truth across app restarts: a job whose process is gone while its
 status still says queued/running is marked `interrupted` (or `cancelled` if a cancel was asked) when read, and
-a job whose job.json or status.json cannot be read is reported failed, that job alone.
+a job whose job.json or status.json cannot be read is reported failed, that job alone. A shared job (trained in
+a thread of the app) is gone when the app that ran it is, or, in this process, when its thread has ended.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from llama_space import adapters
 from llama_space.errors import UserError
@@ -38,6 +39,15 @@ def process_alive(pid: int, job_dir: Path) -> bool:
     return pid_alive(pid, Path(job_dir).name)
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22); None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # the fields after the parenthesised command name
+
+
 def job_pid(job_dir: Path, status: dict) -> int | None:
     """The job's process id: the one the training process reported, else the one the runner launched."""
     if status.get("pid"):
@@ -50,6 +60,10 @@ def job_pid(job_dir: Path, status: dict) -> int | None:
 
 class JobRegistry:
     """Creates job directories and reads their status, reconciling it with the processes that run them."""
+
+    # Ids of the shared jobs training in threads of this process now, whichever runner started them (a class
+    # attribute: a second runner in the same process must not take a running job for an interrupted one).
+    in_process: ClassVar[set[str]] = set()
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -64,14 +78,19 @@ class JobRegistry:
             self._tokenizers[source] = AutoTokenizer.from_pretrained(source, token=os.environ.get("HF_TOKEN"))
         return self._tokenizers[source]
 
-    def create(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams) -> str:
+    def create(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams,
+               plan: dict | None = None) -> str:
         """Prepare a job and put it in place at once (nothing launches it); return its id."""
-        job_id = self.prepare(dataset_path, adapter_name, params)
+        job_id = self.prepare(dataset_path, adapter_name, params, plan)
         self.commit(job_id)
         return job_id
 
-    def prepare(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams) -> str:
+    def prepare(self, dataset_path: str | Path, adapter_name: str, params: TrainingParams,
+                plan: dict | None = None) -> str:
         """Validate the name and the data and write the whole job dir under a hidden name; return the job id.
+
+        `plan` (the memory planner's choice: placement, quantization, estimate, reason) goes into job.json and
+        the status; without one the job runs in its own process.
 
         This is the slow part of a start (tokenizing, copying up to max_upload_mb), done before anything is
         locked; the dir stays out of every listing until `commit` renames it into place, or `discard` drops it.
@@ -99,8 +118,9 @@ class JobRegistry:
                 "cache_dir": str(Path(self.settings.cache_dir).resolve()), "adapters_dir": str(adapters_dir),
                 "adapter": adapter_name, "dataset": copy, "dataset_name": dataset.name,
                 "dataset_fingerprint": dataset_fingerprint(staging / copy), "examples": len(examples),
-                "max_bytes": max_bytes, "params": params.to_dict()})
-            jobfiles.update_status(staging, job_id=job_id, state="queued", adapter=adapter_name,
+                "max_bytes": max_bytes, "params": params.to_dict(), "plan": plan})
+            jobfiles.update_status(staging, job_id=job_id, state="queued", adapter=adapter_name, plan=plan,
+                                   placement=(plan or {}).get("placement", "process"),
                                    created=time.time(), step=0, total_steps=None, loss=None, eval_loss=None,
                                    eta_seconds=None, error=None, pid=None, started=None, finished=None)
         except OSError as exc:  # disk full, quota, permissions: leave no half-made job behind
@@ -140,11 +160,21 @@ class JobRegistry:
             status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
         except jobfiles.DamagedJobFile as exc:
             return self._derived(job_dir, self._damaged(job_dir, exc))
-        if status.get("state", "queued") in jobfiles.ACTIVE_STATES:
-            pid = job_pid(job_dir, status)
-            if pid is None or not process_alive(pid, job_dir):
-                status = self.mark_stopped(job_id)
+        if status.get("state", "queued") in jobfiles.ACTIVE_STATES and not self._runs(job_dir, status):
+            status = self.mark_stopped(job_id)
         return self._derived(job_dir, status)
+
+    def _runs(self, job_dir: Path, status: dict) -> bool:
+        """Whether the job's process (or, for a shared job, its thread) still runs it."""
+        if status.get("placement") == "shared":
+            pid = status.get("pid")
+            if pid in (None, os.getpid()):  # queued or running here: its thread says
+                return job_dir.name in self.in_process
+            # Another app process trains it: the app's command line has no job id, so its start time tells a
+            # recycled pid (containers restart the app under the same few pids) from the app that took the job.
+            return pid_alive(pid) and process_start(pid) == status.get("process_start")
+        pid = job_pid(job_dir, status)
+        return pid is not None and process_alive(pid, job_dir)
 
     @staticmethod
     def _damaged(job_dir: Path, exc: jobfiles.DamagedJobFile) -> dict:

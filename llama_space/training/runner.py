@@ -1,9 +1,10 @@
-"""Launching and watching training processes: one job at a time, never in the app's own process.
+"""Launching and watching training jobs, one at a time, in the placement the memory planner chose.
 
-Each job runs as `python -m llama_space.training.train --job-dir DIR` in its own session, so the app
+A process job runs as `python -m llama_space.training.train --job-dir DIR` in its own session, so the app
 never blocks and a crash in training cannot take the app down (nor an app restart the training). With
 several CUDA GPUs visible it runs under `accelerate launch --multi_gpu` (one process per GPU, DDP; see
-docs/multi_gpu.md).
+docs/multi_gpu.md). A shared job trains in a thread of the app on the served weights (training/shared.py,
+run by shared_runs.SharedRuns); the next app start resumes one the app's end interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from llama_space.settings import Settings
 from llama_space.training import jobfiles
 from llama_space.training.jobs import JobRegistry, job_pid, process_alive
 from llama_space.training.params import TrainingParams
+from llama_space.training.shared_runs import SharedRuns, plan_job
 
 TRAIN_MODULE = "llama_space.training.train"
 
@@ -51,12 +53,17 @@ def train_command(job_dir: Path, resume: bool) -> list[str]:
 class JobRunner:
     """Starts, watches, cancels and resumes training jobs stored under settings.data_dir/jobs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backend=None) -> None:
         self.registry = JobRegistry(settings)
         self._lock = threading.RLock()  # serialises launches with the status reads that could mark them dead
         # Starts one at a time, so a second start is refused before it tokenizes its data for nothing (and the
         # shared tokenizer never encodes for two threads at once); status reads never wait on this one.
         self._start_lock = threading.Lock()
+        # Shared jobs need the model served in this process (a ModelManager); a remote backend has none.
+        manager = backend if callable(getattr(backend, "training_copy", None)) else None
+        self.shared = SharedRuns(self.registry, manager)
+        if manager is not None:
+            self.shared.resume_interrupted(self.resume)
 
     def start(self, dataset_path: str | Path, adapter_name: str,
               params: TrainingParams | dict | None = None) -> str:
@@ -66,8 +73,9 @@ class JobRunner:
         with self._start_lock:
             with self._lock:
                 self._refuse_if_busy()
+            params, plan = plan_job(self.registry.settings, self.shared.manager, params)  # UserError: no room
             # Tokenizing and copying take seconds on a large file: done outside the lock the 1 s polls take.
-            job_id = self.registry.prepare(dataset_path, adapter_name, params)
+            job_id = self.registry.prepare(dataset_path, adapter_name, params, plan)
             try:
                 with self._lock:
                     self._refuse_if_busy()  # again: a job may have been resumed meanwhile
@@ -120,6 +128,10 @@ class JobRunner:
         with self._lock:
             return self.registry.active()
 
+    def close(self, timeout: float = 120) -> None:
+        """Checkpoint and stop a shared job (the next start resumes it); process jobs go on by themselves."""
+        self.shared.stop_all(timeout)
+
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
         """Block until the job is no longer queued/running (or `timeout` seconds pass); return its status."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -138,6 +150,9 @@ class JobRunner:
                             "wait for it to finish or cancel it.")
 
     def _launch(self, job_id: str, resume: bool) -> None:
+        if self.shared.placement(job_id) == "shared":
+            self.shared.launch(job_id, resume)
+            return
         job_dir = self.registry.job_dir(job_id)
         # Queued before the process exists, and without the pid of an earlier run, so nothing reads it as dead:
         # the reaper of a killed earlier run (of another runner, after an app restart) may wake only now, and

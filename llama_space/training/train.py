@@ -21,12 +21,16 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.training import checkpoints, jobfiles
 from llama_space.training.jobs import process_alive
 from llama_space.training.params import TrainingParams
+
+if TYPE_CHECKING:
+    from llama_space.training.shared import SharedBase
 
 log = logging.getLogger("llama_space.training")
 
@@ -117,11 +121,13 @@ def load_config(job_dir: Path) -> dict:
     return config
 
 
-def train_job(job_dir: Path) -> dict:
+def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     """Train and publish; return the final status fields. Raises on failure.
 
     Under `accelerate launch` every rank runs this. The ranks take each stop decision together: a rank that
-    skipped a collective the others enter (a training step, an evaluation) would leave them waiting.
+    skipped a collective the others enter (a training step, an evaluation) would leave them waiting. A shared
+    job (training.shared) passes the served weights as `base` instead of having the base loaded, and may be
+    stopped (checkpointed, to resume) by its stop event.
     """
     config = load_config(job_dir)
     params = TrainingParams.from_dict(config["params"])
@@ -133,7 +139,7 @@ def train_job(job_dir: Path) -> dict:
     trainer, progress = None, None
     # Loading a large model takes a while: skip it if cancelled.
     if not any_rank((job_dir / jobfiles.CANCEL_FILE).exists()):
-        trainer, progress = prepare_trainer(job_dir, config, params)
+        trainer, progress = prepare_trainer(job_dir, config, params, base)
         resume_from = checkpoints.latest(checkpoints_dir)
         log.info("device %s; resuming from %s", trainer.args.device, resume_from or "scratch")
         if not any_rank(progress.cancel_requested()):
@@ -142,6 +148,8 @@ def train_job(job_dir: Path) -> dict:
         if is_main_process():
             shutil.rmtree(checkpoints_dir, ignore_errors=True)
         return {"state": "cancelled", "eta_seconds": None}
+    if base is not None and base.stop.is_set():  # the app is closing: its next start resumes the job
+        return {"state": "interrupted", "eta_seconds": None}
     eval_loss = final_eval_loss(trainer, progress)
     # Several ranks may each hold only a shard of the weights (FSDP, ZeRO-3): all take part in gathering them.
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if world_size() > 1 else None
@@ -159,8 +167,9 @@ def train_job(job_dir: Path) -> dict:
     return {"state": "completed", "eta_seconds": 0, "eval_loss": eval_loss}
 
 
-def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams):
-    """Load the base model and data, add LoRA, and build the Trainer with our progress callback."""
+def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams, base: SharedBase | None = None):
+    """Load the base model (or take the shared `base`) and data, add LoRA, and build the Trainer with our
+    progress callback."""
     from transformers import set_seed
 
     from llama_space.data import build_examples
@@ -170,7 +179,11 @@ def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams):
     from llama_space.training.trainer import build_trainer
 
     set_seed(params.seed)
-    model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]), params.quantization)
+    if base is None:
+        model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]), params.quantization)
+    else:
+        model, tokenizer = base.model, base.tokenizer
+        model.config.use_cache = False  # the tree's own config (see lora.load_base for why)
     examples = build_examples(config["dataset"], tokenizer, params.max_length,
                               max_bytes=config["max_bytes"])
     train_rows, eval_rows = split_examples(examples, params.eval_fraction, params.seed)
@@ -179,6 +192,8 @@ def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams):
     progress = JobProgress(job_dir)
     trainer = build_trainer(lora.add_lora(model, params), params, job_dir / jobfiles.CHECKPOINTS_DIR,
                             train_rows, eval_rows, progress, checkpointing)
+    for callback in base.callbacks() if base is not None else []:
+        trainer.add_callback(callback)
     return trainer, progress
 
 
@@ -213,8 +228,9 @@ def publish(model, job_dir: Path, adapters_dir: Path, name: str, metadata: dict,
     log.info("published adapter %r into %s", name, adapters_dir)
 
 
-def run(job_dir: Path, resume: bool) -> int:
-    """Run the job in `job_dir`, recording how it ended; exit status 0 unless it failed."""
+def run(job_dir: Path, resume: bool, base: SharedBase | None = None) -> int:
+    """Run the job in `job_dir` (in this thread, on the shared `base` when given), recording how it ended;
+    exit status 0 unless it failed."""
     if not is_main_process():
         return run_other_rank(job_dir)
     check_startable(job_dir, resume)
@@ -222,7 +238,7 @@ def run(job_dir: Path, resume: bool) -> int:
     jobfiles.update_status(job_dir, state="running", pid=os.getpid(), error=None, eta_seconds=None,
                            started=status.get("started") or time.time(), finished=None, processes=world_size())
     try:
-        outcome = train_job(job_dir)
+        outcome = train_job(job_dir, base)
     except KeyboardInterrupt:
         jobfiles.update_status(job_dir, state="interrupted", finished=time.time())
         return 130

@@ -1,0 +1,147 @@
+"""The shared placement: a LoRA trained in a thread of the app process on the weights chat serves.
+
+The trained model is a second module tree whose parameters and buffers *are* the served model's tensors
+(`plain_copy`): LoRA is injected into that tree alone, which trains while the original serves in eval mode
+under inference mode, so chat keeps answering with the same weights and only one copy of the base is in
+memory. The served model cannot be the trained one: PEFT refuses per-request `adapter_names` on a model in
+training mode, and injecting the new adapter into the served tree would change what chat runs mid-reply.
+
+CPU share: on CPU the training thread runs with at most half the cores as its OpenMP team (`train_threads`)
+and at a lower scheduling priority (`TRAIN_NICE`, Linux per-thread nice), so a reply being decoded wins a
+contended core and training takes what chat leaves (see bench/shared_training.py for the measured ratio).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+
+from llama_space.training import jobfiles
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+TRAIN_NICE = 10  # the training thread's nice value on Linux: a contended core goes ~90% to chat's threads
+JOB_LOGGERS = ("llama_space.training", "transformers", "peft")  # what a shared job writes to its train.log
+
+
+def _unwrapped(module):
+    """The plain layer a PEFT wrapper holds (a LoRA layer's base_layer, a modules_to_save wrapper's
+    original), or None for a module that is no PEFT wrapper."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    if isinstance(module, BaseTunerLayer):
+        return module.get_base_layer()
+    return module.original_module if isinstance(module, AuxiliaryTrainingWrapper) else None
+
+
+def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A new module tree of `model` without any PEFT layers whose parameters and buffers are `model`'s own
+    tensors (no weight is copied), for training a LoRA beside the served model.
+
+    PEFT injects served adapters into `model` in place (a LoRA layer wraps the original Linear as its
+    base_layer): each wrapper is copied as the layer it wraps, so the copy is the plain base whatever
+    adapters are loaded. Call it while nothing swaps adapters (the model lock held).
+    """
+    served = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    memo: dict[int, object] = dict(served)
+    for module in model.modules():
+        inner = _unwrapped(module)
+        if inner is not None:
+            memo[id(module)] = copy.deepcopy(inner, memo)
+    compiled = getattr(model, "_compiled_call", None)  # generate's compiled decode step: not the copy's to use
+    if compiled is not None:
+        memo[id(compiled)] = None
+    clone = copy.deepcopy(model, memo)
+    clone.__dict__.pop("peft_config", None)  # PEFT's record of the served adapters, set on the injected model
+    # A tensor reached some other way than as a parameter or buffer would have been copied: never train on one.
+    copied = [name for name, t in (*clone.named_parameters(), *clone.named_buffers()) if id(t) not in served]
+    if copied:
+        raise RuntimeError(f"the training tree would copy {copied[:3]} instead of sharing them")
+    return clone
+
+
+@dataclass
+class SharedBase:
+    """What a shared job trains on instead of loading a base: the served weights in a tree of their own."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    stop: threading.Event = field(default_factory=threading.Event)  # set: checkpoint and stop (app closing)
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """The Trainer callbacks a shared job adds to the process job's."""
+        return [StopOnEvent(self.stop)]
+
+
+class StopOnEvent(TrainerCallback):
+    """When `event` is set, end the run after the current optimizer step with a checkpoint, to resume from."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.event.is_set():
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def train_threads(cores: int | None = None) -> int:
+    """OpenMP threads for a shared job's training thread on CPU: half the cores, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // 2)
+
+
+def yield_cpu_to_chat() -> None:
+    """In the training thread: fewer OpenMP threads than cores, and a lower priority than chat's threads."""
+    import torch
+
+    torch.set_num_threads(train_threads())
+    if hasattr(os, "setpriority"):
+        try:  # on Linux a thread is a task with a nice value of its own
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICE)
+        except OSError as exc:
+            log.warning("could not lower the training thread's priority (%s)", exc.strerror)
+
+
+class ThreadLog(logging.Handler):
+    """Appends what one thread logs to a job's train.log, as the job process's stderr would."""
+
+    def __init__(self, job_dir: Path, thread_id: int) -> None:
+        super().__init__(logging.INFO)
+        self.thread_id = thread_id
+        self.path = Path(job_dir) / jobfiles.LOG_FILE
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never end the job; Handler reports it on stderr
+            self.handleError(record)
+
+    def __enter__(self) -> ThreadLog:
+        for name in JOB_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+        # The job's own progress lines, which the job process logs at INFO (transformers keeps its verbosity).
+        training = logging.getLogger(JOB_LOGGERS[0])
+        if training.getEffectiveLevel() > logging.INFO:
+            training.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for name in JOB_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
