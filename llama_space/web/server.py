@@ -41,7 +41,7 @@ def build_app(settings: Settings) -> tuple[gr.Blocks, ChatBackend, Actions]:
     from llama_space.web.ui import build_ui
 
     backend = make_backend(settings).load()
-    actions = Actions(backend, JobRunner(settings), Permissions(settings, oauth.current_profile))
+    actions = Actions(backend, JobRunner(settings, backend), Permissions(settings, oauth.current_profile))
     return build_ui(backend, actions), backend, actions
 
 
