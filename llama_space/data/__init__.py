@@ -1,10 +1,10 @@
 """Training data: read and validate an uploaded file, render it with the model's chat template, mask the prompt."""
 
 from llama_space.data.formats import DEFAULT_MAX_BYTES, dataset_fingerprint
-from llama_space.data.hub import HubDataset, load_split
+from llama_space.data.hub import HubDataset, hub_dataset, load_split
 from llama_space.data.preview import render_preview
 from llama_space.data.tokenize import IGNORE_INDEX, tokenize_messages
 from llama_space.data.validate import build_examples, load_conversations, validate_file
 
 __all__ = ["DEFAULT_MAX_BYTES", "IGNORE_INDEX", "HubDataset", "build_examples", "dataset_fingerprint",
-           "load_conversations", "load_split", "render_preview", "tokenize_messages", "validate_file"]
+           "hub_dataset", "load_conversations", "load_split", "render_preview", "tokenize_messages", "validate_file"]

@@ -56,6 +56,14 @@ class HubDataset:
         return re.sub(r"[^\w.-]+", "_", f"{self.dataset_id}-{self.config or 'default'}-{self.split}") + ".jsonl"
 
 
+def hub_dataset(dataset_id: str | None, config: str = "", split: str = "train",
+                revision: str = "") -> HubDataset | None:
+    """The Hub dataset that form fields or endpoint parameters name; None when no id is given."""
+    if not dataset_id or not dataset_id.strip():
+        return None
+    return HubDataset(dataset_id, config or "", split or "train", revision or "")
+
+
 def _location(source: HubDataset, local_root: Path | None) -> str:
     """What load_dataset reads: the local stand-in folder if there is one, else the Hub id."""
     if local_root is not None and (local := Path(local_root) / source.dataset_id).is_dir():
@@ -95,23 +103,36 @@ def load_split(source: HubDataset, dest_dir: str | Path, max_bytes: int, local_r
     """Write the rows of `source`'s split to a JSONL file in `dest_dir`; refused past `max_bytes`."""
     import datasets
 
-    target = Path(dest_dir) / source.file_name
-    written = 0
     try:
         rows = datasets.load_dataset(_location(source, local_root), source.config or None, split=source.split,
                                      revision=source.revision or None, streaming=True)
-        with target.open("w", encoding="utf-8") as out:
-            for row in rows:
-                line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
-                written += len(line.encode("utf-8"))
-                if written > max_bytes:
-                    raise UserError(f"Dataset {source} is larger than the {max_bytes // 2**20} MB limit for "
-                                    "training data; choose a smaller split or configuration.")
-                out.write(line)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes a message that says what to fix
         raise _failure(source, exc) from None
+    target = Path(dest_dir) / source.file_name
+    try:
+        written = _write_jsonl(rows, target, max_bytes, source)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rows that fail while streaming: a damaged or mixed-up data file
+        log.info("could not read the rows of %s: %r", source, exc)
+        raise UserError(f"Dataset {source}: its data files could not be read ({type(exc).__name__}); check "
+                        "they are valid JSON, CSV or Parquet of one layout.") from None
     if written == 0:
         raise UserError(f"Dataset {source} has no rows.")
     return target
+
+
+def _write_jsonl(rows, target: Path, max_bytes: int, source: HubDataset) -> int:
+    """Stream `rows` into `target` as JSON lines; returns the bytes written."""
+    written = 0
+    with target.open("w", encoding="utf-8") as out:
+        for row in rows:
+            line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+            written += len(line.encode("utf-8"))
+            if written > max_bytes:
+                raise UserError(f"Dataset {source} is larger than the {max_bytes // 2**20} MB limit for training "
+                                "data; choose a smaller split or configuration.")
+            out.write(line)
+    return written

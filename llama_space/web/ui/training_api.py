@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 import gradio as gr
 from gradio import FileData
 
-from llama_space.data.hub import HubDataset
+from llama_space.data import hub_dataset
 from llama_space.errors import UserError
 from llama_space.service.actions import PARAM_FIELDS
 from llama_space.training.params import PRESETS, TrainingParams
@@ -61,11 +61,6 @@ def uploaded_path(file: Any) -> str | None:
     raise UserError(NOT_UPLOADED)  # a raw path would let a client read any file on the server
 
 
-def hub_source(dataset_id: str, config: str, split: str, revision: str) -> HubDataset | None:
-    """The Hub dataset named by the endpoint's dataset_* parameters, None when dataset_id is empty."""
-    return HubDataset(dataset_id, config, split, revision) if dataset_id and dataset_id.strip() else None
-
-
 def _typed(fn: Callable, params: list[inspect.Parameter], returns: Any, doc: str) -> Callable:
     """`fn(**arguments)` behind the signature `params`, so gr.api sees every name, type and default."""
     signature = inspect.Signature(params, return_annotation=returns)
@@ -100,7 +95,7 @@ def start_training_endpoint(actions: Actions) -> Callable:
 
     def start_training(file, adapter_name, preset, dataset_id, dataset_config, dataset_split, dataset_revision,
                        **values) -> dict:
-        source = hub_source(dataset_id, dataset_config, dataset_split, dataset_revision)
+        source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
         return {"job_id": actions.start(uploaded_path(file), adapter_name, actions.params(preset, values), source)}
 
     doc = (f"Start a LoRA fine-tuning job on a dataset; returns {{\"job_id\"}} (poll it with job_status).\n\n"
@@ -128,7 +123,7 @@ def register_training_api(actions: Actions) -> None:
             dataset_split: the split to read, e.g. 'train' or 'test'
             dataset_revision: a branch, tag or commit of the Hub dataset; empty for the main branch
         """
-        source = hub_source(dataset_id, dataset_config, dataset_split, dataset_revision)
+        source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
         return actions.validate(uploaded_path(file), max_length, source)
 
     def job_status(job_id: str) -> dict:
