@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,12 +30,26 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 LLAMA_8B = {"hidden": 4096, "intermediate": 14336, "bytes": 16.06e9}  # bf16 weights (DESIGN.md)
 
 
-def rss_mib() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+def rss_mib(field: str = "VmRSS") -> float:
+    return int(Path("/proc/self/status").read_text().split(f"{field}:")[1].split()[0]) / 1024
+
+
+class Sampler(threading.Thread):
+    """The largest anonymous (heap) and file-backed (mapped files) resident memory seen, every 5 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.anon = self.file = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.anon, self.file = max(self.anon, rss_mib("RssAnon")), max(self.file, rss_mib("RssFile"))
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM: the peak RSS of this process image (ru_maxrss would start at the forking parent's RSS)."""
+    return rss_mib("VmHWM")
 
 
 def child(way: str, base: Path, adapter: Path, out: Path) -> dict:
@@ -43,7 +57,9 @@ def child(way: str, base: Path, adapter: Path, out: Path) -> dict:
     import torch  # noqa: F401 - imported before the baseline, as the export process has it loaded
     from llama_space.export import merge
 
-    baseline = rss_mib()
+    baseline, anon_baseline = rss_mib(), rss_mib("RssAnon")
+    sampler = Sampler()
+    sampler.start()
     start = time.perf_counter()
     if way == "streamed":
         merge.merge_adapter(merge.plan_merge(base, adapter), out)
@@ -54,9 +70,12 @@ def child(way: str, base: Path, adapter: Path, out: Path) -> dict:
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).merge_and_unload()
         model.save_pretrained(out)
     seconds = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
     size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     return {"way": way, "seconds": round(seconds, 2), "baseline_rss_mib": round(baseline),
             "peak_rss_mib": round(peak_mib()), "peak_above_baseline_mib": round(peak_mib() - baseline),
+            "peak_heap_above_baseline_mib": round(sampler.anon - anon_baseline), "peak_mapped_files_mib": round(sampler.file),
             "written_mb": round(size / 1e6), "mb_per_s": round(size / 1e6 / seconds)}
 
 

@@ -98,6 +98,16 @@ def _push_records_the_merged_folder(app, export_id: str) -> None:
     assert sorted(op.path_in_repo for op in sent) == sorted([p.name for p in folder.iterdir()] + ["README.md"])
 
 
+def test_gguf_job_writes_the_file_and_a_modelfile(client):
+    started = client.predict(adapter="pirate", kind="gguf", quantization="q8_0", api_name="/export_adapter")
+    assert started["quantization"] == "q8_0"
+    status = ended(client, started["export_id"])
+    assert status["state"] == "completed", status
+    assert status["files"] == ["Modelfile", "README.md", "pirate-q8_0.gguf"]
+    downloaded = Path(client.predict(export_id=started["export_id"], api_name="/download_export"))
+    assert downloaded.name == "pirate-q8_0.gguf" and downloaded.read_bytes()[:4] == b"GGUF"
+
+
 def test_cancel_stops_the_export_and_removes_its_files(app, client):
     started = client.predict(adapter="pirate", kind="merge", api_name="/export_adapter")
     with pytest.raises(AppError, match="already running"):
