@@ -226,7 +226,7 @@ def test_any_failure_ends_as_a_clear_status(settings, tmp_path, monkeypatch, rai
               "disk": OSError(28, "No space left on device", "/secret/path/checkpoint-3"),
               "ctrl-c": KeyboardInterrupt()}
 
-    def failing_job(job_dir):
+    def failing_job(job_dir, base=None):
         jobfiles.update_status(job_dir, step=3)
         raise errors[raised]
 
