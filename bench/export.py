@@ -55,6 +55,7 @@ def peak_mib() -> float:
 def child(way: str, base: Path, adapter: Path, out: Path) -> dict:
     """One merge in this process: seconds, baseline and peak RSS."""
     import torch  # noqa: F401 - imported before the baseline, as the export process has it loaded
+
     from llama_space.export import merge
 
     baseline, anon_baseline = rss_mib(), rss_mib("RssAnon")
@@ -101,6 +102,7 @@ def main() -> None:
         print(json.dumps(child(way, Path(base), Path(adapter), Path(out))))
         return
     from adapterutil import random_adapter
+
     from bench.common import machine
     from llama_space.inference.loading import embedded_checkpoint
 

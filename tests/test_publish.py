@@ -66,8 +66,8 @@ def test_adapter_push_sends_its_files_and_a_card_in_one_private_commit(pirate):
                      "| Final training loss | 1.235 |", "| Held-out loss | 1.5 |",
                      "| Base quantization while training | nf4 |", "| lora_r | 8 |", "| learning_rate | 0.0002 |",
                      "|  | loss | perplexity |", "| base | 2.5 | 12.18 |", "| pirate | 1.5 | 4.48 |",
-                     'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B-'
-                     'Instruct", dtype="auto"), "me/pirate-lora")',
+                     ('PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B-'
+                      'Instruct", dtype="auto"), "me/pirate-lora")'),
                      "vllm serve meta-llama/Llama-3.1-8B-Instruct --enable-lora --lora-modules pirate=me/pirate-lora",
                      "ollama create pirate -f Modelfile"):
         assert expected in card, expected

@@ -88,7 +88,7 @@ def push(kind: str, source: Path, name: str, metadata: dict, repo_id: str, priva
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.create_commit(repo_id, commit_operations(files, card), repo_type="model",
                           commit_message=f"Upload {kind} {name} from Llama Space")
-    except Exception as exc:  # noqa: BLE001 - HTTP, network and auth failures all become one message saying why
+    except Exception as exc:  # HTTP, network and auth failures all become one message saying why
         raise UserError(f"Could not push {name!r} to {repo_id!r}: {_reason(exc)}.") from exc
     return str(url)
 
