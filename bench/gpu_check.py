@@ -24,21 +24,31 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/ is not a package)
 from common import REPO, median  # noqa: E402
 from concurrency import burst  # noqa: E402
+from gpu_jobs import MemoryPoll, example_tokens, train_with_chat, write_rows  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
-# (reply tokens, LoRA steps, QLoRA steps) for the full check and for --tiny
-SIZES = {"full": (128, 30, 20), "tiny": (32, 4, 3)}
+class Size(NamedTuple):
+    """How much each phase does."""
+
+    reply_tokens: int  # tokens of each chat reply
+    answer_words: int  # words of each training row's answer
+    lora_steps: int
+    qlora_steps: int
+
+
+# Full: rows of ~330 tokens (batch 4 x 384 tokens at most, as the defaults), steps that fit the 10 minutes.
+SIZES = {"full": Size(128, 300, 30, 20), "tiny": Size(32, 20, 4, 3)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,17 +122,22 @@ def plain_generate(model_dir: Path, device: str, dtype: str, tokens: int) -> dic
     ids = tokenizer.apply_chat_template([{"role": "user", "content": common.PROMPTS[0]}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)["input_ids"].to(device)
 
-    def seconds(n: int) -> float:
+    def timed(n: int) -> tuple[float, int]:
+        """(seconds, new tokens) of one greedy generate of up to n tokens; the head never picks an end token,
+        so no min_new_tokens processor (which the served path does not run either) is needed."""
         started = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=tokenizer.eos_token_id)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
         if device != "cpu":
             torch.cuda.synchronize()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, out.shape[1] - ids.shape[1]
 
-    seconds(4)
-    rates = [(tokens - 1) / (seconds(tokens) - seconds(1)) for _ in range(3)]
+    timed(4)
+    rates = []
+    for _ in range(3):
+        (whole, made), (first, _one) = timed(tokens), timed(1)
+        rates.append((made - 1) / (whole - first))
     return {"plain_generate_tps": round(median(rates), 2), "weight_bytes": common.weight_bytes_per_token(model)}
 
 
@@ -135,48 +150,6 @@ def release(device: str) -> None:
     gc.collect()  # module trees hold reference cycles
     if device != "cpu":
         torch.cuda.empty_cache()
-
-
-class MemoryPoll:
-    """Peak memory of the app and its job: the card's used memory above `baseline` on CUDA, else the RSS of the
-    app's process tree (the app and any job process it started), sampled every 50 ms while running."""
-
-    def __init__(self, device: str, app_pid: int, baseline: int) -> None:
-        self.device, self.app_pid, self.baseline = device, app_pid, baseline
-        self.peak, self._stop = 0, threading.Event()
-
-    def used(self) -> int:
-        if self.device != "cpu":
-            import torch
-
-            free, total = torch.cuda.mem_get_info()
-            return total - free - self.baseline
-        import psutil
-
-        root = psutil.Process(self.app_pid)
-        rss = 0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                rss += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return rss
-
-    @contextmanager
-    def running(self):
-        self.peak, thread = 0, threading.Thread(target=self._loop, daemon=True)
-        self._stop.clear()
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
-            self._stop.wait(0.05)
 
 
 def card_used() -> int:
@@ -198,70 +171,6 @@ def streams(url: str, counts: list[int], tokens: int) -> dict:
                        "ttft_median_ms": round(median([s.ttft for s in samples]) * 1e3),
                        "ttft_max_ms": round(max(s.ttft for s in samples) * 1e3)}
     return out
-
-
-def write_rows(path: Path, count: int = 64) -> Path:
-    """Alpaca rows of one shape, so every optimizer step trains about the same number of tokens."""
-    rows = [{"instruction": f"Say the number {i} in words and add a short fact about it.",
-             "output": f"The number {i} is written {i}. It comes right after {i - 1} and before {i + 1}, and twice "
-                       f"it is {2 * i}."} for i in range(count)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def example_tokens(model_dir: Path, rows: Path) -> float:
-    """Mean tokens per example, as the job tokenizes them."""
-    from transformers import AutoTokenizer
-
-    from llama_space.data import build_examples
-
-    examples = build_examples(rows, AutoTokenizer.from_pretrained(model_dir), 256)
-    return sum(len(e["input_ids"]) for e in examples) / len(examples)
-
-
-def train_with_chat(url: str, data_dir: Path, rows: Path, poll: MemoryPoll, quantization: str, steps: int,
-                    tokens: int, per_example: float) -> dict:
-    """One job (the quick preset, `steps` steps) through /start_training while chat streams one reply after
-    another; its placement, the peak memory, training and chat tok/s."""
-    from gradio_client import Client, handle_file
-
-    from llama_space.training import jobfiles
-
-    client = Client(url, verbose=False)
-    done, chats, refused = threading.Event(), [], []
-
-    def chat() -> None:
-        while not done.is_set():
-            try:
-                chats.append(burst(url, 1, tokens)[1][0])
-            except Exception as exc:  # noqa: BLE001 - a refused or failed reply is a figure too
-                refused.append(type(exc).__name__)
-                time.sleep(0.5)
-
-    with poll.running():
-        job = client.predict(file=handle_file(str(rows)), adapter_name=f"gpu-check-{quantization}-{int(time.time())}",
-                             preset="quick", max_steps=steps, save_steps=10**6, placement="auto",
-                             quantization=quantization, api_name="/start_training")
-        chatter = threading.Thread(target=chat, daemon=True)
-        chatter.start()
-        while (status := client.predict(job_id=job["job_id"], api_name="/job_status"))["state"] in ("queued",
-                                                                                                 "running"):
-            time.sleep(0.5)
-        done.set()
-        chatter.join()
-    # /job_status answers the contract's fields; the plan and per-step metrics are in the job's folder.
-    job_dir = data_dir / "jobs" / job["job_id"]
-    status = {**jobfiles.read_json(job_dir / jobfiles.STATUS_FILE), **status}
-    times = [m["time"] for m in jobfiles.read_metrics(job_dir) if m.get("loss") is not None]
-    batch = 4  # the quick preset: batch 4, no accumulation
-    train_tps = (len(times) - 1) * batch * per_example / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    plan = status.get("plan") or {}
-    return {"state": status["state"], "error": status.get("error"), "placement": plan.get("placement"),
-            "quantization": plan.get("quantization"), "estimate_gb": plan.get("estimate_gb"),
-            "free_gb": plan.get("free_gb"), "reason": plan.get("reason"), "steps": status.get("step"),
-            "peak_memory_gb": round(poll.peak / 1e9, 2),
-            "train_tokens_per_s": round(train_tps, 1), "chat_replies": len(chats), "chat_failures": len(refused),
-            "chat_tps_during_training": round(median([s.decode_tps for s in chats if s.tokens > 1]), 2)}
 
 
 @contextmanager
@@ -294,27 +203,37 @@ def run_check(args: argparse.Namespace) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --tiny on a machine without a GPU")
     dtype = "float32" if args.tiny else "bfloat16"
-    tokens, lora_steps, qlora_steps = SIZES["tiny" if args.tiny else "full"]
     elapsed: dict[str, float] = {}
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else common.machine()["cpu"],
               "tiny": args.tiny, "gpu_mem_gb": args.gpu_mem_gb or None, "elapsed_s": elapsed}
+    size = SIZES["tiny" if args.tiny else "full"]
     with phase("build model", elapsed):
         model_dir = build_model(args.tiny, device)
     with phase("plain generate", elapsed):
-        result.update(plain_generate(model_dir, device, dtype, tokens))
+        result.update(plain_generate(model_dir, device, dtype, size.reply_tokens))
         release(device)  # the model is gone with plain_generate's frame
         speed = bandwidth(device)
     result["bandwidth_gb_s"] = round(speed / 1e9, 1)
     result["bandwidth_limit_tps"] = round(speed / result["weight_bytes"], 2)
     held = ballast(args.gpu_mem_gb) if args.gpu_mem_gb and device == "cuda" else None
-    baseline = card_used() if device == "cuda" else 0
-    counts = [int(n) for n in args.streams.split(",")]
+    result.update(served_phases(model_dir, device, dtype, [int(n) for n in args.streams.split(",")], size,
+                                elapsed))
+    result["served_vs_plain"] = round(result["served_one_stream_tps"] / result["plain_generate_tps"], 2)
+    result["served_vs_limit"] = round(result["served_one_stream_tps"] / result["bandwidth_limit_tps"], 3)
+    del held
+    return result
+
+
+def served_phases(model_dir: Path, device: str, dtype: str, counts: list[int], size: Size, elapsed: dict) -> dict:
+    """Start the app on the model, then the streams, the LoRA job and the QLoRA job against it."""
+    baseline = card_used() if device == "cuda" else 0  # this process's context and ballast
+    result: dict = {}
     with tempfile.TemporaryDirectory() as work:
-        rows = write_rows(Path(work) / "rows.jsonl")
+        rows = write_rows(Path(work) / "rows.jsonl", size.answer_words)
         per_example = example_tokens(model_dir, rows)
+        data_dir = Path(work) / "data"  # the app's jobs, apart from any other app's on this machine
         info: dict = {}
         started = time.perf_counter()
-        data_dir = Path(work) / "data"  # the app's jobs, apart from any other app's on this machine
         with common.served_app(str(model_dir), dtype=dtype, info=info, concurrency=max(counts),
                                max_queue=2 * max(counts), data_dir=data_dir) as url:
             elapsed["app start"] = round(time.perf_counter() - started, 1)
@@ -322,15 +241,12 @@ def run_check(args: argparse.Namespace) -> dict:
             poll = MemoryPoll(device, info["pid"], baseline)
             result["app_memory_gb"] = round(poll.used() / 1e9, 2)
             with phase("streams", elapsed):
-                result["streams"] = streams(url, counts, tokens)
-            served = result["served_one_stream_tps"] = result["streams"][str(counts[0])]["per_stream_decode_tps"]
-            result["served_vs_plain"] = round(served / result["plain_generate_tps"], 2)
-            result["served_vs_limit"] = round(served / result["bandwidth_limit_tps"], 3)
-            with phase("lora job", elapsed):
-                result["lora"] = train_with_chat(url, data_dir, rows, poll, "none", lora_steps, tokens, per_example)
-            with phase("qlora job", elapsed):
-                result["qlora"] = train_with_chat(url, data_dir, rows, poll, "nf4", qlora_steps, tokens, per_example)
-    del held
+                result["streams"] = streams(url, counts, size.reply_tokens)
+            result["served_one_stream_tps"] = result["streams"][str(counts[0])]["per_stream_decode_tps"]
+            for name, quantization, steps in (("lora", "none", size.lora_steps), ("qlora", "nf4", size.qlora_steps)):
+                with phase(f"{name} job", elapsed):
+                    result[name] = train_with_chat(url, data_dir, rows, poll, quantization, steps,
+                                                   size.reply_tokens, per_example)
     return result
 
 
