@@ -45,6 +45,7 @@ WAYS = {("process", "none"): ("process", "its own process with its own copy of t
         ("shared", "none"): ("shared", "the app process on the served weights (shared)"),
         ("process", "nf4"): ("QLoRA", "its own process with the base in NF4 (QLoRA)")}
 
+
 @dataclass
 class Estimate:
     """Estimated peak memory of one way to run a job, on top of what the device already holds."""
