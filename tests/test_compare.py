@@ -7,9 +7,11 @@ float32 throughout: batched greedy replies equal unbatched ones only there (see 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +58,7 @@ def test_each_answer_equals_that_model_alone_and_all_decode_in_one_batch(manager
     final = snapshots[-1]
     for model in models:
         texts = [snapshot[model] for snapshot in snapshots]
-        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))  # it streamed
+        assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))  # it streamed
         assert final[model] == alone(manager, "Tell me about rivers.", "" if model == "base" else model, "Be brief.")
     assert len(set(final.values())) == 4  # the adapters change the answers (else the test proves nothing)
 
@@ -101,7 +103,7 @@ def test_prompts_file_gives_table_and_downloads(manager, tmp_path):
     assert table[1:] == [["Name a colour.", "", "Blue", *expected[0].values()],
                          ["Count to three.", "Be terse.", "", *expected[1].values()],
                          ["Say hi.", "", "hi", *expected[2].values()]]
-    records = [json.loads(line) for line in open(jsonl_path)]
+    records = [json.loads(line) for line in Path(jsonl_path).read_text().splitlines()]
     assert [r["answers"] for r in records] == expected
     assert [r["reference"] for r in records] == ["Blue", "", "hi"]
     headers, shown = run.table()
@@ -137,7 +139,51 @@ def test_a_cancelled_file_run_stops_every_reply(manager):
     run = FileRun(["base", "one"], rows, "test")
     cancel = threading.Event()
     started = time.monotonic()
-    for run in Comparer(manager).run_rows(run, greedy(max_new_tokens=400), cancel=cancel):
+    for _ in Comparer(manager).run_rows(run, greedy(max_new_tokens=400), cancel=cancel):
         cancel.set()  # at the first progress update, a second in
     assert run.done < 6 and time.monotonic() - started < 10
     assert manager.admission.in_flight == 0  # every stream was stopped and gave its place back
+
+
+def test_compare_and_evaluate_by_keyword_through_the_launched_app(tiny_model_dir, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from apputil import launched_app
+
+    settings = Settings(model=str(tiny_model_dir), dtype="float32", device="cpu", data_dir=tmp_path / "data",
+                        adapters_dir=tmp_path / "adapters")
+    random_adapter(tiny_model_dir, settings.adapters_dir / "one", seed=1)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,reference\nName a colour.,Blue\nSay hi.,\n")
+    data = write_alpaca(tmp_path / "sums.jsonl", rows=4)
+    with launched_app(settings) as app:
+        client = Client(app.url, verbose=False)
+        endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == [
+            "prompt", "adapters", "system_prompt", "max_new_tokens", "temperature", "top_p", "include_base"]
+        assert {p["parameter_name"]: p["parameter_default"] for p in endpoints["/evaluate"]["parameters"]
+                if p["parameter_has_default"]} == {"file": None, "job_id": "", "max_examples": 200,
+                                                   "generate_answers": True, "max_new_tokens": 128}
+        replies = client.predict(prompt="Name a colour.", adapters=["one"], max_new_tokens=10, api_name="/compare")
+        assert replies == {"base": alone(app.backend, "Name a colour.", ""),
+                           "one": alone(app.backend, "Name a colour.", "one")}
+        streamed = list(client.submit(prompt="Name a colour.", adapters=["one"], max_new_tokens=10,
+                                      api_name="/compare_stream"))
+        assert streamed[-1] == replies
+        table, csv_file, jsonl_file = client.predict(file=handle_file(prompts), adapters=["one"], max_new_tokens=10,
+                                                     api_name="/compare_file")
+        assert table["headers"] == ["prompt", "reference", "base", "one"]
+        assert table["rows"][0] == ["Name a colour.", "Blue", replies["base"], replies["one"]]
+        with open(csv_file, newline="") as handle:
+            assert list(csv.reader(handle))[1] == ["Name a colour.", "", "Blue", replies["base"], replies["one"]]
+        assert len(Path(jsonl_file).read_text().splitlines()) == 2
+        result = client.predict(adapters=["one"], file=handle_file(data), generate_answers=False,
+                                api_name="/evaluate")
+        assert result["state"] == "completed" and result["saved"] == ["one"] and result["examples"] == 4
+        assert result["models"]["one"]["loss"] > 0
+        assert client.predict(api_name="/cancel_evaluation") == {"cancelling": False}
+        with pytest.raises(AppError, match="not a path on the server"):
+            client.predict(adapters=["one"], file={"path": str(data)}, api_name="/evaluate")
+        with pytest.raises(AppError, match="at most 4 adapters"):
+            client.predict(prompt="hi", adapters=list("abcde"), api_name="/compare")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from llama_space import adapters
 from llama_space.errors import UserError
@@ -99,7 +99,7 @@ class StreamSet:
             raise error
         return key, delta, ended
 
-    def __enter__(self) -> StreamSet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -247,13 +247,15 @@ class Comparer:
                     yield run
 
     def run_file(self, models: list[str], file: str | None = None, job_id: str = "", system_prompt: str = "",
-                 params: GenerationParams | None = None, max_prompts: int = 100) -> Iterator[FileRun]:
-        """Answer a file (or a job's held-out split) of prompts; the last yield has `paths` (CSV, JSONL)."""
+                 params: GenerationParams | None = None, max_prompts: int = 100,
+                 out_dir: Path | None = None) -> Iterator[FileRun]:
+        """Answer a file (or a job's held-out split) of prompts; the last yield has `paths` (CSV, JSONL), written
+        into `out_dir` (default: a new temporary folder)."""
         found = self.prompts(file, job_id, max_prompts)
         run = FileRun(models, found.rows, found.source)
         yield run
         yield from self.run_rows(run, params or greedy(), system_prompt)
-        run.paths = write_results(run, Path(tempfile.mkdtemp(prefix="llama-space-zip-compare-")))
+        run.paths = write_results(run, out_dir or Path(tempfile.mkdtemp(prefix="llama-space-zip-compare-")))
         yield run
 
 
@@ -269,10 +271,8 @@ def _with_system(prompt: list[dict], system_prompt: str) -> list[dict]:
 
 
 def write_results(run: FileRun, out_dir: Path) -> tuple[str, str]:
-    """Write compare.csv (prompt, system, reference, one column per model) and compare.jsonl into `out_dir`.
-
-    The folder's name starts like the adapter zips', so the janitor sweeps it the same way.
-    """
+    """Write compare.csv (prompt, system, reference, one column per model) and compare.jsonl into `out_dir`
+    (a default temporary folder is named like the adapter zips', so the janitor sweeps it the same way)."""
     records = run.records()
     csv_path, jsonl_path = out_dir / "compare.csv", out_dir / "compare.jsonl"
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:

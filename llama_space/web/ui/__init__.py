@@ -9,6 +9,7 @@ import gradio as gr
 from llama_space.web.ui.adapters_tab import build_adapters_tab
 from llama_space.web.ui.api import register_chat_api
 from llama_space.web.ui.chat_tab import build_chat_tab
+from llama_space.web.ui.compare_tab import build_compare_tab
 from llama_space.web.ui.export_tab import add_export_tab
 from llama_space.web.ui.finetune_tab import build_finetune_tab
 from llama_space.web import oauth
@@ -35,6 +36,7 @@ def build_ui(backend: ChatBackend, actions: Actions) -> gr.Blocks:
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
             reload_adapters, adapter_outputs = build_adapters_tab(actions)
         adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
+        build_compare_tab(backend, actions)  # the Compare tab and its endpoints
         add_export_tab(actions)  # the Export tab and its endpoints
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)

@@ -1,0 +1,174 @@
+"""The Compare tab: base and up to four adapters side by side on one prompt (streaming together), on a file of
+prompts (a table with CSV/JSONL downloads), and evaluated on a dataset (loss, perplexity, answer matching)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from llama_space.service.compare import MAX_ADAPTERS, Comparer, greedy
+from llama_space.service.evaluate import EvalOptions, Evaluator
+from llama_space.web.errors import user_facing
+from llama_space.web.ui.compare_api import register_compare_api, results_dir
+
+if TYPE_CHECKING:
+    from llama_space.inference.backend import ChatBackend
+    from llama_space.service.actions import Actions
+
+SLOTS = 1 + MAX_ADAPTERS  # reply boxes: the base and each adapter
+HIDDEN = {"api_visibility": "private"}
+EVAL_HEADERS = ["model", "loss", "perplexity", "exact match", "contains", "tokens"]
+
+
+def job_choices(actions: Actions) -> list[tuple[str, str]]:
+    """(label, job id) of every job, newest first, for picking a held-out split."""
+    return [(f"{job['job_id']} · {job.get('adapter') or ''} · {job.get('state')}", job["job_id"])
+            for job in actions.runner.jobs()]
+
+
+def _slots(replies: dict[str, str]) -> list:
+    """One update per reply box: the first len(replies) show a model's reply, the rest are hidden."""
+    items = list(replies.items())
+    return [gr.Textbox(value=items[i][1], label=items[i][0], visible=True) if i < len(items)
+            else gr.Textbox(value="", visible=False) for i in range(SLOTS)]
+
+
+def _eval_rows(result: dict) -> list[list]:
+    def figure(value):
+        return "" if value is None else round(value, 4)
+
+    return [[model, figure(f.get("loss")), figure(f.get("perplexity")), figure(f.get("exact_match")),
+             figure(f.get("contains")), f.get("tokens", "")] for model, f in result.get("models", {}).items()]
+
+
+def _eval_message(result: dict) -> str:
+    if result["state"] == "cancelled":
+        return "Evaluation cancelled; nothing was saved."
+    text = (f"Evaluated on {result['examples']} rows of {result['source']} "
+            f"({result['references']} with a reference answer).")
+    if result.get("saved"):
+        text += f" Saved into the metadata of: {', '.join(result['saved'])} (see the Adapters tab)."
+    for name, why in (result.get("not_saved") or {}).items():
+        text += f" {name}: {why}"
+    return text
+
+
+def _side_by_side(comparer: Comparer, backend: ChatBackend, adapters: gr.Dropdown, include_base: gr.Checkbox):
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
+    with gr.Row():
+        system_prompt = gr.Textbox(label="System prompt", lines=1, elem_id="compare-system", scale=3)
+        max_new_tokens = gr.Slider(1, backend.settings.max_new_tokens_limit, value=256, step=1,
+                                   label="Max new tokens")
+        temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")
+    with gr.Row():
+        run = gr.Button("Compare", variant="primary", elem_id="compare-run")
+        stop = gr.Button("Stop", elem_id="compare-stop")
+    with gr.Row():
+        boxes = [gr.Textbox(label="base", lines=8, interactive=False, visible=i == 0, elem_id=f"compare-reply-{i}")
+                 for i in range(SLOTS)]
+    sampling = [system_prompt, max_new_tokens, temperature, top_p]
+
+    def on_compare(text, names, base, system, max_new, temp, p):
+        models = comparer.models(names, base)
+        for replies in comparer.stream(text, models, system, greedy(int(max_new), temp, p)):
+            yield _slots(replies)
+
+    event = run.click(user_facing(on_compare, "comparing models"), [prompt, adapters, include_base, *sampling],
+                      boxes, **HIDDEN)
+    stop.click(None, None, None, cancels=[event], queue=False, **HIDDEN)
+    return sampling
+
+
+def _prompts_file(comparer: Comparer, actions: Actions, adapters, include_base, sampling, jobs: list):
+    with gr.Accordion("A file of prompts", open=False):
+        gr.Markdown("JSONL or CSV with a `prompt` column (optional `system` and a reference answer in `reference`), "
+                    "or training data (its last assistant reply is the reference), or a job's held-out split.")
+        with gr.Row():
+            file = gr.File(label="Prompts file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                           elem_id="compare-file")
+            job = gr.Dropdown(job_choices(actions), label="…or a job's held-out split", value=None,
+                              elem_id="compare-job")
+            max_prompts = gr.Number(100, label="Max prompts", precision=0, minimum=1)
+        with gr.Row():
+            run = gr.Button("Answer every prompt", variant="primary", elem_id="compare-file-run")
+            stop = gr.Button("Stop", elem_id="compare-file-stop")
+        progress = gr.Markdown(elem_id="compare-file-progress")
+        table = gr.Dataframe(interactive=False, wrap=True, label="Answers", elem_id="compare-file-table")
+        downloads = gr.File(label="Download (CSV, JSONL)", file_count="multiple", interactive=False)
+    jobs.append(job)
+
+    def on_run(path, job_id, count, names, base, system, max_new, temp, p):
+        models = comparer.models(names, base)
+        params = greedy(int(max_new), temp, p)
+        for run in comparer.run_file(models, path, job_id or "", system, params, int(count), results_dir()):
+            headers, rows = run.table()
+            files = list(run.paths) if run.paths else None
+            text = f"{run.done}/{run.total} prompts answered ({run.source})" + (" · done" if run.paths else "")
+            yield text, gr.Dataframe(value=rows, headers=headers), files
+
+    event = run.click(user_facing(on_run, "comparing models on a file"),
+                      [file, job, max_prompts, adapters, include_base, *sampling], [progress, table, downloads],
+                      **HIDDEN)
+    stop.click(None, None, None, cancels=[event], queue=False, **HIDDEN)
+
+
+def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
+    allowed = actions.permissions.controls_on
+    with gr.Accordion("Evaluate adapters", open=False):
+        gr.Markdown("Loss and perplexity on the trained (assistant) tokens, masked as training masks them, for the "
+                    "base and each chosen adapter; with reference answers, the share of greedy answers that match "
+                    "exactly and that contain the reference. Results are saved into each adapter's metadata.")
+        with gr.Row():
+            file = gr.File(label="Dataset file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                           elem_id="evaluate-file")
+            job = gr.Dropdown(job_choices(actions), label="…or a job's held-out split", value=None,
+                              elem_id="evaluate-job")
+        with gr.Row():
+            max_examples = gr.Number(200, label="Max rows", precision=0, minimum=1)
+            answers = gr.Checkbox(True, label="Also answer and match references")
+            max_new_tokens = gr.Number(128, label="Max new tokens per answer", precision=0, minimum=1)
+        with gr.Row():
+            run = gr.Button("Evaluate", variant="primary", interactive=allowed, elem_id="evaluate-run")
+            cancel = gr.Button("Cancel evaluation", interactive=allowed, elem_id="evaluate-cancel")
+        progress = gr.Markdown(actions.permissions.disabled_reason, elem_id="evaluate-progress")
+        table = gr.Dataframe(headers=EVAL_HEADERS, interactive=False, label="Figures", elem_id="evaluate-table")
+    jobs.append(job)
+
+    def on_evaluate(names, path, job_id, count, generate, max_new):
+        options = EvalOptions(max_examples=int(count), generate_answers=generate, max_new_tokens=int(max_new))
+        for update in evaluator.run(names, path, job_id or "", options):
+            if update["state"] == "running":
+                yield update["message"], gr.skip()
+            else:
+                yield _eval_message(update), _eval_rows(update)
+
+    def on_cancel():
+        return "Cancelling…" if evaluator.cancel()["cancelling"] else "No evaluation is running."
+
+    run.click(user_facing(on_evaluate, "evaluating adapters"),
+              [adapters, file, job, max_examples, answers, max_new_tokens], [progress, table], **HIDDEN)
+    cancel.click(user_facing(on_cancel, "cancelling the evaluation"), None, progress, queue=False, **HIDDEN)
+
+
+def build_compare_tab(backend: ChatBackend, actions: Actions) -> None:
+    """The Compare tab and its endpoints (see compare_api)."""
+    comparer = Comparer(backend, actions.runner)
+    evaluator = Evaluator(backend, actions.runner, actions.permissions)
+    with gr.Tab("Compare", id="compare") as tab:
+        with gr.Row():
+            adapters = gr.Dropdown(backend.list_adapters(), multiselect=True, max_choices=MAX_ADAPTERS,
+                                   label=f"Adapters (up to {MAX_ADAPTERS})", elem_id="compare-adapters", scale=3)
+            include_base = gr.Checkbox(True, label="Include the base model", elem_id="compare-base")
+        sampling = _side_by_side(comparer, backend, adapters, include_base)
+        jobs: list[gr.Dropdown] = []
+        _prompts_file(comparer, actions, adapters, include_base, sampling, jobs)
+        _evaluate(evaluator, actions, adapters, jobs)
+
+    def reload():
+        choices = job_choices(actions)
+        return gr.Dropdown(choices=backend.list_adapters()), *(gr.Dropdown(choices=choices) for _ in jobs)
+
+    tab.select(user_facing(reload, "listing adapters and jobs"), None, [adapters, *jobs], queue=False, **HIDDEN)
+    register_compare_api(comparer, evaluator)
