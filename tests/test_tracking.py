@@ -40,6 +40,9 @@ def test_tensorboard_job_writes_its_losses_into_the_job_folder(tiny_model_dir, t
         assert losses[step] == pytest.approx(loss, rel=1e-4)
     assert status["tracking"].startswith("tensorboard --logdir ")
     assert status["tracking"].endswith(f"{job_id}/{tracking.LOGS_DIR}/tensorboard")
+    from llama_space.web.ui.jobs_view import progress_html
+
+    assert f"Tracking: <code>{status['tracking']}</code>" in progress_html(status)  # the Fine-tune tab's job view
 
 
 def missing_tracker() -> str:
