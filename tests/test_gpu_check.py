@@ -14,7 +14,7 @@ JOB_FIGURES = ("estimate_gb", "peak_memory_gb", "train_tokens_per_s", "chat_tps_
 
 def test_tiny_gpu_check_reports_every_figure(embedded_dir):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--tiny"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for key in ("plain_generate_tps", "bandwidth_gb_s", "bandwidth_limit_tps", "weight_bytes",
