@@ -25,7 +25,9 @@ ARTIFACTS = REPO / "test-artifacts"
 USER, PASSWORD, API_KEY = "alice", "s3cret:with:colons", "sk-test-key"
 PROMPT = {"prompt": "Hello", "max_new_tokens": 4, "temperature": 0}
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0}
-GENERATE_ARGS = ("Hello", "", "", 4, 0.0, 1.0)
+# /generate positionally (prompt, system_prompt, adapter, max_new_tokens, temperature, top_p, top_k,
+# repetition_penalty): Gradio's raw HTTP API takes every value.
+GENERATE_ARGS = ("Hello", "", "", 4, 0.0, 1.0, 50, 1.0)
 # Every kind of route on the port, as an anonymous client would try it: (method, path, JSON body).
 ANONYMOUS_ATTEMPTS = [
     ("GET", "/config", None),

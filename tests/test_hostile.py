@@ -233,7 +233,7 @@ def test_extreme_sampling_values_are_refused(world):
         body = f'{{"messages": [{{"role": "user", "content": "Hello"}}], "{field}": {value}}}'
         assert field in refused(http.post("/v1/chat/completions", content=body, headers=headers), 400)
     for max_new, temperature, top_p in EXTREME_GRADIO:
-        body = f'{{"data": ["Hello", "", "", {max_new}, {temperature}, {top_p}]}}'
+        body = f'{{"data": ["Hello", "", "", {max_new}, {temperature}, {top_p}, 50, 1.0]}}'
         event = http.post("/gradio_api/call/generate", content=body, headers=headers)
         if event.status_code == 200:
             text = http.get(f"/gradio_api/call/generate/{event.json()['event_id']}").text
