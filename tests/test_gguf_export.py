@@ -95,7 +95,6 @@ def test_weights_and_logits_are_the_source_rounded_to_the_format(exports, tiny_m
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
 def test_quantized_weights_within_the_format_error_and_scripted_reply_unchanged(exports, llama31_model_dir, qtype):
     import torch
-
     from llama31 import SCRIPTED_REPLY
 
     source, model = _source(llama31_model_dir), exports.model("llama31", qtype)

@@ -12,10 +12,11 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
-
 from apputil import LOOPBACK, launched_app
+
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.remote import RemoteBackend
@@ -42,7 +43,7 @@ def _reply(max_tokens: int) -> tuple[list[str], int, str]:
 class LlamaCppStandIn(BaseHTTPRequestHandler):
     """GET /v1/models and streamed POST /v1/chat/completions as llama-server answers them."""
 
-    requests: list[dict] = []
+    requests: ClassVar[list[dict]] = []  # every body received, in order
 
     def log_message(self, *args) -> None:  # keep test output quiet
         pass

@@ -23,10 +23,10 @@ def _out(tmp_path: Path, name: str = "model-q8_0.gguf") -> tuple[Path, Path]:
 
 def _parse(modelfile: Path) -> tuple[str, str | None, str | None, list[str]]:
     text = modelfile.read_text(encoding="utf-8")
-    source = re.search(r"^FROM (.+)$", text, re.M).group(1)
-    template = re.search(r'^TEMPLATE """(.*?)"""', text, re.M | re.S)
-    system = re.search(r'^SYSTEM """(.*?)"""', text, re.M | re.S)
-    stops = re.findall(r'^PARAMETER stop "(.*)"$', text, re.M)
+    source = re.search(r"^FROM (.+)$", text, re.MULTILINE).group(1)
+    template = re.search(r'^TEMPLATE """(.*?)"""', text, re.MULTILINE | re.DOTALL)
+    system = re.search(r'^SYSTEM """(.*?)"""', text, re.MULTILINE | re.DOTALL)
+    stops = re.findall(r'^PARAMETER stop "(.*)"$', text, re.MULTILINE)
     return source, template and template.group(1), system and system.group(1), stops
 
 
@@ -62,9 +62,8 @@ def test_chatml_modelfile_for_smollm2(tiny_model_dir, tmp_path):
 
 
 def test_llama3_modelfile(llama31_model_dir, tmp_path):
-    from transformers import AutoTokenizer
-
     from llama31 import DATED
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama31_model_dir)
     assert template_family(tokenizer.chat_template) == LLAMA3

@@ -49,6 +49,7 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str,
     sources = _tensor_files(model_dir)
     plan = _plan(config, sources, qtype)
     partial = out_file.with_name(out_file.name + ".partial")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     writer = GGUFWriter(partial, "llama")
     try:
         _add_hyperparameters(writer, config, qtype, model_dir.name)
@@ -62,6 +63,9 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str,
         _write_tensors(writer, plan, sources, progress)
         writer.close()
         os.replace(partial, out_file)
+    except OSError as exc:  # a full disk, mostly: say so without the path
+        raise UserError(f"Writing the GGUF file failed ({exc.strerror or type(exc).__name__}); "
+                        "free disk space and export again.") from exc
     finally:
         writer.close()
         partial.unlink(missing_ok=True)
@@ -85,21 +89,22 @@ def _read_config(model_dir: Path) -> Any:
     return config
 
 
-def _tensor_files(model_dir: Path) -> dict[str, Path]:
-    """Each checkpoint tensor's name -> the safetensors file that holds it."""
+def _tensor_files(model_dir: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Each checkpoint tensor's name -> (the safetensors file that holds it, its shape), from the headers only."""
     from safetensors import safe_open
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise UserError("The model folder has no .safetensors weights; merge the adapter into a folder first.")
-    sources: dict[str, Path] = {}
+    sources: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for file in files:
         with safe_open(file, framework="pt") as handle:
-            sources.update(dict.fromkeys(handle.keys(), file))
+            for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                sources[name] = (file, tuple(handle.get_slice(name).get_shape()))
     return sources
 
 
-def _plan(config: Any, sources: dict[str, Path], qtype: str) -> list[PlannedTensor]:
+def _plan(config: Any, sources: dict[str, tuple[Path, tuple[int, ...]]], qtype: str) -> list[PlannedTensor]:
     """The output tensors in file order, with their llama.cpp names, shapes and types."""
     from gguf import MODEL_ARCH, get_tensor_name_map
 
@@ -118,7 +123,7 @@ def _plan(config: Any, sources: dict[str, Path], qtype: str) -> list[PlannedTens
         if name is None:
             raise UserError(f"The checkpoint holds a tensor a Llama GGUF has no place for ({source}); "
                             "export a merged model, not an adapter folder.")
-        shape = _shape(sources[source], source)
+        shape = sources[source][1]
         plan.append(PlannedTensor(f"{name}.{suffix}", source, shape, _tensor_type(name, shape, qtype),
                                   heads=heads.get(name.rsplit(".", 1)[-1], 0)))
     if not config.tie_word_embeddings and not any(t.name == "output.weight" for t in plan):
@@ -186,17 +191,18 @@ def _add_hyperparameters(writer: GGUFWriter, config: Any, qtype: str, name: str)
         writer.add_quantization_version(GGML_QUANT_VERSION)
 
 
-def _write_tensors(writer: GGUFWriter, plan: list[PlannedTensor], sources: dict[str, Path],
+def _write_tensors(writer: GGUFWriter, plan: list[PlannedTensor], sources: dict[str, tuple[Path, tuple[int, ...]]],
                    progress: Callable[[float], None] | None) -> None:
     from safetensors import safe_open
 
     total = sum(_elements(t) for t in plan) or 1
     done = 0
     with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(safe_open(file, framework="pt")) for file in set(sources.values())}
+        files = {file for file, _ in sources.values()}
+        handles = {file: stack.enter_context(safe_open(file, framework="pt")) for file in files}
         for tensor in plan:
             if tensor.source:
-                data = _encode(handles[sources[tensor.source]].get_tensor(tensor.source), tensor)
+                data = _encode(handles[sources[tensor.source][0]].get_tensor(tensor.source), tensor)
             else:
                 data = tensor.values
             writer.write_tensor_data(data)
@@ -238,13 +244,6 @@ def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
     rows = weights.shape[0]
     return (weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
-
-
-def _shape(file: Path, name: str) -> tuple[int, ...]:
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as handle:
-        return tuple(handle.get_slice(name).get_shape())
 
 
 def _ggml(qtype: str) -> Any:

@@ -110,7 +110,7 @@ def chat_format(jinja: str | None, add_bos: bool, stops: list[str]) -> ChatForma
 def _chatml_default_system(jinja: str) -> str | None:
     # SmolLM2's template inserts its own system turn when the conversation has none.
     match = re.search(r"messages\[0\]\['role'\] != 'system' %\}\{\{ '<\|im_start\|>system\n(.*?)<\|im_end\|>",
-                      jinja, re.S)
+                      jinja, re.DOTALL)
     return match.group(1) if match else None
 
 
