@@ -99,6 +99,25 @@ def _assert_only_targets_changed(base: Path, out: Path, base_index: dict, index:
         assert same != any(f".{t}." in key for t in targets), key
 
 
+def test_lora_on_a_tied_output_head_unties_it(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    assert json.loads((tiny_model_dir / "config.json").read_text())["tie_word_embeddings"]
+    adapter = random_adapter(tiny_model_dir, tmp_path / "lora", seed=9, targets=("q_proj", "lm_head"))
+    out = merged(tiny_model_dir, adapter, tmp_path / "merged")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    index = json.loads((out / merge.INDEX_FILE).read_text())["weight_map"]
+    assert index[merge.HEAD] == "model-00002-of-00002.safetensors" != index[merge.EMBEDDINGS]
+    ids = torch.randint(0, 1000, (2, 16))
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, base_plus_adapter(tiny_model_dir, adapter)(ids).logits,
+                                   atol=1e-5, rtol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not torch.equal(model.lm_head.weight, base.lm_head.weight)
+
+
 def test_bf16_base_merges_in_bf16_like_peft(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

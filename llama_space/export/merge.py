@@ -12,18 +12,17 @@ import json
 import math
 import re
 import shutil
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama_space import adapters
 from llama_space.errors import UserError
+from llama_space.export.lora_weights import LoraDelta, adapter_deltas, json_file, read_header
 from llama_space.export.resources import available_memory, gib, require_disk
 
 INDEX_FILE = "model.safetensors.index.json"
 PROVENANCE_FILE = "llama_space_export.json"  # which adapter and base the merged model came from
-PREFIX = "base_model.model."  # PEFT's prefix on every adapter tensor name
 # Python, torch and safetensors themselves, plus the adapter (measured: see BENCHMARKS.md, "Export").
 PROCESS_BYTES = 512 * 2**20
 COPY_CHUNK = 8 * 2**20
@@ -31,18 +30,9 @@ COPY_CHUNK = 8 * 2**20
 # base folder (config, generation config, tokenizer files, chat template) is.
 _NOT_COPIED = re.compile(r".*\.(safetensors|bin|pt|pth|gguf|msgpack|h5|ckpt)$|.*\.index\.json$|^README\.md$|^\..*")
 
+HEAD, EMBEDDINGS = "lm_head.weight", "model.embed_tokens.weight"
+
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all) after each tensor; raising stops the merge
-
-
-@dataclass(frozen=True)
-class LoraDelta:
-    """One LoRA-targeted weight: where its A and B live in the adapter and the scale of B @ A."""
-
-    weight: str  # the base tensor's name, e.g. model.layers.0.self_attn.q_proj.weight
-    a_key: str
-    b_key: str
-    scale: float
-    transpose: bool  # fan_in_fan_out: the base stores this weight transposed
 
 
 @dataclass
@@ -58,6 +48,9 @@ class MergePlan:
     dtype: str  # the base's (and so the merged model's) dtype, e.g. BF16
     largest_merge_bytes: int  # float32 bytes of the largest targeted weight
     metadata: dict = field(default_factory=dict)  # the adapter's (adapters.read_metadata)
+    # A LoRA on the output head of a model whose head is its embeddings (SmolLM2): (embeddings' shard, header
+    # length, tensor info). The merged head gets a shard of its own and the embeddings stay as they were.
+    tied_head: tuple[Path, int, dict] | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -77,23 +70,16 @@ class MergePlan:
                 f"({size} parameters in {self.dtype}, {len(self.deltas)} LoRA weights).")
 
 
-def read_header(path: Path) -> tuple[int, dict]:
-    """(header length, header) of a safetensors file: its tensors' dtypes, shapes and data offsets."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        return length, json.loads(f.read(length))
-
-
 def base_shards(base_dir: Path) -> list[Path]:
     """The base's safetensors files; UserError for a quantized or non-safetensors checkpoint."""
-    config = _json(base_dir / "config.json")
+    config = json_file(base_dir / "config.json")
     if config.get("quantization_config"):
         raise UserError("The base model's checkpoint is quantized; an adapter merges only into the unquantized "
                         "base (an adapter trained on an NF4 base too): point the model setting at the full-"
                         "precision checkpoint.")
     index = base_dir / INDEX_FILE
     if index.is_file():
-        names = dict.fromkeys(_json(index).get("weight_map", {}).values())
+        names = dict.fromkeys(json_file(index).get("weight_map", {}).values())
         shards = [base_dir / name for name in names]
     else:
         shards = sorted(base_dir.glob("*.safetensors"))
@@ -103,56 +89,19 @@ def base_shards(base_dir: Path) -> list[Path]:
     return shards
 
 
-def adapter_deltas(adapter_dir: Path) -> dict[str, LoraDelta]:
-    """Every weight the adapter changes, with its scale, from adapter_config.json and the safetensors header."""
-    config = _json(adapter_dir / adapters.CONFIG_FILE)
-    for flag, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA bias")):
-        if config.get(flag):
-            raise UserError(f"This adapter uses {what}, which merging here does not support.")
-    if config.get("modules_to_save"):
-        raise UserError("This adapter also trains whole modules (modules_to_save); merging here supports "
-                        "LoRA weights only.")
-    _, header = read_header(adapter_dir / adapters.WEIGHTS_FILE)
-    keys = [key for key in header if key != "__metadata__"]
-    stray = [key for key in keys if not re.search(r"\.lora_[AB]\.weight$", key)]
-    if stray:
-        raise UserError(f"The adapter holds tensors other than LoRA A/B weights (e.g. {stray[0]!r}); "
-                        "merging here supports plain LoRA adapters only.")
-    deltas = {}
-    for a_key in (key for key in keys if key.endswith(".lora_A.weight")):
-        module = a_key.removesuffix(".lora_A.weight").removeprefix(PREFIX)
-        b_key = a_key.replace(".lora_A.weight", ".lora_B.weight")
-        if b_key not in header:
-            raise UserError(f"The adapter's weights are incomplete ({module} has no lora_B); train it again.")
-        rank = header[a_key]["shape"][0]
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
-        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        deltas[module + ".weight"] = LoraDelta(module + ".weight", a_key, b_key, float(scale),
-                                               bool(config.get("fan_in_fan_out")))
-    if not deltas:
-        raise UserError("The adapter holds no LoRA weights; there is nothing to merge.")
-    return deltas
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's per-module override (alpha_pattern keys match the end of a module's name)."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
 def plan_merge(base_dir: Path, adapter_dir: Path) -> MergePlan:
     """Check that the adapter fits the base (every target exists, shapes agree) and size the merge."""
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     shards, deltas = base_shards(base_dir), adapter_deltas(adapter_dir)
     _, lora_header = read_header(adapter_dir / adapters.WEIGHTS_FILE)
-    found, weight_bytes, parameters, dtypes, largest = set(), 0, 0, {}, 0
+    found, weight_bytes, parameters, dtypes, largest, embeddings = set(), 0, 0, {}, 0, None
     for shard in shards:
-        _, header = read_header(shard)
+        length, header = read_header(shard)
         for name, info in header.items():
             if name == "__metadata__":
                 continue
+            if name == EMBEDDINGS:
+                embeddings = (shard, length, info)
             start, end = info["data_offsets"]
             numel = math.prod(info["shape"])
             weight_bytes, parameters = weight_bytes + end - start, parameters + numel
@@ -161,12 +110,28 @@ def plan_merge(base_dir: Path, adapter_dir: Path) -> MergePlan:
                 _check_shapes(deltas[name], info["shape"], lora_header)
                 found.add(name)
                 largest = max(largest, numel * 4)
+    tied = _tied_head(base_dir, deltas, found, embeddings, lora_header)
+    if tied:
+        start, end = tied[2]["data_offsets"]
+        numel = math.prod(tied[2]["shape"])
+        weight_bytes, parameters, largest = weight_bytes + end - start, parameters + numel, max(largest, numel * 4)
+        found.add(HEAD)
     missing = sorted(set(deltas) - found)
     if missing:
         raise UserError(f"The adapter changes {missing[0]!r}, which the base model does not have: it was trained "
                         "on another base; start the app with that base model to merge it.")
     return MergePlan(base_dir, adapter_dir, shards, deltas, weight_bytes, parameters,
-                     max(dtypes, key=dtypes.get), largest, adapters.read_metadata(adapter_dir))
+                     max(dtypes, key=dtypes.get), largest, adapters.read_metadata(adapter_dir), tied)
+
+
+def _tied_head(base_dir: Path, deltas: dict, found: set, embeddings, lora_header: dict):
+    """The embeddings' location when the adapter changes an output head that is tied to them, else None."""
+    if HEAD not in deltas or HEAD in found or embeddings is None:
+        return None
+    if not json_file(base_dir / "config.json").get("tie_word_embeddings", False):
+        return None
+    _check_shapes(deltas[HEAD], embeddings[2]["shape"], lora_header)
+    return embeddings
 
 
 def _check_shapes(delta: LoraDelta, shape: list[int], lora_header: dict) -> None:
@@ -207,7 +172,7 @@ def merge_adapter(plan: MergePlan, out_dir: Path, progress: Progress | None = No
 def _write_weights(plan: MergePlan, out: Path, progress: Progress) -> None:
     from safetensors import safe_open
 
-    count, weight_map, done = len(plan.shards), {}, 0
+    count, weight_map, done = len(plan.shards) + bool(plan.tied_head), {}, 0
     with safe_open(str(plan.adapter_dir / adapters.WEIGHTS_FILE), framework="pt") as lora:
         for number, shard in enumerate(plan.shards, 1):
             name = f"model-{number:05d}-of-{count:05d}.safetensors"
@@ -226,6 +191,11 @@ def _write_weights(plan: MergePlan, out: Path, progress: Progress) -> None:
                     weight_map[key] = name
                     done += end - start
                     progress(done, plan.weight_bytes)
+        if plan.tied_head:
+            name = f"model-{count:05d}-of-{count:05d}.safetensors"
+            _write_untied_head(plan, out / name, lora)
+            weight_map[HEAD] = name
+            progress(plan.weight_bytes, plan.weight_bytes)
     index = {"metadata": {"total_size": plan.weight_bytes, "total_parameters": plan.parameters},
              "weight_map": dict(sorted(weight_map.items()))}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
@@ -245,16 +215,32 @@ def _read_tensor(src, info: dict, size: int):
     return torch.frombuffer(data, dtype=dtype).reshape(info["shape"])
 
 
+def _merged(weight, delta: LoraDelta, lora):
+    """W + (B @ A) * scale, computed in float32, in W's dtype."""
+    a, b = lora.get_tensor(delta.a_key).float(), lora.get_tensor(delta.b_key).float()
+    change = (b @ a) * delta.scale  # [out, r] @ [r, in] -> [out, in]
+    return weight.float().add_(change.T if delta.transpose else change).to(weight.dtype).contiguous()
+
+
 def _write_merged(dst, weight, delta: LoraDelta, lora, size: int) -> None:
     import torch
 
-    a, b = lora.get_tensor(delta.a_key).float(), lora.get_tensor(delta.b_key).float()
-    change = (b @ a) * delta.scale  # [out, r] @ [r, in] -> [out, in]
-    merged = weight.float().add_(change.T if delta.transpose else change).to(weight.dtype).contiguous()
-    data = merged.reshape(-1).view(torch.uint8).numpy()
+    data = _merged(weight, delta, lora).reshape(-1).view(torch.uint8).numpy()
     if data.nbytes != size:
         raise UserError(f"The base's {delta.weight} has an unexpected size on disk; the checkpoint is damaged.")
     dst.write(data.data)
+
+
+def _write_untied_head(plan: MergePlan, target: Path, lora) -> None:
+    """The merged output head (embeddings + B @ A) as a tensor of its own: PEFT's LoRA changed only the head."""
+    from safetensors.torch import save_file
+
+    shard, length, info = plan.tied_head
+    start, end = info["data_offsets"]
+    with open(shard, "rb") as src:
+        src.seek(8 + length + start)
+        weight = _read_tensor(src, info, end - start)
+    save_file({HEAD: _merged(weight, plan.deltas[HEAD], lora)}, str(target), metadata={"format": "pt"})
 
 
 def _copy_bytes(src, dst, size: int) -> None:
@@ -271,19 +257,11 @@ def _copy_side_files(plan: MergePlan, out: Path) -> None:
     for path in plan.base_dir.iterdir():
         if path.is_file() and not _NOT_COPIED.fullmatch(path.name):
             shutil.copyfile(path, out / path.name)
+    if plan.tied_head:  # the merged head is no longer the embeddings
+        config = json_file(out / "config.json")
+        (out / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}, indent=2))
     meta = plan.metadata
     (out / PROVENANCE_FILE).write_text(json.dumps({
         "adapter": plan.adapter_dir.name, "base_model": meta.get("base_model", ""),
         "base_quantization_in_training": meta.get("base_quantization"), "dtype": plan.dtype,
         "lora_weights": len(plan.deltas), "adapter_metadata": meta}, indent=1, sort_keys=True))
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise UserError(f"{Path(path).name} is missing from {Path(path).parent.name}; it is not a complete "
-                        "model or adapter folder.") from exc
-    except ValueError as exc:
-        raise UserError(f"{Path(path).name} in {Path(path).parent.name} is not valid JSON.") from exc
-    return data if isinstance(data, dict) else {}
