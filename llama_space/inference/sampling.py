@@ -18,7 +18,7 @@ INVALID_SCORES = ("The model produced invalid probabilities (NaN/inf) for this r
                   "settings (a lower temperature, top_p or repetition_penalty) or another adapter.")
 
 
-def penalty_processors(params: GenerationParams, prompt_length: int) -> list:
+def penalty_processors(params: GenerationParams, prompt_length: int | None = None) -> list:
     """The logits processors for OpenAI's penalties and logit_bias ([] when `params` sets none), for
     `generate(logits_processor=...)`, which runs them after its repetition penalty and before the warpers."""
     return [OpenAIPenalties(params, prompt_length)] if params.penalizes else []
@@ -28,7 +28,8 @@ class OpenAIPenalties:
     """OpenAI's frequency and presence penalties over the tokens generated so far (not the prompt, as in
     vLLM), then its logit_bias added to the scores; a logits processor as `generate` calls them."""
 
-    def __init__(self, params: GenerationParams, prompt_length: int) -> None:
+    def __init__(self, params: GenerationParams, prompt_length: int | None = None) -> None:
+        """`prompt_length` None: the ids of the first call are the prompt (so they are in both decoders)."""
         self.frequency, self.presence = params.frequency_penalty, params.presence_penalty
         self.bias = params.logit_bias
         self.prompt_length = prompt_length
@@ -38,6 +39,8 @@ class OpenAIPenalties:
         """`scores` [rows, vocab] adjusted for `input_ids` [rows, length] (prompt first)."""
         import torch
 
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
         generated = input_ids[:, self.prompt_length:]
         if generated.shape[1] and (self.frequency or self.presence):
             ones = torch.ones_like(generated, dtype=scores.dtype)
@@ -60,7 +63,7 @@ class RowSampler:
     generator, so its reply does not depend on what it is batched with.
     """
 
-    def __init__(self, params: GenerationParams, device, prompt_length: int = 0) -> None:
+    def __init__(self, params: GenerationParams, device) -> None:
         import torch
         from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                                   TopPLogitsWarper)
@@ -68,7 +71,7 @@ class RowSampler:
         self.greedy = params.greedy
         self.penalties = [RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
                           ] if params.repetition_penalty != 1.0 else []
-        self.penalties += penalty_processors(params, prompt_length)
+        self.penalties += penalty_processors(params)  # the first choice is made after the whole prompt
         self.warpers = []
         self.generator = None
         if not self.greedy:
