@@ -156,3 +156,20 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         if raw is not None:
             values[f.name] = _convert(f.type, raw, f.name)
     return Settings(**values)
+
+
+CUDA_ALLOC_CONF = "expandable_segments:True"
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads either
+
+
+def prepare_cuda_allocator(environ: dict[str, str] | None = None) -> None:
+    """Let torch's CUDA allocator grow its segments in place, unless the user configured the allocator.
+
+    Chat's KV caches and a training job's activations come and go in one process on one GPU; with fixed
+    segments the memory they free is split into blocks too small for the next large request (out of memory
+    with GBs free). Torch reads the setting when CUDA first allocates, so this runs before torch is
+    imported; job processes inherit it. CPU-only runs ignore it.
+    """
+    environ = os.environ if environ is None else environ
+    if not any(environ.get(name) for name in ALLOC_CONF_VARS):
+        environ["PYTORCH_CUDA_ALLOC_CONF"] = CUDA_ALLOC_CONF

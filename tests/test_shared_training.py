@@ -15,7 +15,7 @@ from llama_space.training import JobRunner, TrainingParams, jobfiles, shared
 from llama_space.training.shared_runs import chat_token_bound
 
 from adapterutil import random_adapter
-from jobutil import finished, poll, write_alpaca
+from jobutil import ended, finished, poll, write_alpaca
 
 PROMPTS = [[{"role": "user", "content": f"Count to {n}."}] for n in (3, 7)]
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
@@ -192,15 +192,24 @@ def test_the_training_thread_leaves_chat_cores_and_priority():
     seen = {}
 
     def train_side():
-        shared.yield_cpu_to_chat()
-        seen["threads"] = torch.get_num_threads()
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        with shared.yield_cpu_to_chat():
+            seen["threads"] = torch.get_num_threads()
+            seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            in_thread("started_meanwhile")
+        in_thread("started_after")
+
+    def in_thread(key):  # what a thread started now begins with
+        probe = threading.Thread(target=lambda: seen.setdefault(key, torch.get_num_threads()))
+        probe.start()
+        probe.join()
 
     main_nice, main_threads = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), torch.get_num_threads()
     thread = threading.Thread(target=train_side)
     thread.start()
     thread.join()
-    assert seen == {"threads": max(1, (os.cpu_count() or 1) // 2), "nice": main_nice + shared.TRAIN_NICE}
+    half = max(1, (os.cpu_count() or 1) // 2)
+    assert seen == {"threads": half, "nice": main_nice + shared.TRAIN_NICE, "started_meanwhile": half,
+                    "started_after": main_threads}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
     assert torch.get_num_threads() == main_threads
 
@@ -236,3 +245,54 @@ def test_a_refused_plan_says_the_numbers(served, monkeypatch):
     with pytest.raises(UserError, match=r"needs about .* GB, 0\.0 GB free"):
         runner.start(write_alpaca(root / "p.jsonl"), "nope", shared_params(placement="auto"))
     assert not runner.jobs() or all(s["adapter"] != "nope" for s in runner.jobs())
+
+
+def test_cuda_allocator_setting_is_made_before_torch_unless_the_user_chose_one():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from llama_space.settings import prepare_cuda_allocator
+
+    environ = {}
+    prepare_cuda_allocator(environ)
+    assert environ == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        chosen = {name: "max_split_size_mb:128"}
+        prepare_cuda_allocator(chosen)
+        assert chosen == {name: "max_split_size_mb:128"}
+    # app.py's start-up, ended by a bad setting: the variable is set, and torch not yet imported.
+    probe = ("import os, runpy, sys\nsys.argv = ['app.py', '--port', 'nope']\n"
+             "try:\n    runpy.run_path('app.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["expandable_segments:True", "False"], out.stderr
+
+
+def test_a_shared_job_through_the_api_then_answers_in_chat(tiny_model_dir, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from apputil import launched_app
+
+    settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path / "data", adapters_dir=tmp_path / "adapters",
+                        device="cpu", dtype="float32")
+    greedy = {"prompt": "Count to 3.", "max_new_tokens": 12, "temperature": 0.0}
+    with launched_app(settings) as app:
+        client = Client(app.url, verbose=False)
+        base = client.predict(**greedy, adapter="", api_name="/generate")
+        job_id = client.predict(file=handle_file(str(write_alpaca(tmp_path / "d.jsonl"))), adapter_name="sums",
+                                preset="quick", max_steps=6, max_length=64, placement="shared",
+                                api_name="/start_training")["job_id"]
+        assert client.predict(**greedy, adapter="", api_name="/generate") == base  # chat answers meanwhile
+        status = poll("the shared job to end",
+                      lambda: ended(client.predict(job_id=job_id, api_name="/job_status")), timeout=180)
+        assert status["state"] == "completed", status
+        assert status["placement"] == "shared" and "shared" in status["plan"]["reason"]
+        tuned = client.predict(**greedy, adapter="sums", api_name="/generate")
+        assert tuned != base
+        streamed = list(client.submit(message="Count to 3.", adapter="sums", max_new_tokens=12, temperature=0.0,
+                                      api_name="/chat"))
+        assert streamed[-1] == tuned
+        assert app.backend.admission.token_limit is None

@@ -66,7 +66,12 @@ def test_published_adapter_is_complete_loadable_and_only_lora(completed, tiny_mo
     config = json.loads((path / adapters.CONFIG_FILE).read_text())
     meta = adapters.read_metadata(path)
     assert config["base_model_name_or_path"] == meta["base_model"] == base_model_name(str(tiny_model_dir))
-    assert meta["job_id"] == job_id and meta["hyperparameters"] == params.to_dict()
+    # The job runs with what it was given, the memory planner's choices filled in (auto resolved).
+    recorded, planned = runner.registry.config(job_id)["params"], ("placement", "quantization", "gradient_checkpointing")
+    assert meta["job_id"] == job_id and meta["hyperparameters"] == recorded
+    assert {k: v for k, v in recorded.items() if k not in planned} == {
+        k: v for k, v in params.to_dict().items() if k not in planned}
+    assert (recorded["placement"], recorded["quantization"]) == ("process", "none")
     assert meta["dataset_fingerprint"] == runner.registry.config(job_id)["dataset_fingerprint"]
     assert meta["train_loss"] > 0 and meta["eval_loss"] > 0 and meta["steps"] == 12
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 PARAM_FIELDS = ["learning_rate", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length",
                 "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed"]
 STATUS_KEYS = ["job_id", "state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error",
-               "resumable", "checkpoint_step", "elapsed_seconds"]
+               "resumable", "checkpoint_step", "elapsed_seconds", "placement", "plan"]
 NO_FILE = "Upload a dataset file first (JSON, JSONL, CSV or Parquet), or name a Hub dataset."
 BOTH_SOURCES = "Give either a dataset file or a Hub dataset id, not both."
 

@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,16 +102,26 @@ def train_threads(cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // 2)
 
 
-def yield_cpu_to_chat() -> None:
-    """In the training thread: fewer OpenMP threads than cores, and a lower priority than chat's threads."""
+@contextmanager
+def yield_cpu_to_chat():
+    """In the training thread: fewer OpenMP threads than cores, and a lower priority than chat's threads.
+
+    torch.set_num_threads also sets the count threads started later begin with (chat's serial workers, a
+    restarted batch engine): it is set back when the job ends, so they start with every core again.
+    """
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(train_threads())
     if hasattr(os, "setpriority"):
-        try:  # on Linux a thread is a task with a nice value of its own
+        try:  # on Linux a thread is a task with a nice value of its own (a thread ending takes it along)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICE)
         except OSError as exc:
             log.warning("could not lower the training thread's priority (%s)", exc.strerror)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ThreadLog(logging.Handler):

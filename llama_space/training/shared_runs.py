@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import threading
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from llama_space.errors import UserError
@@ -122,9 +123,8 @@ class SharedRuns:
         job_dir = self.registry.job_dir(job_id)
         bound = chat_token_bound(self.registry.config(job_id).get("plan") or {})
         try:
-            with shared.ThreadLog(job_dir, threading.get_ident()):
-                if base.model.device.type == "cpu":
-                    shared.yield_cpu_to_chat()
+            cpu_share = shared.yield_cpu_to_chat() if base.model.device.type == "cpu" else nullcontext()
+            with shared.ThreadLog(job_dir, threading.get_ident()), cpu_share:
                 self.manager.admission.bound_tokens(bound)
                 train.run(job_dir, resume, base)
         except BaseException as exc:  # noqa: BLE001 - the app must outlive any failure of its training thread

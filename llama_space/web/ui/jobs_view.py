@@ -30,6 +30,7 @@ def progress_html(status: dict) -> str:
     parts.append(f"ETA {_eta(status.get('eta_seconds'))}")
     bar = (f"<progress class='job-bar' value='{step}' max='{max(total, 1)}' style='width:100%'></progress>"
            f"<div>{' · '.join(parts)} ({percent:.0f}%)</div>")
+    bar += plan_html(status.get("plan"))
     if status.get("adapter") and status.get("state") == "completed":
         bar += f"<div>Adapter <b>{html.escape(status['adapter'])}</b> is ready: choose it in the Chat tab.</div>"
     if status.get("tracking"):
@@ -37,6 +38,15 @@ def progress_html(status: dict) -> str:
     if status.get("error"):
         bar += f"<div class='job-error' style='color:#b91c1c'>{html.escape(status['error'])}</div>"
     return bar
+
+
+def plan_html(plan: dict | None) -> str:
+    """Where the job runs and why, with the memory estimate (jobs from before the planner have no plan)."""
+    if not plan:
+        return ""
+    head = (f"Placement <b class='job-placement'>{html.escape(str(plan.get('placement')))}</b> · quantization "
+            f"{html.escape(str(plan.get('quantization')))} · {html.escape(str(plan.get('device')))}")
+    return f"<div class='job-plan'>{head} — {html.escape(str(plan.get('reason', '')))}</div>"  # the reason has the GB
 
 
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
