@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QTYPES = ("f16", "bf16", "q8_0", "q4_0")
+DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # safetensors' names -> torch's
 QUANT_CHUNK_ROWS = 1024  # rows quantized at a time, so only that many rows are ever held as float32
 
 
@@ -89,22 +91,50 @@ def _read_config(model_dir: Path) -> Any:
     return config
 
 
-def _tensor_files(model_dir: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Each checkpoint tensor's name -> (the safetensors file that holds it, its shape), from the headers only."""
-    from safetensors import safe_open
+@dataclass
+class SourceTensor:
+    """Where one checkpoint tensor's bytes lie in its safetensors file."""
 
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: F32, F16 or BF16
+    start: int  # byte offsets in the file
+    end: int
+
+
+def _tensor_files(model_dir: Path) -> dict[str, SourceTensor]:
+    """Each checkpoint tensor's name -> where it lies, from the safetensors headers only."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise UserError("The model folder has no .safetensors weights; merge the adapter into a folder first.")
-    sources: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    sources: dict[str, SourceTensor] = {}
     for file in files:
-        with safe_open(file, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                sources[name] = (file, tuple(handle.get_slice(name).get_shape()))
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in DTYPES:
+                raise UserError(f"GGUF export reads float32, float16 and bfloat16 weights; {name} is {info['dtype']}.")
+            start, end = info["data_offsets"]
+            sources[name] = SourceTensor(file, tuple(info["shape"]), info["dtype"], 8 + size + start, 8 + size + end)
     return sources
 
 
-def _plan(config: Any, sources: dict[str, tuple[Path, tuple[int, ...]]], qtype: str) -> list[PlannedTensor]:
+def _read(source: SourceTensor) -> torch.Tensor:
+    """One tensor, read into memory with a plain read: a memory map would keep every tensor already written
+    resident (16 GB on an 8B model) until the kernel needs the pages back."""
+    import torch
+
+    data = bytearray(source.end - source.start)
+    with open(source.file, "rb") as handle:
+        handle.seek(source.start)
+        handle.readinto(data)
+    return torch.frombuffer(data, dtype=getattr(torch, DTYPES[source.dtype])).reshape(source.shape)
+
+
+def _plan(config: Any, sources: dict[str, SourceTensor], qtype: str) -> list[PlannedTensor]:
     """The output tensors in file order, with their llama.cpp names, shapes and types."""
     from gguf import MODEL_ARCH, get_tensor_name_map
 
@@ -113,7 +143,7 @@ def _plan(config: Any, sources: dict[str, tuple[Path, tuple[int, ...]]], qtype: 
     plan: list[PlannedTensor] = []
     if (freqs := _rope_freqs(config)) is not None:
         plan.append(PlannedTensor("rope_freqs.weight", "", freqs.shape, _ggml("f32"), values=freqs))
-    for source in sources:
+    for source, info in sources.items():
         if source.endswith("rotary_emb.inv_freq"):
             continue  # a buffer older checkpoints saved; llama.cpp computes it
         if source == "lm_head.weight" and config.tie_word_embeddings:
@@ -123,7 +153,7 @@ def _plan(config: Any, sources: dict[str, tuple[Path, tuple[int, ...]]], qtype: 
         if name is None:
             raise UserError(f"The checkpoint holds a tensor a Llama GGUF has no place for ({source}); "
                             "export a merged model, not an adapter folder.")
-        shape = sources[source][1]
+        shape = info.shape
         plan.append(PlannedTensor(f"{name}.{suffix}", source, shape, _tensor_type(name, shape, qtype),
                                   heads=heads.get(name.rsplit(".", 1)[-1], 0)))
     if not config.tie_word_embeddings and not any(t.name == "output.weight" for t in plan):
@@ -191,25 +221,17 @@ def _add_hyperparameters(writer: GGUFWriter, config: Any, qtype: str, name: str)
         writer.add_quantization_version(GGML_QUANT_VERSION)
 
 
-def _write_tensors(writer: GGUFWriter, plan: list[PlannedTensor], sources: dict[str, tuple[Path, tuple[int, ...]]],
+def _write_tensors(writer: GGUFWriter, plan: list[PlannedTensor], sources: dict[str, SourceTensor],
                    progress: Callable[[float], None] | None) -> None:
-    from safetensors import safe_open
-
     total = sum(_elements(t) for t in plan) or 1
     done = 0
-    with contextlib.ExitStack() as stack:
-        files = {file for file, _ in sources.values()}
-        handles = {file: stack.enter_context(safe_open(file, framework="pt")) for file in files}
-        for tensor in plan:
-            if tensor.source:
-                data = _encode(handles[sources[tensor.source][0]].get_tensor(tensor.source), tensor)
-            else:
-                data = tensor.values
-            writer.write_tensor_data(data)
-            del data  # the one tensor in memory at a time
-            done += _elements(tensor)
-            if progress is not None:
-                progress(done / total)
+    for tensor in plan:
+        data = _encode(_read(sources[tensor.source]), tensor) if tensor.source else tensor.values
+        writer.write_tensor_data(data)
+        del data  # the one tensor in memory at a time
+        done += _elements(tensor)
+        if progress is not None:
+            progress(done / total)  # an exception raised here stops the export; the partial file goes
 
 
 def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
@@ -259,18 +281,11 @@ def _byte_shape(tensor: PlannedTensor) -> tuple[int, ...]:
 
 
 def _nbytes(tensor: PlannedTensor) -> int:
-    shape = _byte_shape(tensor)
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return math.prod(_byte_shape(tensor))
 
 
 def _elements(tensor: PlannedTensor) -> int:
-    count = 1
-    for size in tensor.shape:
-        count *= size
-    return count
+    return math.prod(tensor.shape)
 
 
 def _uint8() -> Any:
