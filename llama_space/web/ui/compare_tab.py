@@ -165,10 +165,11 @@ def build_compare_tab(backend: ChatBackend, actions: Actions) -> None:
         jobs: list[gr.Dropdown] = []
         _prompts_file(comparer, actions, adapters, include_base, sampling, jobs)
         _evaluate(evaluator, actions, adapters, jobs)
+        # Inside the tab: gr.api adds (invisible) blocks, which between two tabs would split the tab bar in two.
+        register_compare_api(comparer, evaluator)
 
     def reload():
         choices = job_choices(actions)
         return gr.Dropdown(choices=backend.list_adapters()), *(gr.Dropdown(choices=choices) for _ in jobs)
 
     tab.select(user_facing(reload, "listing adapters and jobs"), None, [adapters, *jobs], queue=False, **HIDDEN)
-    register_compare_api(comparer, evaluator)
