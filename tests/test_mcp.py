@@ -3,8 +3,10 @@ docstrings, a generate call, and the same login in front of it as in front of ev
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
+import shutil
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from llama_space.settings import Settings
 from llama_space.web.server import MCP_TOOLS
 
 from apputil import launched_app
+from conftest import REPO
 
 USER, PASSWORD = "alice", "mcp-s3cret"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -25,6 +28,9 @@ GREEDY = {"prompt": "Hello", "max_new_tokens": 6, "temperature": 0}
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("mcp")
+    folder = root / "data" / "datasets" / "owner" / "persona"  # stands in for that Hub dataset
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "persona.jsonl", folder / "train.jsonl")
     settings = Settings(model=str(tiny_model_dir), adapters_dir=root / "adapters", data_dir=root / "data",
                         auth=f"{USER}:{PASSWORD}")
     with launched_app(settings) as launched:
@@ -59,13 +65,18 @@ def test_tools_are_the_chosen_endpoints_with_their_docstrings(app):
 def test_generate_through_mcp_equals_the_gradio_endpoint(app):
     async def work(session):
         reply = await session.call_tool("generate", GREEDY)
+        chat = await session.call_tool("chat", {"message": GREEDY["prompt"], "max_new_tokens": 6, "temperature": 0})
+        report = await session.call_tool("validate_dataset", {"file": None, "dataset_id": "owner/persona"})
         hidden = await session.call_tool("delete_adapter", {"name": "x"})
         bad = await session.call_tool("generate", {**GREEDY, "temperature": 9})
-        return reply, hidden, bad
+        return reply, chat, report, hidden, bad
 
-    reply, hidden, bad = asyncio.run(mcp_session(app.url, BASIC, work))
+    reply, chat, report, hidden, bad = asyncio.run(mcp_session(app.url, BASIC, work))
     expected = Client(app.url, auth=(USER, PASSWORD), verbose=False).predict(**GREEDY, api_name="/generate")
     assert not reply.isError and [part.text for part in reply.content] == [expected]
+    assert not chat.isError and chat.content[-1].text == expected
+    # Gradio's MCP server sends a dict result as its Python text.
+    assert not report.isError and ast.literal_eval(report.content[0].text)["valid_rows"] == 96
     assert hidden.isError and "Unknown tool" in hidden.content[0].text
     assert bad.isError and "temperature must be between" in bad.content[0].text
 
