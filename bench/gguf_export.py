@@ -107,7 +107,15 @@ def estimate_8b(row: dict) -> dict:
     peak = row["baseline_mib"] + vocab + (largest * 2 + encoded) / 2**20
     return {"qtype": row["qtype"], "minutes": round(LLAMA_8B["params"] / rate / 60, 1),
             "peak_anon_gib": round(peak / 1024, 1),
-            "file_gib": round(LLAMA_8B["params"] * BYTES_PER_PARAM[row["qtype"]] / 2**30, 1)}
+            "file_gib": round(_file_bytes_8b(row["qtype"]) / 2**30, 1)}
+
+
+def _file_bytes_8b(qtype: str) -> float:
+    """In a Q4_0 file the embedding and the head (128256 x 4096 each) stay Q8_0."""
+    heads = 2 * LLAMA_8B["largest"]
+    if qtype != "q4_0":
+        return LLAMA_8B["params"] * BYTES_PER_PARAM[qtype]
+    return (LLAMA_8B["params"] - heads) * BYTES_PER_PARAM["q4_0"] + heads * BYTES_PER_PARAM["q8_0"]
 
 
 def main() -> None:
