@@ -102,7 +102,7 @@ def estimate_8b(row: dict) -> dict:
     (128k tokens, 280k merges vs SmolLM2's 49k and 49k) + the largest tensor read in bf16 + encoded."""
     rate = row["params"] / row["seconds"]
     largest = LLAMA_8B["largest"]
-    encoded = largest * BYTES_PER_PARAM[row["qtype"]]
+    encoded = largest * BYTES_PER_PARAM["q8_0" if row["qtype"] == "q4_0" else row["qtype"]]  # Q4_0 keeps it Q8_0
     vocab = row["vocab_mib"] * (128256 + 280147) / (49152 + 48900)
     peak = row["baseline_mib"] + vocab + (largest * 2 + encoded) / 2**20
     return {"qtype": row["qtype"], "minutes": round(LLAMA_8B["params"] / rate / 60, 1),
