@@ -7,8 +7,10 @@ memory. The served model cannot be the trained one: PEFT refuses per-request `ad
 training mode, and injecting the new adapter into the served tree would change what chat runs mid-reply.
 
 CPU share: on CPU the training thread runs with at most half the cores as its OpenMP team (`train_threads`)
-and at a lower scheduling priority (`TRAIN_NICE`, Linux per-thread nice), so a reply being decoded wins a
-contended core and training takes what chat leaves (see bench/shared_training.py for the measured ratio).
+and at a lower scheduling priority (`TRAIN_NICE`, Linux per-thread nice), so it never takes every core from
+chat, whose thread governor counts it as this process's own work. On 2 cores chat still decodes at ~0.6x its
+alone speed during training, about what it does without the limit: both loops also take turns at the GIL
+(BENCHMARKS.md, "Chat beside a shared training job"; bench/shared_training.py).
 """
 
 from __future__ import annotations
