@@ -283,7 +283,8 @@ def test_streamed_tool_call_deltas_are_openai_shaped(client):
 def test_tool_results_in_the_conversation_are_rendered(client, tool_model_dir):
     from transformers import AutoTokenizer
 
-    calls = [{"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    calls = [{"id": "call_7", "type": "function",
+              "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": calls},
                {"role": "tool", "tool_call_id": "call_7", "content": "18 C"}]
     reply = client.chat.completions.create(model="base", messages=history, tools=[WEATHER], temperature=0,

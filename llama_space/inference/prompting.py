@@ -62,9 +62,11 @@ def _encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict], tools: Too
                                                 return_dict=True, **extra)
     except TemplateError as exc:  # the template's own raise_exception, e.g. "roles must alternate"
         raise UserError(f"The model's chat template refused this conversation: {exc}") from None
+    ids = list(encoded["input_ids"])
     prefill = tools.prefill() if tools is not None else ""
-    # The start of the reply written for the model (tool_choice required or a named function).
-    return list(encoded["input_ids"]) + (tokenizer(prefill, add_special_tokens=False)["input_ids"] if prefill else [])
+    if prefill:  # the start of the reply written for the model (tool_choice required or a named function)
+        ids += tokenizer(prefill, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def _budget(context_window: int, max_new_tokens: int) -> int:

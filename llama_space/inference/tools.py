@@ -75,15 +75,12 @@ class ToolUse:
     def calls(self, text: str) -> list[ToolCall] | None:
         """The calls in a complete reply `text` (prefill included), None when it is not tool calls; a reply
         that must call a tool and does not raises ToolCallFailed."""
-        calls = parse_tool_calls(text, self.rendered_tools_names())
+        calls = parse_tool_calls(text, [tool["function"]["name"] for tool in self.rendered_tools()])
         if calls is None and self.choice != "auto":
             wanted = "a tool" if self.choice == "required" else f"function {self.choice!r}"
             raise ToolCallFailed(f"The model's reply was not a valid call to {wanted} (tool_choice="
                                  f"{self.choice!r}); retry, or use tool_choice \"auto\".")
         return calls
-
-    def rendered_tools_names(self) -> list[str]:
-        return [tool["function"]["name"] for tool in self.rendered_tools()]
 
 
 class ToolCallFailed(Exception):
