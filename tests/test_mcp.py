@@ -39,11 +39,11 @@ def app(tiny_model_dir, tmp_path_factory):
 
 async def mcp_session(url: str, headers: dict, work):
     """Run `work(session)` in an initialized MCP session over streamable HTTP with `headers` on every request."""
-    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(120, read=300)) as http:
-        async with streamable_http_client(f"{url}/gradio_api/mcp/", http_client=http) as (read, write, _):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await work(session)
+    async with (httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(120, read=300)) as http,
+                streamable_http_client(f"{url}/gradio_api/mcp/", http_client=http) as (read, write, _),
+                ClientSession(read, write) as session):
+        await session.initialize()
+        return await work(session)
 
 
 def test_tools_are_the_chosen_endpoints_with_their_docstrings(app):
