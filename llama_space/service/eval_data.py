@@ -126,14 +126,14 @@ def from_prompts_file(path: str | Path, max_bytes: int) -> EvalSet:
     columns = list(records[0])
     if PROMPT_COLUMN in columns:
         reference_column = next((c for c in REFERENCE_COLUMNS if c in columns), None)
-        make = lambda record: _prompt_row(record, reference_column)  # noqa: E731
+        make = lambda record: _prompt_row(record, reference_column)
     else:
         try:
             data_format = detect_format(columns)
         except UserError:
             raise UserError(f"{Path(path).name} has columns [{', '.join(map(str, columns))}]; a prompts file "
                             f"needs {PROMPTS_SHAPE}.") from None
-        make = lambda record: _conversation_row(data_format, record)  # noqa: E731
+        make = lambda record: _conversation_row(data_format, record)
     rows, skipped = [], 0
     for record in records:
         try:
