@@ -88,7 +88,7 @@ def test_chat_answers_the_same_while_a_shared_job_trains_on_its_weights(served, 
     before = served_now()
     weights = snapshot(manager.model)
     runner = JobRunner(manager.settings, manager)
-    job_id = runner.start(write_alpaca(root / "a.jsonl"), "shared-arith", shared_params(max_steps=10))
+    job_id = runner.start(write_alpaca(root / "a.jsonl"), "shared-arith", shared_params(max_steps=16))
     during, bounds = [], set()
     while (state := runner.status(job_id)["state"]) in jobfiles.ACTIVE_STATES:
         bounds.add(manager.admission.token_limit if state == "running" else "queued")
@@ -267,7 +267,7 @@ def test_cuda_allocator_setting_is_made_before_torch_unless_the_user_chose_one()
              "print(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.stdout.split() == ["expandable_segments:True", "False"], out.stderr
 
 

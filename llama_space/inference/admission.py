@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 from llama_space.errors import UserError
 
 MEMORY_WAIT = 20.0  # seconds a request that would fit waits for others to free KV cache before it is refused
@@ -16,13 +17,6 @@ class QueueFullError(UserError):
 
 class MemoryBoundError(UserError):
     """A request needs more KV cache than the memory left beside the training job can ever hold."""
-
-
-def kv_bytes_per_token(config, dtype_bytes: int) -> int:
-    """KV cache bytes one token takes in every layer: keys and values of each KV head (128 KiB on 8B bf16)."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * dtype_bytes
 
 
 class Admission:

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from transformers import TrainerCallback
 
@@ -145,7 +145,7 @@ class ThreadLog(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must never end the job; Handler reports it on stderr
             self.handleError(record)
 
-    def __enter__(self) -> ThreadLog:
+    def __enter__(self) -> Self:
         for name in JOB_LOGGERS:
             logger = logging.getLogger(name)
             logger.addHandler(self)

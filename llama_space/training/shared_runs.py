@@ -127,7 +127,7 @@ class SharedRuns:
             with shared.ThreadLog(job_dir, threading.get_ident()), cpu_share:
                 self.manager.admission.bound_tokens(bound)
                 train.run(job_dir, resume, base)
-        except BaseException as exc:  # noqa: BLE001 - the app must outlive any failure of its training thread
+        except BaseException as exc:  # the app must outlive any failure of its training thread
             log.exception("shared training job %s could not run", job_id)
             message = str(exc) if isinstance(exc, UserError) else train.failure_message(exc)
             jobfiles.update_status(job_dir, state="failed", error=message, eta_seconds=None)
