@@ -180,3 +180,10 @@ def test_penalties_and_bias_decode_the_same_batched_and_serial(tiny_model_dir):
     # The bias puts its token first, and the penalties end its run (and the plain reply's loop) in a few tokens.
     assert unpenalized.count(" fox") == 24 and " fox fox" not in penalized
     assert penalized.startswith(bias * 2) and penalized.count(bias) < 8
+
+
+def test_completions_need_the_bearer_key(url):
+    import httpx
+
+    reply = httpx.post(url + "/v1/completions", json={"model": "base", "prompt": ASK}, timeout=30)
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
