@@ -63,6 +63,8 @@ def test_relayed_reply_equals_the_direct_one_with_its_statistics(manager):
     assert relayed.prompt_tokens == direct.prompt_tokens
     assert relayed.finish_reason == direct.finish_reason
     assert relayed.tokens_per_second > 0
+    raw = zerogpu.ZeroGPUBackend(manager).generate("Once upon a time", GREEDY)  # /v1/completions' raw prompt
+    assert raw == manager.generate("Once upon a time", GREEDY)
 
 
 def test_user_errors_raised_inside_the_gpu_call_keep_their_class_and_text(manager):

@@ -18,6 +18,7 @@ from llama_space.errors import UserError
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend
     from llama_space.inference.params import GenerationParams
+    from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 
 # A ZeroGPU slice decodes an 8B model at well over this; the margin keeps long replies from being cut off.
@@ -97,7 +98,7 @@ class ZeroGPUBackend:
         self.inner = inner
         # Arguments are pickled into the worker; the model travels with the fork instead.
         self._decode = spaces.GPU(self._decode_in_worker,
-                                  duration=lambda messages, params, adapter: reply_seconds(params.max_new_tokens))
+                                  duration=lambda messages, params, *_: reply_seconds(params.max_new_tokens))
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -106,18 +107,20 @@ class ZeroGPUBackend:
         self.inner.load()
         return self
 
-    def stream(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> RelayedStream:
+    def stream(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+               tools: ToolUse | None = None) -> RelayedStream:
         """Check what can be checked here, then decode inside one GPU call."""
         self.inner.check_adapter(adapter or "")
-        return RelayedStream(self._decode(messages, params, adapter))
+        return RelayedStream(self._decode(messages, params, adapter, tools))
 
-    def generate(self, messages: list[dict], params: GenerationParams, adapter: str = "") -> str:
-        return "".join(self.stream(messages, params, adapter))
+    def generate(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
+                 tools: ToolUse | None = None) -> str:
+        return "".join(self.stream(messages, params, adapter, tools))
 
-    def _decode_in_worker(self, messages: list[dict], params: GenerationParams,
-                          adapter: str) -> Iterator[tuple[str, Any]]:
+    def _decode_in_worker(self, messages: list[dict] | str, params: GenerationParams, adapter: str,
+                          tools: ToolUse | None) -> Iterator[tuple[str, Any]]:
         try:
-            stream = self.inner.stream(messages, params, adapter)
+            stream = self.inner.stream(messages, params, adapter, tools)
             try:
                 for piece in stream:
                     yield "text", piece
