@@ -271,7 +271,7 @@ def test_cuda_allocator_setting_is_made_before_torch_unless_the_user_chose_one()
     assert out.stdout.split() == ["expandable_segments:True", "False"], out.stderr
 
 
-def test_a_shared_job_through_the_api_then_answers_in_chat(tiny_model_dir, tmp_path):
+def test_a_shared_job_through_the_api_answers_in_chat_and_survives_an_app_restart(tiny_model_dir, tmp_path):
     from gradio_client import Client, handle_file
 
     from apputil import launched_app
@@ -296,3 +296,17 @@ def test_a_shared_job_through_the_api_then_answers_in_chat(tiny_model_dir, tmp_p
                                       api_name="/chat"))
         assert streamed[-1] == tuned
         assert app.backend.admission.token_limit is None
+        later = client.predict(file=handle_file(str(write_alpaca(tmp_path / "e.jsonl"))), adapter_name="later",
+                               preset="quick", max_steps=400, save_steps=2, max_length=64, placement="shared",
+                               api_name="/start_training")["job_id"]
+        poll("a checkpoint", lambda: client.predict(job_id=later, api_name="/job_status")["checkpoint_step"])
+    stopped = JobRunner(settings).status(later)  # the app's end checkpointed and stopped it
+    assert stopped["state"] == "interrupted" and stopped["checkpoint_step"] == stopped["step"], stopped
+    with launched_app(settings) as app:  # and the next start resumes it by itself
+        client = Client(app.url, verbose=False)
+        assert client.predict(job_id=later, api_name="/job_status")["state"] in jobfiles.ACTIVE_STATES
+        poll("steps after the restart",
+             lambda: client.predict(job_id=later, api_name="/job_status")["step"] > stopped["step"])
+        client.predict(job_id=later, api_name="/cancel_training")
+        status = poll("the cancel", lambda: ended(client.predict(job_id=later, api_name="/job_status")))
+        assert status["state"] == "cancelled"

@@ -56,8 +56,9 @@ def gradio_temp_dir(settings: Settings) -> Path:
     return Path(chosen)
 
 
-def lifespan(settings: Settings, backend: ChatBackend):
-    """The app's lifespan: sweep scratch while serving (only inside the data dir), close the backend at the end."""
+def lifespan(settings: Settings, backend: ChatBackend, runner=None):
+    """The app's lifespan: sweep scratch while serving (only inside the data dir); at the end checkpoint and stop
+    a training job running in the app (the next start resumes it), then close the backend."""
     from llama_space.web.janitor import Janitor, sweep_forever
 
     @asynccontextmanager
@@ -70,6 +71,8 @@ def lifespan(settings: Settings, backend: ChatBackend):
             yield
         finally:
             task.cancel()
+            if runner is not None:
+                await asyncio.to_thread(runner.close)
             backend.close()
 
     return serving
@@ -117,7 +120,7 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     from llama_space.web.routes import api_routes
 
     gradio_temp_dir(settings)
-    demo, backend, _ = build_app(settings)
+    demo, backend, actions = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
     # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
     # (no raw exception text), and it lets Gradio say what is wrong with a request it refuses itself.
@@ -126,7 +129,7 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
         prevent_thread_lock=True, show_error=True, mcp_server=True,
         app_kwargs={"routes": api_routes(backend, settings), "middleware": auth.middleware(settings),
-                    "lifespan": lifespan(settings, backend)})
+                    "lifespan": lifespan(settings, backend, actions.runner)})
     app.state.backend = backend
     log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1, MCP: /gradio_api/mcp/)", local_url,
              f" and {share_url}" if share_url else "")
