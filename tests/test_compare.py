@@ -187,3 +187,12 @@ def test_compare_and_evaluate_by_keyword_through_the_launched_app(tiny_model_dir
             client.predict(adapters=["one"], file={"path": str(data)}, api_name="/evaluate")
         with pytest.raises(AppError, match="at most 4 adapters"):
             client.predict(prompt="hi", adapters=list("abcde"), api_name="/compare")
+
+
+def test_csv_cells_that_start_like_formulas_are_quoted():
+    from llama_space.service.compare import inert
+
+    assert inert("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert inert("@SUM(A1)") == "'@SUM(A1)"
+    assert inert("Blue") == "Blue"
+    assert inert(None) == ""

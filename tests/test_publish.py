@@ -16,7 +16,10 @@ METADATA = {"base_model": "meta-llama/Llama-3.1-8B-Instruct", "dataset_name": "p
             "dataset_fingerprint": "ab12cd34", "train_examples": 96, "steps": 30, "train_loss": 1.23456,
             "eval_loss": 1.5, "base_quantization": "nf4",
             "hyperparameters": {"lora_r": 8, "lora_alpha": 16, "learning_rate": 0.0002},
-            "evaluation": {"base": {"loss": 2.5, "perplexity": 12.18}, "pirate": {"loss": 1.5, "perplexity": 4.48}}}
+            "evaluation": {"source": "job 0123 held-out split", "examples": 24, "references": 24,
+                           "dataset_fingerprint": "ef56", "created": "2026-12-02T03:00:00Z", "loss": 1.5,
+                           "perplexity": 4.48, "exact_match": 0.25, "contains": 0.5, "tokens": 900,
+                           "base": {"loss": 2.5, "perplexity": 12.18, "exact_match": 0.0, "contains": 0.125}}}
 
 
 class RecordingApi:
@@ -65,7 +68,8 @@ def test_adapter_push_sends_its_files_and_a_card_in_one_private_commit(pirate):
     for expected in ("| Dataset fingerprint (SHA-256) | ab12cd34 |", "| Training examples | 96 |",
                      "| Final training loss | 1.235 |", "| Held-out loss | 1.5 |",
                      "| Base quantization while training | nf4 |", "| lora_r | 8 |", "| learning_rate | 0.0002 |",
-                     "|  | loss | perplexity |", "| base | 2.5 | 12.18 |", "| pirate | 1.5 | 4.48 |",
+                     "| Figure | This model | Base model |", "| loss | 1.5 | 2.5 |", "| perplexity | 4.48 | 12.18 |",
+                     "| exact_match | 0.25 | 0 |", "| Evaluated on | job 0123 held-out split |",
                      ('PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B-'
                       'Instruct", dtype="auto"), "me/pirate-lora")'),
                      "vllm serve meta-llama/Llama-3.1-8B-Instruct --enable-lora --lora-modules pirate=me/pirate-lora",

@@ -47,17 +47,24 @@ def _hyperparameters(hyper: dict) -> str:
     return "## Hyperparameters\n\n" + _table(("Parameter", "Value"), rows) if rows else ""
 
 
+_EVAL_FIGURES = ("loss", "perplexity", "exact_match", "contains")
+_EVAL_CONTEXT = (("source", "Evaluated on"), ("examples", "Examples"), ("references", "Reference answers"),
+                 ("dataset_fingerprint", "Evaluation data fingerprint (SHA-256)"), ("created", "Evaluated"))
+
+
 def _evaluation(evaluation) -> str:
-    """Evaluation figures as recorded in the metadata: a table per model when each entry is a dict of figures."""
-    if not evaluation:
+    """The figures service/evaluate.py saved: each one for this model beside the base's, then what it ran on."""
+    if not isinstance(evaluation, dict) or not evaluation:
         return "## Evaluation\n\nNo evaluation was recorded for this adapter.\n"
-    if isinstance(evaluation, dict) and all(isinstance(v, dict) for v in evaluation.values()):
-        columns = list(dict.fromkeys(key for figures in evaluation.values() for key in figures))
-        rows = [(model, *[figures.get(key, "") for key in columns]) for model, figures in evaluation.items()]
-        return "## Evaluation\n\n" + _table(("", *columns), rows)
-    if isinstance(evaluation, dict):
-        return "## Evaluation\n\n" + _table(("Figure", "Value"), list(evaluation.items()))
-    return f"## Evaluation\n\n```json\n{json.dumps(evaluation, indent=1)}\n```\n"
+    base = evaluation.get("base") if isinstance(evaluation.get("base"), dict) else {}
+    figures = [(key, evaluation.get(key), base.get(key)) for key in _EVAL_FIGURES
+               if evaluation.get(key) is not None or base.get(key) is not None]
+    context = [(label, evaluation[key]) for key, label in _EVAL_CONTEXT if evaluation.get(key) not in (None, "")]
+    parts = ["## Evaluation\n", _table(("Figure", "This model", "Base model"),
+                                       [(k, "" if a is None else a, "" if b is None else b) for k, a, b in figures])]
+    if context:
+        parts.append(_table(("", ""), context))
+    return "\n".join(parts)
 
 
 def _table(header: tuple, rows: list[tuple]) -> str:

@@ -270,6 +270,13 @@ def _with_system(prompt: list[dict], system_prompt: str) -> list[dict]:
     return prompt
 
 
+def inert(text: str | None) -> str:
+    """`text` as a spreadsheet shows it, never runs it: a cell starting like a formula gets a leading quote
+    (the JSONL file keeps every answer exactly)."""
+    text = text or ""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_results(run: FileRun, out_dir: Path) -> tuple[str, str]:
     """Write compare.csv (prompt, system, reference, one column per model) and compare.jsonl into `out_dir`
     (a default temporary folder is named like the adapter zips', so the janitor sweeps it the same way)."""
@@ -279,7 +286,8 @@ def write_results(run: FileRun, out_dir: Path) -> tuple[str, str]:
         writer = csv.writer(handle)
         writer.writerow([*FIXED_COLUMNS, *map(column, run.models)])
         for r in records:
-            writer.writerow([r["prompt"], r["system"], r["reference"], *(r["answers"][m] for m in run.models)])
+            writer.writerow([inert(r["prompt"]), inert(r["system"]), inert(r["reference"]),
+                             *(inert(r["answers"][m]) for m in run.models)])
     with open(jsonl_path, "w", encoding="utf-8") as handle:
         for r in records:
             handle.write(json.dumps(r, ensure_ascii=False) + "\n")
