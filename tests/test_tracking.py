@@ -53,14 +53,22 @@ def missing_tracker() -> str:
     pytest.skip("trackio, wandb and mlflow are all installed")
 
 
-def test_a_tracker_that_is_not_installed_fails_the_job_before_training(tiny_model_dir, tmp_path):
+def test_a_tracker_that_is_not_installed_fails_the_job_before_training(tiny_model_dir, tmp_path, monkeypatch):
+    from llama_space.errors import UserError
+    from llama_space.training import runner as runner_module
+
     name = missing_tracker()
+    message = f"report_to={name} needs the {name} package: install {name} (pip install {name}) or choose report_to=none."
     runner = make_runner(tiny_model_dir, tmp_path)
+    with pytest.raises(UserError) as refused:  # /start_training says so at once
+        runner.start(write_alpaca(tmp_path / "d.jsonl"), "untracked", TrainingParams(max_steps=3, report_to=name))
+    assert str(refused.value) == message and not runner.jobs()
+    # The job checks again itself (a job resumed where the package has gone): it fails before any step.
+    monkeypatch.setattr(runner_module, "require_tracker", lambda report_to: None)
     job_id = runner.start(write_alpaca(tmp_path / "d.jsonl"), "untracked", TrainingParams(max_steps=3, report_to=name))
     status = finished(runner, job_id)
     assert status["state"] == "failed"
-    assert status["error"] == (f"report_to={name} needs the {name} package: install {name} (pip install {name}) "
-                               f"or choose report_to=none.")
+    assert status["error"] == message
     assert not status.get("step") and not jobfiles.read_metrics(runner.registry.job_dir(job_id))
 
 

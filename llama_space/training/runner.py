@@ -23,6 +23,7 @@ from llama_space.training import jobfiles
 from llama_space.training.jobs import JobRegistry, job_pid, process_alive
 from llama_space.training.params import TrainingParams
 from llama_space.training.shared_runs import SharedRuns, plan_job
+from llama_space.training.tracking import require_installed as require_tracker
 
 TRAIN_MODULE = "llama_space.training.train"
 
@@ -73,6 +74,7 @@ class JobRunner:
         with self._start_lock:
             with self._lock:
                 self._refuse_if_busy()
+            require_tracker(params.report_to)  # at once, not after the job has loaded its model
             params, plan = plan_job(self.registry.settings, self.shared.manager, params)  # UserError: no room
             # Tokenizing and copying take seconds on a large file: done outside the lock the 1 s polls take.
             job_id = self.registry.prepare(dataset_path, adapter_name, params, plan)
