@@ -15,14 +15,12 @@ from pathlib import Path
 from gradio_client import Client, handle_file
 
 HERE = Path(__file__).resolve().parent
-TRAINING_PARAMS = ["learning_rate", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length",
-                   "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed"]
 
 
 def wait_until_done(client: Client, job_id: str, poll: float = 2.0) -> dict:
     """Poll /job_status until the job leaves queued/running, printing progress."""
     while True:
-        status = client.predict(job_id, api_name="/job_status")
+        status = client.predict(job_id=job_id, api_name="/job_status")
         loss = status["loss"]
         print(f"  {status['state']:<9} step {status['step']}/{status['total_steps'] or '?'}"
               f"  loss {loss if loss is None else round(loss, 4)}  eta {status['eta_seconds']}", flush=True)
@@ -42,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     client = Client(args.url, verbose=False)
-    report = client.predict(handle_file(args.data), api_name="/validate_dataset")
+    report = client.predict(file=handle_file(args.data), api_name="/validate_dataset")
     print(f"1. validated: {report['summary']}")
     if not report["ok"]:
         return 1
 
-    params = {name: None for name in TRAINING_PARAMS} | {"max_steps": args.max_steps}
-    job = client.predict(handle_file(args.data), args.adapter, args.preset,
-                         *(params[name] for name in TRAINING_PARAMS), api_name="/start_training")
+    # Every training parameter can be given by name; the ones left out keep the preset's value.
+    job = client.predict(file=handle_file(args.data), adapter_name=args.adapter, preset=args.preset,
+                         max_steps=args.max_steps, api_name="/start_training")
     print(f"2. training job {job['job_id']} started")
     status = wait_until_done(client, job["job_id"])
     if status["state"] != "completed":
@@ -59,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [item["name"] for item in client.predict(api_name="/list_adapters")]
     print(f"3. adapters: {', '.join(names)}")
     for adapter in ("base", args.adapter):
-        reply = client.predict(args.question, "", adapter, 64, 0.0, 1.0, api_name="/generate")
+        reply = client.predict(prompt=args.question, adapter=adapter, max_new_tokens=64, temperature=0.0,
+                               api_name="/generate")
         print(f"4. [{adapter}] {reply}")
     return 0
 
