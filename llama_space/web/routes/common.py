@@ -17,6 +17,7 @@ from llama_space.web.errors import RequestError
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
     from llama_space.inference.params import GenerationParams
+    from llama_space.inference.tools import ToolUse
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,15 @@ class GenerationRunner:
         settings = backend.settings
         self.limiter = anyio.CapacityLimiter(settings.max_queue + settings.concurrency + 4)
 
-    async def open(self, messages: list[dict], params: GenerationParams, adapter: str) -> ReplyStream:
-        """Admit the request to the shared queue and start the reply (a UserError says why it cannot)."""
+    async def open(self, messages: list[dict] | str, params: GenerationParams, adapter: str,
+                   tools: ToolUse | None = None) -> ReplyStream:
+        """Admit the request to the shared queue and start the reply (a UserError says why it cannot); `tools`
+        go to the backend only when offered."""
         opened: list[ReplyStream] = []
 
         def start() -> ReplyStream:
-            opened.append(self.backend.stream(messages, params, adapter))
+            extra = {} if tools is None else {"tools": tools}
+            opened.append(self.backend.stream(messages, params, adapter, **extra))
             return opened[0]
 
         try:

@@ -15,7 +15,7 @@ from llama_space.inference.tools import ToolCallFailed, ToolReplyFilter
 from llama_space.web.errors import RequestError, failure, openai_body
 from llama_space.web.routes import openai_schema as schema
 from llama_space.web.routes.common import GenerationResponse, GenerationRunner, read_json_object
-from llama_space.web.routes.openai_common import bearer_check, error_response, open_reply, sse
+from llama_space.web.routes.openai_common import bearer_check, error_response, sse
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
@@ -31,12 +31,6 @@ def _tool_call_failed(exc: ToolCallFailed) -> RequestError:
     return RequestError(500, str(exc), "tool_choice", "tool_call_failed")
 
 
-async def _open(chat: schema.ChatRequest, backend: ChatBackend, runner: GenerationRunner) -> ReplyStream:
-    """Start the reply; tools go to the backend only when offered (a wrapping backend may not take them)."""
-    if chat.tools is None:
-        return await runner.open(chat.messages, chat.params, chat.adapter)
-    return await open_reply(runner, lambda: backend.stream(chat.messages, chat.params, chat.adapter,
-                                                           tools=chat.tools))
 
 
 async def _events(chat: schema.ChatRequest, stream: ReplyStream, runner: GenerationRunner
@@ -98,7 +92,7 @@ def openai_router(backend: ChatBackend, runner: GenerationRunner, api_key: str =
         try:
             authorize(request)
             chat = schema.parse_chat_request(await read_json_object(request), backend)
-            stream = await _open(chat, backend, runner)
+            stream = await runner.open(chat.messages, chat.params, chat.adapter, chat.tools)
             if chat.stream:
                 return GenerationResponse(_events(chat, stream, runner), stream, runner, "text/event-stream")
             text = await runner.complete(stream, request)

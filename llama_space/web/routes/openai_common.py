@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -17,28 +14,7 @@ from llama_space.inference.params import GenerationParams
 from llama_space.web.errors import RequestError, failure, openai_body
 from llama_space.web.routes.common import get_field
 
-if TYPE_CHECKING:
-    from llama_space.inference.backend import ReplyStream
-    from llama_space.web.routes.common import GenerationRunner
-
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
-
-
-async def open_reply(runner: GenerationRunner, start: Callable[[], ReplyStream]) -> ReplyStream:
-    """GenerationRunner.open for a reply that `start` begins (a backend.stream call with the tools, which
-    open does not pass): admitted off the event loop, and closed if the request is cancelled meanwhile."""
-    opened: list[ReplyStream] = []
-
-    def begin() -> ReplyStream:
-        opened.append(start())
-        return opened[0]
-
-    try:
-        return await anyio.to_thread.run_sync(begin, limiter=runner.limiter)
-    except BaseException:
-        if opened:  # cancelled while waiting: the model must not run for nobody
-            await runner.close(opened[0])
-        raise
 
 
 def bearer_check(api_key: str) -> Callable[[Request], None]:
