@@ -62,38 +62,51 @@ def scripted_tokens(tokenizer) -> list[int]:
     return [prompt_end, *reply, tokenizer.convert_tokens_to_ids(EOT)]
 
 
-def save_model(tokenizer_dir: Path, out: Path) -> Path:
-    """A 2-layer random Llama (hidden 32) with the tokenizer in `tokenizer_dir`, saved to `out` with it.
+def save_bigram_model(tokenizer, out: Path, links: list[tuple[int, int]], eot: int,
+                      runner_up: tuple[int, int] | None = None) -> Path:
+    """A 2-layer Llama whose greedy decoding follows `links` ((token, next token) pairs), saved with `tokenizer`.
 
-    Attention and MLP outputs are zeroed, so the last hidden state is the current token's embedding and
-    the model is a bigram table: after any prompt greedy decoding says SCRIPTED_REPLY, then <|eot_id|>,
-    and after <|eot_id|> it would start the reply again, so a decoder that misses that stop runs on
-    to max_new_tokens. The generation config's eos is [<|end_of_text|>, <|eot_id|>] as in Llama 3.
+    Attention and MLP outputs are zeroed, so the last hidden state is the current token's embedding (a one-hot
+    slot per token that leads somewhere) and the head is a bigram table: each link scores 10, `runner_up`
+    (token, next token) 5. The generation config's eos is [eos, `eot`] as in Llama 3.
     """
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    sources = list(dict.fromkeys(source for source, _ in links))
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=len(tokenizer), hidden_size=max(32, -(-len(sources) // 16) * 16), intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
-    prompt_end, first, second, eot = scripted_tokens(tokenizer)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
         embed, head = model.model.embed_tokens.weight, model.lm_head.weight
         head.zero_()
-        for slot, token in enumerate((prompt_end, first, second, eot)):
+        for slot, token in enumerate(sources):
             embed[token] = torch.nn.functional.one_hot(torch.tensor(slot), config.hidden_size).float()
         # Row t of the head scores token t from the current token's slot: t follows the tokens it reads.
-        head[first, 0] = head[first, 3] = head[second, 1] = head[eot, 2] = 10.0
+        for source, target in links:
+            head[target, sources.index(source)] = 10.0
+        if runner_up is not None:
+            head[runner_up[1], sources.index(runner_up[0])] = 5.0
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
                                                eos_token_id=[tokenizer.eos_token_id, eot])
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
+
+def save_model(tokenizer_dir: Path, out: Path) -> Path:
+    """A bigram Llama (save_bigram_model) with the tokenizer in `tokenizer_dir`, saved to `out` with it: after any
+    prompt greedy decoding says SCRIPTED_REPLY, then <|eot_id|>, and after <|eot_id|> it would start the reply
+    again, so a decoder that misses that stop runs on to max_new_tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt_end, first, second, eot = scripted_tokens(tokenizer)
+    links = [(prompt_end, first), (first, second), (second, eot), (eot, first)]
+    return save_bigram_model(tokenizer, out, links, eot)
