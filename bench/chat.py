@@ -3,7 +3,7 @@
     python bench/chat.py                  # embedded SmolLM2-135M-Instruct, 3 rounds x 3 prompts, 128 tokens
     python bench/chat.py --compile        # adds plain generate with static cache + torch.compile (minutes)
     python bench/chat.py --omp-ab 3 --max-new-tokens 32 [--contend 2]   # dtype x OpenMP waiting x threads
-    python bench/chat.py --starts 3 --max-new-tokens 160 --prompts 1   # served /generate vs plain, per app start
+    python bench/chat.py --starts 3 --rounds 8 --max-new-tokens 160   # bench/served_starts.py: served vs plain
 
 Paths: (a) plain fp32 `model.generate`, no streamer, as the tutorial did it; (a2) the same in bfloat16;
 (b) our in-process `ModelManager.stream`; (c) gradio_client against the launched app's /chat;
@@ -23,8 +23,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (bench/ is not a package)
-from common import PROMPTS, REPO, Sample, median  # noqa: E402
+import common
+import served_starts
+from common import PROMPTS, REPO, Sample, median
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,31 +43,10 @@ def parse_args() -> argparse.Namespace:
                              "alternating for ROUNDS rounds")
     parser.add_argument("--starts", type=int, default=0, metavar="N",
                         help="instead: N app starts (dtype auto, as the app defaults), each timing plain generate "
-                             "fp32/bf16 here and /generate there, interleaved for --rounds rounds")
+                             "fp32/bf16 here and /generate there, paired for --rounds rounds")
     parser.add_argument("--contend", type=int, default=0, metavar="N",
                         help="with --omp-ab: N busy processes alongside, as a training job would be")
     return parser.parse_args()
-
-
-def plain_case(model, input_ids: list[int], max_new_tokens: int, pad_id: int):
-    """(a): two plain greedy generate calls, one token (TTFT) and the whole reply."""
-    import torch
-
-    ids = torch.tensor([input_ids])
-
-    def generate(n: int) -> tuple[float, int]:
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                 pad_token_id=pad_id)
-        return time.perf_counter() - started, out.shape[1] - ids.shape[1]
-
-    def case() -> Sample:
-        ttft, _ = generate(1)
-        total, tokens = generate(max_new_tokens)
-        return Sample(ttft, total, tokens, "")
-
-    return case
 
 
 def manager_case(manager, messages: list[dict], params):
@@ -198,69 +178,10 @@ def omp_ab(model: str, rounds: int, tokens: int, contend: int) -> None:
                       "decode_tps": {k: round(median(v), 2) for k, v in rates.items()}, "samples": rates}))
 
 
-def generate_case(client, tokenizer, prompt: str, max_new_tokens: int):
-    """gradio_client /generate, timed like (a): a one-token call (the fixed latency) and the whole reply."""
-    def call(n: int) -> tuple[float, str]:
-        started = time.perf_counter()
-        text = client.predict(prompt=prompt, system_prompt="", adapter="", max_new_tokens=n, temperature=0,
-                              top_p=1.0, api_name="/generate")
-        return time.perf_counter() - started, text
-
-    def case() -> Sample:
-        (ttft, _), (total, text) = call(1), call(max_new_tokens)
-        return Sample(ttft, total, len(tokenizer(text, add_special_tokens=False)["input_ids"]), text)
-
-    return case
-
-
-def app_starts(args: argparse.Namespace) -> None:
-    """Served /generate against plain generate (this process, all cores) over several app starts."""
-    import torch
-    from gradio_client import Client
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llama_space.inference.loading import resolve_model
-    from llama_space.inference.prompting import build_prompt, normalize_messages
-
-    source = resolve_model(args.model, REPO / "data" / "cache")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    plain = {dtype: AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
-             for dtype in ("float32", "bfloat16")}
-    starts = []
-    for start in range(args.starts):
-        info: dict = {}
-        with common.served_app(source, dtype="auto", info=info) as url:
-            client, cases = Client(url, verbose=False), {}
-            for i, prompt in enumerate(PROMPTS[:args.prompts]):
-                ids = build_prompt(tokenizer, normalize_messages([], prompt), 8192, args.max_new_tokens).input_ids
-                for dtype, model in plain.items():
-                    cases[f"plain_{dtype}/{i}"] = plain_case(model, ids, args.max_new_tokens, tokenizer.pad_token_id)
-                cases[f"served_generate/{i}"] = generate_case(client, tokenizer, prompt, args.max_new_tokens)
-            for case in cases.values():  # warm-up
-                case()
-            load: list[float] = []
-            with common.others_load([info["pid"]], load):
-                by_case = common.interleaved(args.rounds, cases)
-        rates: dict[str, list[float]] = {}
-        for key, samples in by_case.items():
-            rates.setdefault(key.split("/")[0], []).extend(round(s.decode_tps, 2) for s in samples)
-        tps = {name: round(median(values), 2) for name, values in rates.items()}
-        best = max(tps["plain_float32"], tps["plain_bfloat16"])
-        starts.append({"app_dtype": info["dtype"], "decode_tps": tps, "samples": rates, "others_cores": round(load[0], 2),
-                       "served_vs_best_plain": round(tps["served_generate"] / best, 3)})
-        print(f"start {start + 1}: app chose {info['dtype']}; tok/s plain fp32 {tps['plain_float32']:.1f}, plain bf16 "
-              f"{tps['plain_bfloat16']:.1f}, served /generate {tps['served_generate']:.1f} -> "
-              f"{starts[-1]['served_vs_best_plain']:.2f}x the best plain; other processes kept "
-              f"{load[0]:.2f} cores busy", flush=True)
-    print(json.dumps({"bench": "chat-starts", "machine": common.machine(), "model": source,
-                      "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "prompts": args.prompts,
-                      "starts": starts}))
-
-
 def main() -> None:
     args = parse_args()
     if args.starts:
-        app_starts(args)
+        served_starts.run(args)
         return
     if args.omp_ab:
         omp_ab(args.model, args.omp_ab, args.max_new_tokens, args.contend)
@@ -299,10 +220,10 @@ def main() -> None:
         for i, prompt in enumerate(prompts):
             messages = normalize_messages([], prompt)
             ids = build_prompt(tokenizer, messages, manager.context_window, args.max_new_tokens).input_ids
-            cases[f"a_tutorial_fp32/{i}"] = plain_case(fp32, ids, args.max_new_tokens, tokenizer.pad_token_id)
-            cases[f"a2_generate_bf16/{i}"] = plain_case(bf16, ids, args.max_new_tokens, tokenizer.pad_token_id)
+            cases[f"a_tutorial_fp32/{i}"] = served_starts.plain_case(fp32, ids, args.max_new_tokens, tokenizer.pad_token_id)
+            cases[f"a2_generate_bf16/{i}"] = served_starts.plain_case(bf16, ids, args.max_new_tokens, tokenizer.pad_token_id)
             if compiled is not None:
-                cases[f"a3_compiled_bf16/{i}"] = plain_case(compiled, ids, args.max_new_tokens,
+                cases[f"a3_compiled_bf16/{i}"] = served_starts.plain_case(compiled, ids, args.max_new_tokens,
                                                             tokenizer.pad_token_id)
             cases[f"b_manager_stream/{i}"] = manager_case(manager, messages, params)
             if url:

@@ -139,15 +139,16 @@ def free_port() -> int:
 
 @contextmanager
 def served_app(model: str, dtype: str = "bfloat16", fake: bool = False, info: dict | None = None,
-               **settings) -> Iterator[str]:
+               gradio_poll: bool = False, **settings) -> Iterator[str]:
     """The app serving `model` in a child process on a free loopback port; yields its base URL.
 
     A separate process, as in production: the client's Python work must not share the server's GIL.
     `fake` serves the /chat and /v1 routes around an instant fake model instead (see _launch_fake).
-    `info`, when given, receives the child's pid and the dtype it serves in.
+    `info`, when given, receives the child's pid and the dtype it serves in. `gradio_poll` keeps Gradio's
+    default queue polling instead of the app's (web/ui's QUEUE_POLL_S), to measure what it costs.
     """
     port = free_port()
-    extra = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()] + ["--gradio-poll"] * gradio_poll
     with tempfile.TemporaryDirectory() as adapters_dir:
         proc = subprocess.Popen(
             [sys.executable, __file__, "serve-fake" if fake else "serve", "--model", model, "--dtype", dtype,
@@ -175,6 +176,11 @@ def _serve(argv: list[str], fake: bool = False) -> None:
     """
     from llama_space.settings import load_settings
 
+    if "--gradio-poll" in argv:  # bench-only: Gradio's own queue polling (1 ms, progress 10 ms), not the app's
+        argv.remove("--gradio-poll")
+        from llama_space.web import ui
+
+        ui.QUEUE_POLL_S, ui.PROGRESS_POLL_S = 0.001, 0.01
     settings = load_settings(argv, environ={})
     dtype = ""
     if fake:
