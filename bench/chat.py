@@ -22,10 +22,11 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import common
 import served_starts
 from common import PROMPTS, REPO, Sample, median
+from served_starts import plain_case
 
 
 def parse_args() -> argparse.Namespace:
@@ -220,10 +221,10 @@ def main() -> None:
         for i, prompt in enumerate(prompts):
             messages = normalize_messages([], prompt)
             ids = build_prompt(tokenizer, messages, manager.context_window, args.max_new_tokens).input_ids
-            cases[f"a_tutorial_fp32/{i}"] = served_starts.plain_case(fp32, ids, args.max_new_tokens, tokenizer.pad_token_id)
-            cases[f"a2_generate_bf16/{i}"] = served_starts.plain_case(bf16, ids, args.max_new_tokens, tokenizer.pad_token_id)
+            cases[f"a_tutorial_fp32/{i}"] = plain_case(fp32, ids, args.max_new_tokens, tokenizer.pad_token_id)
+            cases[f"a2_generate_bf16/{i}"] = plain_case(bf16, ids, args.max_new_tokens, tokenizer.pad_token_id)
             if compiled is not None:
-                cases[f"a3_compiled_bf16/{i}"] = served_starts.plain_case(compiled, ids, args.max_new_tokens,
+                cases[f"a3_compiled_bf16/{i}"] = plain_case(compiled, ids, args.max_new_tokens,
                                                             tokenizer.pad_token_id)
             cases[f"b_manager_stream/{i}"] = manager_case(manager, messages, params)
             if url:

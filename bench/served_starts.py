@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import common
 from common import PROMPTS, REPO, Sample, median
 
@@ -102,7 +102,8 @@ def one_start(args, source: str, tokenizer, plain: dict, gradio_poll: bool = Fal
             rates = paired_rounds(args.rounds, cases)
     best_plain = [max(rates[f"plain_{d}"][r] for d in DTYPES) for r in range(args.rounds)]
     ratios = [round(s / p, 3) for s, p in zip(rates["served"], best_plain) if p > 0]
-    return {"app_dtype": info["dtype"], "queue_poll": "gradio 1 ms" if gradio_poll else "app", "samples": rates, "paired_ratios": ratios,
+    return {"app_dtype": info["dtype"], "queue_poll": "gradio 1 ms" if gradio_poll else "app",
+            "samples": rates, "paired_ratios": ratios,
             "served_vs_best_plain": round(median(ratios), 3),
             "best_reply_ratio": round(max(rates["served"]) / max(max(rates[f"plain_{d}"]) for d in DTYPES), 3),
             "median_tps": {name: round(median(values), 2) for name, values in rates.items()},
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> None:
         result = one_start(args, source, tokenizer, plain, gradio_poll=polls[(pair + turn) % len(polls)])
         starts.append(result)
         tps, ratios = result["median_tps"], result["paired_ratios"]
-        print(f"start {start + 1} (queue polling: {result['queue_poll']}): app chose {result['app_dtype']}; median tok/s plain fp32 {tps['plain_float32']:.1f}, "
+        print(f"start {start + 1} (queue polling: {result['queue_poll']}): app chose {result['app_dtype']}; "
+              f"median tok/s plain fp32 {tps['plain_float32']:.1f}, "
               f"plain bf16 {tps['plain_bfloat16']:.1f}, served {tps['served']:.1f}; served / best plain per round "
               f"{min(ratios):.2f}-{max(ratios):.2f}, median {result['served_vs_best_plain']:.2f}x; best replies "
               f"{result['best_reply_ratio']:.2f}x; other processes kept {result['others_cores']:.2f} cores busy",
