@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import common
 import served_starts
+import serving
 from common import PROMPTS, REPO, Sample, median
 from served_starts import plain_case
 
@@ -92,7 +93,7 @@ def transport_overheads(repeats: int = 10, chunks: int = 512) -> dict:
     import httpx
     from gradio_client import Client
 
-    with common.served_app("fake", fake=True) as url:
+    with serving.served_app("fake", fake=True) as url:
         client, http = Client(url, verbose=False), httpx.Client(timeout=60)
         gradio = gradio_case(client, _Words(), "hi", 1)
         first, many = openai_case(http, url, "hi", 1), openai_case(http, url, "hi", chunks)
@@ -215,7 +216,7 @@ def main() -> None:
         compile_seconds = round(prepare_decode(compiled, tokenizer, "on").warmup_seconds, 1)
 
     cases, prompts = {}, PROMPTS[:args.prompts]
-    with nullcontext() if args.no_app else common.served_app(source) as url:
+    with nullcontext() if args.no_app else serving.served_app(source) as url:
         client = Client(url, verbose=False) if url else None
         http = httpx.Client(timeout=600)
         for i, prompt in enumerate(prompts):

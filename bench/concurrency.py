@@ -29,9 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (bench/ is not a package)
-from common import PROMPTS, REPO, Sample, median  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+import common
+import serving
+from common import PROMPTS, REPO, Sample, median
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +75,7 @@ def burst(url: str, n: int, max_new_tokens: int) -> tuple[float, list[Sample]]:
 def serve_bursts(source: str, counts: list[int], concurrency: int, args: argparse.Namespace) -> dict:
     """Bursts of each size in `counts` against an app decoding `concurrency` requests together."""
     runs: dict[int, list[tuple[float, list[Sample]]]] = {n: [] for n in counts}
-    with common.served_app(source, max_queue=max(counts) + 1, concurrency=concurrency) as url:
+    with serving.served_app(source, max_queue=max(counts) + 1, concurrency=concurrency) as url:
         burst(url, 1, 8)  # warm-up
         for _ in range(args.rounds):
             for n in counts:

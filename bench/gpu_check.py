@@ -7,7 +7,7 @@
 The model is built once into data/cache/gpu-check/ (meta-free: initialised on the device, then saved). Phases:
 1. plain `generate` decode tok/s of one stream in this process, against the memory-bandwidth limit (weight
    bytes read per token over the bandwidth of a large on-device tensor copy);
-2. the app (bench/common.py's served_app: `app.py`'s launch in a child process) and N = 1, 8, 32 streamed chat
+2. the app (bench/serving.py's served_app: `app.py`'s launch in a child process) and N = 1, 8, 32 streamed chat
    completions at once: aggregate tok/s, per-stream decode tok/s, time to first token;
 3. a LoRA job through gradio_client (/start_training, placement="auto", quantization="none") while one chat
    stream after another runs: the planner's placement, peak memory of the app and its job, training tok/s
@@ -29,11 +29,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (bench/ is not a package)
-from common import REPO, median  # noqa: E402
-from concurrency import burst  # noqa: E402
-from gpu_jobs import MemoryPoll, example_tokens, train_with_chat, write_rows  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+import common
+import serving
+from common import REPO, median
+from concurrency import burst
+from gpu_jobs import MemoryPoll, example_tokens, train_with_chat, write_rows
 
 sys.path.insert(0, str(REPO / "tests"))
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -234,7 +235,7 @@ def served_phases(model_dir: Path, device: str, dtype: str, counts: list[int], s
         data_dir = Path(work) / "data"  # the app's jobs, apart from any other app's on this machine
         info: dict = {}
         started = time.perf_counter()
-        with common.served_app(str(model_dir), dtype=dtype, info=info, concurrency=max(counts),
+        with serving.served_app(str(model_dir), dtype=dtype, info=info, concurrency=max(counts),
                                max_queue=2 * max(counts), data_dir=data_dir) as url:
             elapsed["app start"] = round(time.perf_counter() - started, 1)
             print(f"[app start: {elapsed['app start']} s]", flush=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 import common
+import serving
 from common import PROMPTS, REPO, Sample, median
 
 DTYPES = ("float32", "bfloat16")
@@ -91,7 +92,7 @@ def one_start(args, source: str, tokenizer, plain: dict, gradio_poll: bool = Fal
     prompt = PROMPTS[0]
     ids = build_prompt(tokenizer, normalize_messages([], prompt), 8192, args.max_new_tokens).input_ids
     info: dict = {}
-    with common.served_app(source, dtype="auto", info=info, gradio_poll=gradio_poll) as url:
+    with serving.served_app(source, dtype="auto", info=info, gradio_poll=gradio_poll) as url:
         cases = {f"plain_{dtype}": plain_case(model, ids, args.max_new_tokens, tokenizer.pad_token_id)
                  for dtype, model in plain.items()}
         cases["served"] = generate_case(Client(url, verbose=False), tokenizer, prompt, args.max_new_tokens)
