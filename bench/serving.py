@@ -102,37 +102,58 @@ class FakeStream:
         pass
 
 
-class FakeManager:
-    """The slice of ModelManager that /chat and /v1 use, answering instantly."""
+class FakeBackend:
+    """A ChatBackend (inference/backend.py) that answers instantly, for timing the routes and the queue alone."""
+
+    base_name, context_window, tokenizer = "fake", 8192, None
 
     def __init__(self, settings) -> None:
-        self.settings, self.base_name = settings, "fake"
+        self.settings = settings
+
+    def load(self) -> FakeBackend:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def stream(self, messages, params, adapter: str = "", tools=None) -> FakeStream:
+        return FakeStream(params.max_new_tokens)
+
+    def generate(self, messages, params, adapter: str = "", tools=None) -> str:
+        return "".join(self.stream(messages, params, adapter))
 
     def list_adapters(self) -> list[str]:
         return []
 
-    def stream(self, messages, params, adapter: str = "") -> FakeStream:
-        return FakeStream(params.max_new_tokens)
+    def check_adapter(self, name: str) -> str:
+        from llama_space.errors import NotFoundError
 
-    def generate(self, messages, params, adapter: str = "") -> str:
-        return "".join(self.stream(messages, params, adapter))
+        if name:
+            raise NotFoundError(f"Adapter {name!r} not found: the fake model has none.")
+        return ""
+
+    def unload_adapter(self, name: str) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
 
 def _launch_fake(settings):
     import gradio as gr
 
-    from llama_space.web import ui
     from llama_space.web.routes import api_routes
+    from llama_space.web.ui import with_queue
     from llama_space.web.ui.api import register_chat_api
 
-    manager = FakeManager(settings)
+    backend = FakeBackend(settings)
     with gr.Blocks() as demo:
-        register_chat_api(manager)
-    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
-    demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free = ui.QUEUE_POLL_S, ui.PROGRESS_POLL_S
+        register_chat_api(backend)
+    with_queue(demo, settings)
     demo.launch(server_name="127.0.0.1", server_port=settings.port, prevent_thread_lock=True,
-                app_kwargs={"routes": api_routes(manager, settings)})
+                app_kwargs={"routes": api_routes(backend, settings)})
     return demo
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

@@ -1,4 +1,5 @@
-"""bench/gpu_check.py --tiny runs every phase on CPU and reports every figure (the GPU check CI can run)."""
+"""bench/gpu_check.py --tiny runs every phase on CPU and reports every figure (the GPU check CI can run); the
+benchmarks' transport-only app serves the real routes."""
 
 from __future__ import annotations
 
@@ -31,3 +32,26 @@ def test_tiny_gpu_check_reports_every_figure(embedded_dir):
         assert all(job[key] > 0 for key in JOB_FIGURES), (name, job)
     assert set(result["elapsed_s"]) == {"build model", "plain generate", "app start", "streams", "lora job",
                                         "qlora job"}
+
+
+def test_the_transport_only_app_serves_every_route():
+    """bench/chat.py times the transport alone against bench/serving.py's instant fake model: it must be the
+    app's routes and queue (it broke once when the routes moved into the app's constructor)."""
+    import httpx
+    from gradio_client import Client
+
+    from llama_space.inference.backend import ChatBackend
+    from llama_space.settings import Settings
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import serving
+
+    assert isinstance(serving.FakeBackend(Settings()), ChatBackend)
+    with serving.served_app("fake", fake=True) as url:
+        rest = httpx.post(f"{url}/", json={"prompt": "Hi", "max_new_tokens": 3}, timeout=30)
+        v1 = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                        json={"model": "fake", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+        gradio = Client(url, verbose=False).predict(prompt="Hi", max_new_tokens=3, api_name="/generate")
+    assert rest.status_code == 200 and rest.json()["response"] == "word " * 3, rest.text[:300]
+    assert v1.status_code == 200 and v1.json()["choices"][0]["message"]["content"] == "word " * 3, v1.text[:300]
+    assert gradio == "word " * 3

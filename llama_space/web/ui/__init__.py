@@ -18,6 +18,7 @@ from llama_space.web.ui.training_api import register_training_api
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend
     from llama_space.service.actions import Actions
+    from llama_space.settings import Settings
 
 TITLE = "Llama Space"
 
@@ -49,6 +50,12 @@ def build_ui(backend: ChatBackend, actions: Actions) -> gr.Blocks:
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
         register_chat_api(backend)
         register_training_api(actions)
+    return with_queue(demo, settings)
+
+
+def with_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
+    """Give `demo` the shared generation queue: `max_queue` waiting, `concurrency` at once, polled every
+    QUEUE_POLL_S."""
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
     demo._queue.sleep_when_free = QUEUE_POLL_S  # gradio 6 has no public setting for these two
     demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
