@@ -45,6 +45,16 @@ class Settings:
     allow_public_changes: bool = field(default=False, metadata=_opt(
         "LLAMA_SPACE_ALLOW_PUBLIC_CHANGES",
         "allow training, deleting and pushing adapters when reachable beyond loopback without auth"))
+    allowed_hosts: str = field(default="", metadata=_opt(
+        "LLAMA_SPACE_ALLOWED_HOSTS", "comma-separated host names the app answers to besides IP addresses, "
+        "localhost and the Space's own name (e.g. llama.example.com,*.example.org); other names are refused, "
+        "which stops DNS rebinding"))
+    allowed_origins: str = field(default="", metadata=_opt(
+        "LLAMA_SPACE_ALLOWED_ORIGINS", "comma-separated origins (https://app.example.com) whose pages may call "
+        "this app with the visitor's login; other sites' pages are refused"))
+    trusted_proxies: str = field(default="", metadata=_opt(
+        "LLAMA_SPACE_TRUSTED_PROXIES", "comma-separated IP addresses of reverse proxies whose X-Forwarded-Host "
+        "and X-Forwarded-Proto are believed (on a Space: its own proxy, always)"))
     compile: str = field(default="auto", metadata=_opt(
         "LLAMA_SPACE_COMPILE", "auto, on or off: static KV cache + torch.compile for decoding "
         "(auto: on for CUDA; off for CPU, where compiling takes over a minute and decodes no faster)"))
@@ -72,6 +82,10 @@ class Settings:
             raise UserError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.backend_url and not self.backend_url.startswith(("http://", "https://")):
             raise UserError(f"backend_url must start with http:// or https://, got {self.backend_url!r}")
+        for origin in self.origin_list:
+            if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+                raise UserError(f"allowed_origins takes origins such as https://app.example.com (scheme and host, "
+                                f"no path), got {origin!r}")
 
     @property
     def auth_pair(self) -> tuple[str, str] | None:
@@ -80,6 +94,20 @@ class Settings:
             return None
         user, _, password = self.auth.partition(":")
         return user, password
+
+    @property
+    def host_list(self) -> list[str]:
+        """allowed_hosts as lower-case names."""
+        return _split(self.allowed_hosts.lower())
+
+    @property
+    def origin_list(self) -> list[str]:
+        """allowed_origins without trailing slashes."""
+        return [origin.rstrip("/") for origin in _split(self.allowed_origins)]
+
+    @property
+    def proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
 
     @property
     def exposed(self) -> bool:
@@ -110,6 +138,10 @@ class Settings:
     def cache_dir(self) -> Path:
         """Where converted model checkpoints are cached."""
         return self.data_dir / "cache"
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _convert(type_name: str, raw: str, name: str):

@@ -99,10 +99,12 @@ def test_wrong_credentials_are_refused(guarded):
         for headers in (basic(USER, "wrong"), basic("mallory", PASSWORD), basic(USER, PASSWORD[:-1]),
                         {"Authorization": "Basic not-base64!"}, {"Authorization": "Bearer wrong-key"},
                         {"Cookie": "access-token-unsecure-x=forged; access-token-x=forged"}):
+            guarded.app.state.login_failures.forget()  # three failures each, below the throttle's free five
             assert http.post("/", json=PROMPT, headers=headers).status_code == 401, headers
             assert http.get("/v1/models", headers=headers).status_code == 401, headers
             assert http.get("/gradio_api/info", headers=headers).status_code == 401, headers
         # The bearer key opens /v1 only, not the rest of the app.
+        guarded.app.state.login_failures.forget()
         bearer = {"Authorization": f"Bearer {API_KEY}"}
         assert http.post("/", json=PROMPT, headers=bearer).status_code == 401
         assert http.get("/gradio_api/info", headers=bearer).status_code == 401

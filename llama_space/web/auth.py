@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import secrets
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ PUBLIC_PATHS = {("GET", "/"), ("HEAD", "/"), ("POST", "/login"), ("POST", "/logi
                 ("GET", "/gradio_api/startup-events"),
                 # Hugging Face OAuth (only routed when the UI holds a gr.LoginButton)
                 ("GET", "/login/huggingface"), ("GET", "/login/callback")}
+LOGIN_PATHS = ("/login", "/login/")
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")  # the frontend's own files
 OPENAI_PREFIX = "/v1"
 
@@ -81,7 +83,7 @@ class AuthMiddleware:
         elif self._basic_ok(headers):
             await self.app(self._as_key_holder(self._with_session(scope, headers), path), receive, send)
         elif scope["type"] == "http" and _is_public(method, path):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _lax_login_cookies(send) if path in LOGIN_PATHS else send)
         else:
             log.info("refused anonymous %s %s", method, path)
             await self._refuse(scope, send, path, "authorization" in headers)
@@ -164,6 +166,26 @@ class AuthMiddleware:
             headers.append((b"www-authenticate", challenge.encode()))
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def _lax_login_cookies(send: Send) -> Send:
+    """`send` with Gradio's login cookies made SameSite=Lax: Gradio sets SameSite=None, which sends them along with
+    requests that other sites' pages make. On a Space the app runs inside huggingface.co's iframe, where only a
+    SameSite=None cookie keeps the login; there the request guard's Origin check stops other sites alone."""
+    if os.environ.get("SPACE_ID"):
+        return send
+
+    async def lax(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [
+                (key, _lax(value) if key.lower() == b"set-cookie" else value) for key, value in message["headers"]]}
+        await send(message)
+    return lax
+
+
+def _lax(cookie: bytes) -> bytes:
+    parts = [part for part in cookie.split(b";") if not part.strip().lower().startswith(b"samesite")]
+    return b";".join([*parts, b" SameSite=lax"])
 
 
 def middleware(settings: Settings) -> list:

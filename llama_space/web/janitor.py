@@ -37,7 +37,7 @@ class Janitor:
     """Removes what finished work leaves behind: training scratch, dead staging dirs, old uploads and zips."""
 
     def __init__(self, settings: Settings, upload_dir: str | Path | None = None,
-                 upload_max_age: float = 24 * 3600, zip_max_age: float = 3600) -> None:
+                 upload_max_age: float = 2 * 3600, zip_max_age: float = 3600) -> None:
         self.jobs_dir = Path(settings.data_dir).resolve() / "jobs"
         self.adapters_dir = Path(settings.adapters_dir)
         self.upload_dir = Path(upload_dir) if upload_dir else None
@@ -101,7 +101,7 @@ class Janitor:
         return sum(_remove(path) for path in old)
 
 
-async def sweep_forever(janitor: Janitor, interval: float = 3600) -> None:
+async def sweep_forever(janitor: Janitor, interval: float = 900) -> None:
     """Sweep now and then every `interval` seconds (run as a task for as long as the app serves)."""
     while True:
         try:

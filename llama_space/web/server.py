@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend
     from llama_space.service.actions import Actions
     from llama_space.settings import Settings
+    from llama_space.web.throttle import FailureLedger
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,12 @@ def lifespan(settings: Settings, backend: ChatBackend, runner=None):
     a training job running in the app (the next start resumes it), then close the backend."""
     from llama_space.web.janitor import Janitor, sweep_forever
 
+    from llama_space.web.gradio_compat import defer_cors
+
     @asynccontextmanager
     async def serving(app):
         prepare_mcp(app.get_blocks(), settings)  # runs before the port opens
+        defer_cors(app)
         uploads = Path(getattr(app, "uploaded_file_dir", "") or "").resolve()
         own = uploads.is_relative_to(Path(settings.data_dir).resolve())
         task = asyncio.create_task(sweep_forever(Janitor(settings, uploads if own else None)))
@@ -110,27 +114,47 @@ def _logged_in_client(mcp, auth_pair: tuple[str, str]):
     return client
 
 
+def middleware(settings: Settings, login_failures: FailureLedger) -> list:
+    """What every request passes, outermost first: the request guard (Host, Origin, JSON bodies, upload bounds),
+    CORS for the origins the operator allows, the failed-login throttle, then the login itself."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from llama_space.web import auth
+    from llama_space.web.guard import RequestGuard
+    from llama_space.web.throttle import LoginThrottle
+
+    cors = [Middleware(CORSMiddleware, allow_origins=settings.origin_list, allow_credentials=True,
+                       allow_methods=["*"], allow_headers=["*"])] if settings.origin_list else []
+    return [Middleware(RequestGuard, settings=settings), *cors, Middleware(LoginThrottle, ledger=login_failures),
+            *auth.middleware(settings)]
+
+
 def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     """Serve the UI, the Gradio API, POST / and /v1 on settings.host:settings.port.
 
     Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
     `app.state.backend` is the ChatBackend behind every route.
     """
-    from llama_space.web import auth
+    from llama_space.web import gradio_compat
     from llama_space.web.routes import api_routes
+    from llama_space.web.throttle import FailureLedger
 
     gradio_temp_dir(settings)
+    gradio_compat.install()
+    login_failures = FailureLedger()
     demo, backend, actions = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
     # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
-    # (no raw exception text), and it lets Gradio say what is wrong with a request it refuses itself.
+    # (no raw exception text), and Gradio's own refusals go through gradio_compat.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
         prevent_thread_lock=True, show_error=True, mcp_server=True,
-        app_kwargs={"routes": api_routes(backend, settings), "middleware": auth.middleware(settings),
+        app_kwargs={"routes": api_routes(backend, settings), "middleware": middleware(settings, login_failures),
                     "lifespan": lifespan(settings, backend, actions.runner)})
     app.state.backend = backend
+    app.state.login_failures = login_failures
     log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1, MCP: /gradio_api/mcp/)", local_url,
              f" and {share_url}" if share_url else "")
     if block:

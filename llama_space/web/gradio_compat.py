@@ -1,0 +1,102 @@
+"""Where the app changes how the pinned Gradio (6.31) behaves, because Gradio offers no setting for it.
+
+- `defer_cors`: Gradio's own CORS layer wraps the whole app, answers every browser preflight before any middleware
+  of ours runs, and echoes any Origin with credentials allowed on a non-loopback host. It steps aside for CORS the
+  application configures itself (its `parent_configures_cors`), which is what the request guard and the operator's
+  --allowed-origins are.
+- `refuse_unknown_functions`: a call with a function index the app does not have was a 500 (a KeyError).
+- `hide_internal_errors`: Gradio reports its own refusals of a request (wrong number of values, a file path that
+  was never uploaded) with text holding internal class names, memory addresses and absolute server paths. Ours
+  are always a gr.Error already; Gradio's own get a message that says what to fix and holds none of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+_COUNTS = re.compile(r"needed: (\d+), got: (\d+)")
+REQUEST_UNFIT = ("This request does not fit the endpoint: send one value per parameter, in order, with the types "
+                 "view_api() (or /gradio_api/info) lists.")
+
+
+def defer_cors(app: FastAPI) -> bool:
+    """Make Gradio's CORS layer in `app`'s built middleware stack pass every request on; whether it was found.
+    Runs in the lifespan, once the stack is built and before the port opens."""
+    from gradio.route_utils import CustomCORSMiddleware
+
+    layer = getattr(app, "middleware_stack", None)
+    while layer is not None:
+        if isinstance(layer, CustomCORSMiddleware):
+            layer._parent_configures_cors = True
+            return True
+        layer = getattr(layer, "app", None)
+    log.warning("Gradio's CORS layer was not found; the request guard still refuses other sites' pages")
+    return False
+
+
+def explain(error: BaseException) -> str:
+    """What a client is told when Gradio itself refuses its request."""
+    text = str(error)
+    if "not uploaded by a user" in text:
+        return ("A file parameter must be a file uploaded to this app (gradio_client: handle_file(path)); this "
+                "path was not uploaded by a user.")
+    counts = _COUNTS.search(text)
+    if counts:
+        return (f"This endpoint takes {counts[1]} values but the request sent {counts[2]}: send every parameter, "
+                "in order (view_api() or /gradio_api/info lists them).")
+    return REQUEST_UNFIT
+
+
+def install() -> None:
+    """The process-wide changes below (idempotent); `defer_cors` is per app."""
+    hide_internal_errors()
+    refuse_unknown_functions()
+
+
+def hide_internal_errors() -> None:
+    """Route every error Gradio reports through `explain` unless it is a gr.Error."""
+    import gradio.queueing
+    import gradio.utils
+    from gradio.exceptions import AppError, Error
+
+    original = gradio.utils.error_payload
+    if getattr(original, "client_safe", False):
+        return
+
+    def error_payload(error, show_error):
+        if error is not None and not isinstance(error, AppError):
+            log.info("Gradio refused a request: %s", error)
+            error = Error(explain(error))
+        return original(error, show_error)
+
+    error_payload.client_safe = True
+    gradio.utils.error_payload = error_payload
+    gradio.queueing.error_payload = error_payload
+
+
+def refuse_unknown_functions() -> None:
+    """A call naming a function index the app does not have is a 400 saying so (Gradio's lookup raises KeyError,
+    which became a 500)."""
+    from fastapi import HTTPException
+    from gradio import route_utils
+
+    original = route_utils.get_fn
+    if getattr(original, "client_safe", False):
+        return
+
+    def get_fn(blocks, api_name, body):
+        try:
+            return original(blocks, api_name, body)
+        except KeyError:
+            raise HTTPException(400, f"This app has no function {body.fn_index!r}: call a named endpoint "
+                                     "(view_api() or /gradio_api/info lists them).") from None
+
+    get_fn.client_safe = True
+    route_utils.get_fn = get_fn
