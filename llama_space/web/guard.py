@@ -1,9 +1,9 @@
 """The request guard: what every request must pass before any route sees it (outermost of the app's own
 middleware, installed by web/server.py).
 
-- **Host.** Only IP addresses, localhost, the address the app listens on, the Space's own name, gradio.live (with
-  --share) and the names in --allowed-hosts are answered. A page on `attacker.example` whose name the attacker
-  re-points at 127.0.0.1 (DNS rebinding) sends `Host: attacker.example` and is refused.
+- **Host.** Only IP addresses, localhost, this machine's name, the address the app listens on, the Space's own
+  name, gradio.live (with --share) and the names in --allowed-hosts are answered. A page on `attacker.example`
+  whose name the attacker re-points at 127.0.0.1 (DNS rebinding) sends `Host: attacker.example` and is refused.
 - **Origin.** A browser names the page behind every cross-site request in `Origin`. A request from another site's
   page is refused unless --allowed-origins lists it, so no page elsewhere can act with a visitor's login or read
   the answers. Same-origin requests (this app's own page) and clients that are not browsers pass.
@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
@@ -68,7 +69,7 @@ class HostPolicy:
     """Which Host names the app answers to and which other origins may call it."""
 
     def __init__(self, settings: Settings) -> None:
-        names = {"localhost", settings.host.lower(), *settings.host_list}
+        names = {"localhost", socket.gethostname().lower(), settings.host.lower(), *settings.host_list}
         if os.environ.get("SPACE_HOST"):
             names.add(os.environ["SPACE_HOST"].lower())
         if settings.share:
