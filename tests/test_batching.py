@@ -270,6 +270,33 @@ def test_a_row_whose_sampler_raises_fails_alone(serial, batched, monkeypatch):
     assert isinstance(error, RuntimeError) and "simulated" in str(error) and doomed.completion_tokens == 2
 
 
+def test_a_sampler_that_cannot_be_built_ends_only_its_stream(serial, batched, monkeypatch):
+    """A failure while admitting a request (building its sampler) ends that request with the error and gives
+    back its queue place; the rows decoding meanwhile reply as they would alone."""
+    from llama_space.inference import prefill, sampling
+
+    class Unbuildable(sampling.RowSampler):
+        def __init__(self, params, device) -> None:
+            if params.seed == 104:
+                raise ValueError("sampler cannot be built (simulated)")
+            super().__init__(params, device)
+
+    monkeypatch.setattr(prefill, "RowSampler", Unbuildable)
+    long = GenerationParams(temperature=0, max_new_tokens=40)
+    expected = serial.generate(ask(PROMPTS[1]), long)
+    healthy = started(batched.stream(ask(PROMPTS[1]), long))
+    doomed = batched.stream(ask(PROMPTS[2]), GenerationParams(temperature=0.8, seed=104, max_new_tokens=40))
+    results: list = []
+    reader = threading.Thread(target=lambda: results.extend(outcomes([healthy, doomed])), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "a stream whose sampler could not be built never ended"
+    reply, error = results
+    assert reply == expected
+    assert isinstance(error, ValueError) and "simulated" in str(error) and doomed.completion_tokens == 0
+    assert batched.admission.in_flight == 0
+
+
 def test_an_adapter_that_fails_to_load_ends_only_its_stream(serial, batched, monkeypatch):
     engine = batched._engine
     prepare = engine.host.prepare_adapter

@@ -108,3 +108,47 @@ def test_llama31_too_long_counts_the_dated_block(llama31):
     assert build_prompt(llama31, messages, context_window=needed + 16, max_new_tokens=16).dropped_messages == 2
     with pytest.raises(UserError, match=rf"the prompt needs {needed} tokens but only {needed - 1} fit"):
         build_prompt(llama31, messages, context_window=needed + 15, max_new_tokens=16)
+
+
+def one_char_turns(pairs: int) -> list[dict]:
+    return [{"role": role, "content": "x"} for _ in range(pairs) for role in ("user", "assistant")]
+
+
+@pytest.fixture
+def template_calls(tokenizer, monkeypatch) -> list[int]:
+    """Counts the tokenizer's apply_chat_template calls (one-element list, read after the call under test)."""
+    calls = [0]
+    apply = tokenizer.apply_chat_template
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", counting)
+    return calls
+
+
+def test_a_system_prompt_that_cannot_fit_is_refused_before_any_template_call(tokenizer, template_calls):
+    messages = normalize_messages(one_char_turns(1000), "x", "s" * 200_000)
+    with pytest.raises(UserError, match="too long: the prompt needs at least"):
+        build_prompt(tokenizer, messages, context_window=512, max_new_tokens=16)
+    assert template_calls[0] == 0
+
+
+@pytest.mark.parametrize("pairs", [100, 1000])
+def test_dropping_many_turns_takes_a_few_template_calls_and_keeps_as_many_as_fit(tokenizer, template_calls, pairs):
+    """Dropping hundreds of turns encodes the conversation a bounded number of times (it once encoded it again
+    for every dropped turn: minutes for a long history), and still keeps the most turns that fit."""
+    from llama_space.inference.prompting import FIT_TRIES
+
+    messages = normalize_messages(one_char_turns(pairs), "the newest question", "SYSTEM RULES")
+    prompt = build_prompt(tokenizer, messages, context_window=512, max_new_tokens=16)
+    assert template_calls[0] <= 3 + FIT_TRIES
+    kept = [messages[0], *messages[1 + prompt.dropped_messages:]]
+    assert prompt.dropped_messages > 0 and prompt.dropped_messages % 2 == 0
+    assert prompt.input_ids == tokenizer.apply_chat_template(kept, add_generation_prompt=True, tokenize=True,
+                                                             return_dict=True)["input_ids"]
+    assert len(prompt.input_ids) <= 496
+    one_more = [messages[0], *messages[1 + prompt.dropped_messages - 2:]]
+    assert len(tokenizer.apply_chat_template(one_more, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]) > 496

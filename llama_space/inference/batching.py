@@ -111,8 +111,13 @@ class BatchEngine:
             self._waiting.append((stream, adapter))
             self._wake.set()
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:  # no thread: the caller ends the stream, and the next submit tries again
+                    self._waiting.remove((stream, adapter))
+                    raise
+                self._thread = thread
                 _ENGINES.add(self)
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -185,21 +190,26 @@ class BatchEngine:
         joins the batch once its whole prompt is in (a long prompt takes several rounds)."""
         budget = prefill.PREFILL_CHUNK
         while budget > 0 and len(self._rows) < self.max_batch and (self._joining is not None or self._waiting):
-            if self._joining is None:
+            joining = self._joining
+            if joining is None:
                 stream, adapter = self._waiting.popleft()
                 if stream.stop_requested:
                     stream.end()
                     continue
-                name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
-                self._joining = Prefill(stream, name, self.host.model()[0])
-            joining = self._joining
+            else:
+                stream = joining.stream
+            # Whatever fails for this request (its sampler, its adapter, its prompt's forward pass) ends it
+            # alone with the error: a request that never ends keeps its client waiting and its queue place.
             try:
+                if joining is None:
+                    name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
+                    joining = self._joining = Prefill(stream, name, self.host.model()[0])
                 budget -= self._feed(joining, budget)
             except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
                 if not isinstance(exc, UserError):
-                    log.exception("Prefill failed")
+                    log.exception("Admitting a request failed")
                 self._joining = None
-                joining.stream.end(exc)
+                stream.end(exc)
                 continue
             if joining.first is not None:
                 self._joining = None
@@ -217,9 +227,9 @@ class BatchEngine:
         import torch
 
         stream = joining.stream
-        stream.streamer.put(torch.tensor(stream.input_ids))  # the prompt, as generate hands it over: skipped
         row = _Row(stream, joining.adapter, joining.sampler, list(stream.input_ids))
-        self._rows.append(row)  # first: should the cache fail to grow, _work's handler ends this stream too
+        self._rows.append(row)  # first: should anything below fail, _work's handler ends this stream too
+        stream.streamer.put(torch.tensor(stream.input_ids))  # the prompt, as generate hands it over: skipped
         self._cache.add(joining.cache, joining.length)
         self._take(row, joining.first)
         if self._finished(row):  # a one-token reply, or end of sequence at once

@@ -208,10 +208,14 @@ class ModelManager:
         except BaseException:
             self.admission.leave(tokens)
             raise
-        if self._engine is not None:
-            self._engine.submit(stream, adapter)
-        else:
+        if self._engine is None:
             self._submit_serial(stream, adapter)
+            return stream
+        try:
+            self._engine.submit(stream, adapter)
+        except BaseException as exc:  # never queued: its admission place comes back with its end
+            stream.end(exc)
+            raise
         return stream
 
     def _check_params(self, params: GenerationParams) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from llama_space.errors import UserError
@@ -9,9 +10,25 @@ from llama_space.errors import UserError
 MAX_LOGIT_BIAS = 300  # entries in one logit_bias (OpenAI's limit)
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or value != value or not low <= value <= high:
+def _number(name: str, value: object, low: float, high: float) -> float:
+    """`value` as a float (JSON clients send 1 for 1.0, and the samplers refuse ints); UserError naming `name`
+    unless it is a number from `low` to `high` (bools are no numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or not low <= value <= high:
         raise UserError(f"{name} must be between {low} and {high}, got {value!r}")
+    return float(value)
+
+
+def _whole(name: str, value: object, low: int, high: int | None = None) -> int:
+    """`value` as an int (JSON clients may send 40.0 for 40); UserError naming `name` for a fraction, a bool,
+    anything not a number, or a number outside `low`..`high`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    wanted = f"of at least {low}" if high is None else f"from {low} to {high}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (high is None and value < low):
+        raise UserError(f"{name} must be a whole number {wanted}, got {value!r}")
+    if high is not None and not low <= value <= high:
+        raise UserError(f"{name} must be between {low} and {high}, got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -33,25 +50,23 @@ class GenerationParams:
     response_format: dict | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, float) and self.max_new_tokens.is_integer():
-            self.max_new_tokens = int(self.max_new_tokens)
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be a whole number of at least 1, got {self.max_new_tokens!r}")
-        _check_range("temperature", self.temperature, 0.0, 5.0)
-        _check_range("top_p", self.top_p, 0.0, 1.0)
+        """Check every field and convert it to its type, for every surface that builds these from a client's
+        numbers (a whole float for an int, an int for a float): a wrong type would fail later, in the sampler."""
+        self.max_new_tokens = _whole("max_new_tokens", self.max_new_tokens, 1)
+        self.temperature = _number("temperature", self.temperature, 0.0, 5.0)
+        self.top_p = _number("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0:
             raise UserError("top_p must be greater than 0 (use temperature 0 for greedy decoding)")
-        _check_range("top_k", self.top_k, 0, 100_000)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.5, 2.0)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not -2**63 <= self.seed < 2**64):  # what torch.manual_seed takes
-            raise UserError(f"seed must be a whole number between {-2**63} and {2**64 - 1}, got {self.seed!r}")
+        self.top_k = _whole("top_k", self.top_k, 0, 100_000)
+        self.repetition_penalty = _number("repetition_penalty", self.repetition_penalty, 0.5, 2.0)
+        if self.seed is not None:
+            self.seed = _whole("seed", self.seed, -2**63, 2**64 - 1)  # what torch.manual_seed takes
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if len(self.stop) > 8 or any(not isinstance(s, str) or not s for s in self.stop):
             raise UserError("stop must be up to 8 non-empty strings")
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        self.frequency_penalty = _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        self.presence_penalty = _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
         self._check_logit_bias()
 
     def _check_logit_bias(self) -> None:
@@ -60,7 +75,8 @@ class GenerationParams:
         for token, bias in self.logit_bias.items():
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
                 raise UserError(f"logit_bias keys must be token ids (whole numbers from 0), got {token!r}")
-            _check_range(f"logit_bias[{token}]", bias, -100.0, 100.0)
+        self.logit_bias = {token: _number(f"logit_bias[{token}]", bias, -100.0, 100.0)
+                           for token, bias in self.logit_bias.items()}
 
     @property
     def penalizes(self) -> bool:

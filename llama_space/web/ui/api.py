@@ -20,9 +20,8 @@ DEFAULTS = GenerationParams()
 
 
 def _params(max_new_tokens, temperature, top_p, top_k, repetition_penalty) -> GenerationParams:
-    # JSON clients may send whole numbers as floats (40.0); generate() wants an int top_k.
-    whole_k = int(top_k) if isinstance(top_k, float) and top_k.is_integer() else top_k
-    return GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=whole_k,
+    # GenerationParams checks and converts what JSON clients send (40.0 for a top_k, 1 for a temperature).
+    return GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty)
 
 

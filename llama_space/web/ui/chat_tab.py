@@ -169,7 +169,9 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
             yield ([], "") if stops.cleared_since(taken) else (history, "stopped")
             return
         yield history, ""  # an early update makes the request cancellable while it waits (see ui/api.py)
-        params = GenerationParams(max_new_tokens=int(max_new), temperature=temp, top_p=p, top_k=int(k),
+        # As sent (the sliders give floats): GenerationParams takes whole ones and refuses fractions, which
+        # int() would have cut silently.
+        params = GenerationParams(max_new_tokens=max_new, temperature=temp, top_p=p, top_k=k,
                                   repetition_penalty=penalty)
         messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system)
         for reply, line in stream_reply(backend, messages, adapter_name, params, stops, taken):
