@@ -21,6 +21,10 @@ from jobutil import finished, make_runner, poll, write_alpaca
 
 # 24 rows, 4 per rank and micro-batch: one epoch is 3 optimizer steps for 2 ranks (6 for one).
 PARAMS = dict(learning_rate=3e-2, num_epochs=1, batch_size=4, grad_accum=1, lora_dropout=0.0, save_steps=2, seed=3)
+# A job starts three Python processes (the launcher and two ranks importing torch and transformers) on the 2 cores that
+# parallel test runs share: ~40 s before the first step at a load of 4, more under heavier load. The training itself
+# takes seconds; waits fail at once when the job ends, so this bound only stops a hung job.
+JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +43,30 @@ def until_status(runner_: JobRunner, job_id: str, what: str, check) -> dict:
         if check(status):
             return status
         assert status["state"] in jobfiles.ACTIVE_STATES, f"the job ended before {what}: {status}"
-    return poll(what, probe, timeout=90, interval=0.05)
+    return poll(what, probe, timeout=JOB_TIMEOUT, interval=0.05)
+
+
+def job_processes(job_dir: Path) -> list[int]:
+    """Pids of the live processes whose command line names the job: the launcher and each rank."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and job_dir.name.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def ended_and_exited(runner_: JobRunner, job_id: str) -> dict:
+    """The job's final status once every process of the job has exited too.
+
+    Rank 0 records how the job ended before it logs that and leaves, and the other ranks and the launcher exit after
+    it: only then is the log complete, with whatever a rank or torchrun wrote on the way out.
+    """
+    status = finished(runner_, job_id, timeout=JOB_TIMEOUT)
+    poll("every process of the job to exit", lambda: not job_processes(runner_.registry.job_dir(job_id)), timeout=60)
+    return status
 
 
 class Run(NamedTuple):
@@ -64,7 +91,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[int, Run]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(runner, "_cuda_devices", lambda: processes)
             started[processes] = job_runner_, job_runner_.start(write_alpaca(root / "sums.jsonl"), "sums", params), root
-    return {processes: Run(job_runner_, job_id, finished(job_runner_, job_id), root / "adapters" / "sums")
+    return {processes: Run(job_runner_, job_id, ended_and_exited(job_runner_, job_id), root / "adapters" / "sums")
             for processes, (job_runner_, job_id, root) in started.items()}
 
 
@@ -126,18 +153,6 @@ def test_lora_weights_trained_and_equal_to_one_process_with_the_global_batch(run
     assert logged[2] == pytest.approx(logged[1], rel=1e-4)  # the loss scale is right, not just Adam-normalised
 
 
-def job_processes(job_dir: Path) -> list[int]:
-    """Pids of the live processes whose command line names the job: the launcher and each rank."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and job_dir.name.encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except OSError:  # ended meanwhile
-            continue
-    return found
-
-
 def test_cancel_stops_every_rank(tiny_model_dir, tmp_path):
     job_runner_ = make_runner(tiny_model_dir, tmp_path)
     job_id = job_runner_.start(write_alpaca(tmp_path / "d.jsonl"), "never",
@@ -145,9 +160,8 @@ def test_cancel_stops_every_rank(tiny_model_dir, tmp_path):
     job_dir = job_runner_.registry.job_dir(job_id)
     until_status(job_runner_, job_id, "a few steps", lambda s: s["step"] >= 3)
     job_runner_.cancel(job_id)
-    status = finished(job_runner_, job_id)
+    status = ended_and_exited(job_runner_, job_id)
     assert status["state"] == "cancelled" and status["error"] is None
-    poll("every process of the job to exit", lambda: not job_processes(job_dir), timeout=30)
     log = (job_dir / jobfiles.LOG_FILE).read_text()
     assert "Traceback" not in log and "ChildFailedError" not in log  # no rank was left waiting, none failed
     assert not (job_dir / jobfiles.CHECKPOINTS_DIR).exists() and not (tmp_path / "adapters" / "never").exists()
@@ -177,7 +191,7 @@ def test_ranks_outlive_a_killed_launcher_and_a_killed_job_resumes_on_both(tiny_m
     checkpoint = status["checkpoint_step"]
     assert status["resumable"] and checkpoint >= 3
     job_runner_.resume(job_id)
-    status = finished(job_runner_, job_id)
+    status = ended_and_exited(job_runner_, job_id)
     assert status["state"] == "completed" and status["step"] == status["total_steps"] == 36, status["error"]
     log = (job_dir / jobfiles.LOG_FILE).read_text()
     for rank in (0, 1):
@@ -210,6 +224,30 @@ def test_a_stop_seen_by_one_rank_stops_both(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_stop_vote, args=(str(tmp_path / "rendezvous"),), nprocs=2)  # raises if a rank's assertion fails
+
+
+def _leave_when_done(rank: int, rendezvous: str) -> None:
+    """One of two gloo ranks at the end of a job: rank 1 is done at once, rank 0 (publishing) a second later."""
+    import time
+
+    import torch.distributed as dist
+
+    from llama_space.training.train import leave_ranks
+
+    os.environ["WORLD_SIZE"] = "2"  # as torchrun sets it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    start = time.monotonic()
+    if rank == 0:
+        time.sleep(1)
+    leave_ranks(finished=True)
+    assert time.monotonic() - start > 0.5  # rank 1 waited for rank 0 rather than exit right after its last collective
+    assert not dist.is_initialized()
+
+
+def test_a_rank_that_finished_waits_for_the_others_and_leaves_the_group(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_leave_when_done, args=(str(tmp_path / "rendezvous"),), nprocs=2)  # raises if a rank's assertion fails
 
 
 @pytest.mark.parametrize("gpus, launched", [(0, False), (1, False), (4, True)])

@@ -100,6 +100,26 @@ def join_ranks() -> Callable[[bool], bool]:
     return partial(any_rank, device=state.device)
 
 
+def leave_ranks(finished: bool) -> None:
+    """Leave the other ranks before this process exits: wait for them (if this rank finished its part), then destroy
+    the process group while the interpreter is still whole. A no-op for a single process.
+
+    Gloo's worker threads free a collective's tensors after the caller has moved on, and freeing one that Python
+    created takes the GIL: a thread that asks for it while the interpreter shuts down aborts the process (SIGABRT,
+    "terminate called without an active exception"), and torchrun then reports the whole job failed and stops the
+    other ranks. A rank other than 0 would exit within a millisecond of its last all-reduce; waiting at a barrier
+    (which carries no tensor) lets those frees run first. A failed rank skips the barrier, which the others may never
+    reach: torchrun stops the job anyway.
+    """
+    if world_size() < 2 or not finished:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # not when the job ended before the ranks joined
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def load_config(job_dir: Path) -> dict:
     """job.json with defaults filled in for the keys a hand-written one may leave out."""
     from llama_space.data import DEFAULT_MAX_BYTES, dataset_fingerprint
@@ -285,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (job_dir / jobfiles.JOB_FILE).is_file():
         parser.error(f"{job_dir / jobfiles.JOB_FILE} not found")
     try:
-        return run(job_dir, args.resume)
+        code = run(job_dir, args.resume)
     except UserError as exc:  # refused to start; the job's status is left as it was
         log.error("%s", exc)
         return 2
+    leave_ranks(finished=code == 0)
+    return code
 
 
 if __name__ == "__main__":
