@@ -87,6 +87,7 @@ def test_the_mcp_routes_sit_behind_the_login(app):
                              ("GET", "/gradio_api/mcp/sse"), ("GET", "/gradio_api/mcp/schema"),
                              ("POST", "/gradio_api/mcp/messages/?session_id=x"), ("POST", "/gradio_api/mcp/http/")]:
             for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()}):
+                app.app.state.login_failures.forget()  # 14 wrong tries here: refused, not yet slowed down
                 response = http.request(method, path, headers=headers,
                                         json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
                 assert response.status_code == 401, (method, path, headers, response.status_code)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llama_space.compat import compile_on_every_device
 from llama_space.errors import UserError
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def enable_compiled_decode(model: PreTrainedModel, backend: str = "inductor") ->
     on_cuda = device_type == "cuda"
     config = CompileConfig(fullgraph=False, dynamic=False, backend=backend,
                            mode="reduce-overhead" if on_cuda else "default")
-    config._compile_all_devices = not on_cuda  # generate only auto-compiles on accelerators otherwise
+    compile_on_every_device(config, not on_cuda)
     window = int(getattr(model.config, "max_position_embeddings", 0) or CACHE_CEILING["cuda"])
     generation_config = model.generation_config
     generation_config.cache_implementation = "static"

@@ -29,15 +29,11 @@ def login_button():
 
 def oauth_user(request) -> dict | None:
     """The Hugging Face profile (OpenID userinfo) logged in on `request` (a gr.Request), or None."""
-    from gradio import helpers
-    from gradio import oauth as gradio_oauth
+    from llama_space.compat import oauth_userinfo
 
     if request is None:
         return None
-    try:
-        info = gradio_oauth._get_valid_oauth_info_from_session(helpers._session_from_request(request))
-    except Exception:  # noqa: BLE001 - no session middleware or a garbled session: not logged in
-        return None
+    return oauth_userinfo(request)
     return (info or {}).get("userinfo") or None
 
 

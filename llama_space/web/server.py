@@ -62,7 +62,7 @@ def lifespan(settings: Settings, backend: ChatBackend, runner=None):
     a training job running in the app (the next start resumes it), then close the backend."""
     from llama_space.web.janitor import Janitor, sweep_forever
 
-    from llama_space.web.gradio_compat import defer_cors
+    from llama_space.compat import defer_cors
 
     @asynccontextmanager
     async def serving(app):
@@ -85,13 +85,14 @@ def lifespan(settings: Settings, backend: ChatBackend, runner=None):
 def prepare_mcp(demo: gr.Blocks, settings: Settings) -> None:
     """Offer only MCP_TOOLS on Gradio's MCP server (it offers every public endpoint, and gradio has no switch
     that keeps one in view_api() but off MCP) and, behind --auth, let its loopback client log in."""
+    from llama_space.compat import offer_mcp_tools, replace_mcp_client
+
     mcp = demo.mcp_server_obj
     if mcp is None:
         return
-    mcp.tool_to_endpoint = {tool: endpoint for tool, endpoint in mcp.tool_to_endpoint.items()
-                            if endpoint.lstrip("/") in MCP_TOOLS}
+    offer_mcp_tools(mcp, MCP_TOOLS)
     if settings.auth_pair:
-        mcp._get_or_create_client = _logged_in_client(mcp, settings.auth_pair)
+        replace_mcp_client(mcp, _logged_in_client(mcp, settings.auth_pair))
 
 
 def _logged_in_client(mcp, auth_pair: tuple[str, str]):
@@ -136,17 +137,17 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
     `app.state.backend` is the ChatBackend behind every route.
     """
-    from llama_space.web import gradio_compat
+    from llama_space import compat
     from llama_space.web.routes import api_routes
     from llama_space.web.throttle import FailureLedger
 
     gradio_temp_dir(settings)
-    gradio_compat.install()
+    compat.install_gradio_fixes()
     login_failures = FailureLedger()
     demo, backend, actions = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
     # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
-    # (no raw exception text), and Gradio's own refusals go through gradio_compat.
+    # (no raw exception text), and Gradio's own refusals go through compat.explain.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",

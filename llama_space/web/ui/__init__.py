@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from llama_space.compat import set_queue_polling
 from llama_space.web import oauth
 from llama_space.web.ui.adapters_tab import build_adapters_tab
 from llama_space.web.ui.api import register_chat_api
@@ -57,6 +58,5 @@ def with_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:
     """Give `demo` the shared generation queue: `max_queue` waiting, `concurrency` at once, polled every
     QUEUE_POLL_S."""
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
-    demo._queue.sleep_when_free = QUEUE_POLL_S  # gradio 6 has no public setting for these two
-    demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
+    set_queue_polling(demo, QUEUE_POLL_S, PROGRESS_POLL_S)
     return demo

@@ -1,5 +1,13 @@
-"""Where the app changes how the pinned Gradio (6.31) behaves, because Gradio offers no setting for it.
+"""Every use of a pinned library's private internals, in one place (gradio 6.31, transformers 5.24).
 
+Each is something the library offers no public setting for. `tests/test_compat.py` checks that each internal is
+still there in the shape used here, so an upgrade that changes one fails there first, by name.
+
+Gradio:
+- `set_queue_polling`: the queue's idle polling intervals (1 ms by default: ~1,100 wake-ups a second).
+- `offer_mcp_tools` / `replace_mcp_client`: which endpoints the MCP server offers, and the client it calls
+  them through (it makes one without credentials, which --auth refuses).
+- `oauth_userinfo`: the Hugging Face profile Gradio's OAuth stored in a request's session.
 - `defer_cors`: Gradio's own CORS layer wraps the whole app, answers every browser preflight before any middleware
   of ours runs, and echoes any Origin with credentials allowed on a non-loopback host. It steps aside for CORS the
   application configures itself (its `parent_configures_cors`), which is what the request guard and the operator's
@@ -8,15 +16,20 @@
 - `hide_internal_errors`: Gradio reports its own refusals of a request (wrong number of values, a file path that
   was never uploaded) with text holding internal class names, memory addresses and absolute server paths. Ours
   are always a gr.Error already; Gradio's own get a message that says what to fix and holds none of that.
+
+transformers:
+- `compile_on_every_device`: `generate` compiles the decode step only on accelerators unless told otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import gradio as gr
     from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
@@ -24,6 +37,38 @@ log = logging.getLogger(__name__)
 _COUNTS = re.compile(r"needed: (\d+), got: (\d+)")
 REQUEST_UNFIT = ("This request does not fit the endpoint: send one value per parameter, in order, with the types "
                  "view_api() (or /gradio_api/info) lists.")
+
+
+# ---- gradio ---------------------------------------------------------------------------------------------------
+def set_queue_polling(demo: gr.Blocks, events_s: float, progress_s: float) -> None:
+    """How often `demo`'s queue looks for waiting events and for progress updates while idle."""
+    demo._queue.sleep_when_free = events_s
+    demo._queue.progress_update_sleep_when_free = progress_s
+
+
+def offer_mcp_tools(mcp, endpoints: Iterable[str]) -> None:
+    """Keep only the MCP tools backed by `endpoints` (names without the leading slash)."""
+    wanted = set(endpoints)
+    mcp.tool_to_endpoint = {tool: endpoint for tool, endpoint in mcp.tool_to_endpoint.items()
+                            if endpoint.lstrip("/") in wanted}
+
+
+def replace_mcp_client(mcp, factory: Callable[[], Any]) -> None:
+    """Make the MCP server call its tools through the gradio_client `factory` returns."""
+    mcp._get_or_create_client = factory
+
+
+def oauth_userinfo(request) -> dict | None:
+    """The OpenID userinfo Gradio's OAuth keeps in `request`'s session; None when nobody is signed in (or the app
+    has no session middleware, or the session is garbled)."""
+    from gradio import helpers
+    from gradio import oauth as gradio_oauth
+
+    try:
+        info = gradio_oauth._get_valid_oauth_info_from_session(helpers._session_from_request(request))
+    except Exception:  # noqa: BLE001 - no session middleware or a garbled session: not signed in
+        return None
+    return (info or {}).get("userinfo") or None
 
 
 def defer_cors(app: FastAPI) -> bool:
@@ -54,7 +99,7 @@ def explain(error: BaseException) -> str:
     return REQUEST_UNFIT
 
 
-def install() -> None:
+def install_gradio_fixes() -> None:
     """The process-wide changes below (idempotent); `defer_cors` is per app."""
     hide_internal_errors()
     refuse_unknown_functions()
@@ -82,8 +127,7 @@ def hide_internal_errors() -> None:
 
 
 def refuse_unknown_functions() -> None:
-    """A call naming a function index the app does not have is a 400 saying so (Gradio's lookup raises KeyError,
-    which became a 500)."""
+    """A call naming a function index the app does not have is a 400 saying so."""
     from fastapi import HTTPException
     from gradio import route_utils
 
@@ -100,3 +144,9 @@ def refuse_unknown_functions() -> None:
 
     get_fn.client_safe = True
     route_utils.get_fn = get_fn
+
+
+# ---- transformers ---------------------------------------------------------------------------------------------
+def compile_on_every_device(compile_config, on: bool) -> None:
+    """Whether `generate` compiles with `compile_config` on CPU too (by default only on accelerators)."""
+    compile_config._compile_all_devices = on
