@@ -107,9 +107,32 @@ def describe(adapters_dir: Path) -> list[dict]:
     return [{**read_metadata(Path(adapters_dir) / name), "name": name} for name in list_names(adapters_dir)]
 
 
-def delete(adapters_dir: Path, name: str) -> None:
-    """Remove adapter `name`; it vanishes from listings at once (renamed away, then deleted)."""
+def own_folder(adapters_dir: Path, name: str) -> Path:
+    """The folder of adapter `name` if it is a folder of the adapters dir itself, not a link to one elsewhere:
+    deleting, zipping or pushing through a link would act on whatever the link points at."""
     path = _existing(adapters_dir, name)
+    if path.is_symlink():
+        raise UserError(f"Adapter {name!r} is a link to a folder elsewhere on the server, which the app neither "
+                        f"deletes, zips nor pushes: remove the link adapters/{name} on the server (the folder it "
+                        "points at stays), or replace it with a copy of that folder.")
+    return path
+
+
+def own_files(adapters_dir: Path, name: str) -> list[Path]:
+    """The files of adapter `name`, sorted; UserError if any is a link (it may point at any file of the server)."""
+    path = own_folder(adapters_dir, name)
+    entries = sorted(path.iterdir())
+    links = [entry.name for entry in entries if entry.is_symlink()]
+    if links:
+        raise UserError(f"Adapter {name!r} holds links ({', '.join(links)}), which downloads and pushes never "
+                        f"follow: replace them in adapters/{name} with the files themselves.")
+    return [entry for entry in entries if entry.is_file()]
+
+
+def delete(adapters_dir: Path, name: str) -> None:
+    """Remove adapter `name`; it vanishes from listings at once (renamed away, then deleted; links inside are
+    removed, never followed)."""
+    path = own_folder(adapters_dir, name)
     doomed = path.with_name(f".deleting-{name}-{os.getpid()}")
     path.rename(doomed)
     shutil.rmtree(doomed)
@@ -117,15 +140,14 @@ def delete(adapters_dir: Path, name: str) -> None:
 
 def zip_adapter(adapters_dir: Path, name: str, out_dir: Path) -> Path:
     """Write out_dir/<name>.zip holding the folder <name>/ with the adapter's files; return its path."""
-    path = _existing(adapters_dir, name)
+    files = own_files(adapters_dir, name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.zip"
     tmp = out_dir / f".{name}.zip.tmp-{os.getpid()}"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(path.iterdir()):
-            if file.is_file():
-                archive.write(file, f"{name}/{file.name}")
+        for file in files:
+            archive.write(file, f"{name}/{file.name}")
     os.replace(tmp, target)
     return target
 
@@ -136,5 +158,6 @@ def push_to_hub(adapters_dir: Path, name: str, repo_id: str, token: str | None =
     default); return the repo URL. `api` stands in for huggingface_hub.HfApi (tests record what would be sent)."""
     from llama_space.export import publish
 
-    path = _existing(adapters_dir, name)
+    own_files(adapters_dir, name)  # the same rule as the zip: nothing behind a link leaves the server
+    path = adapter_path(adapters_dir, name)
     return publish.push("adapter", path, name, read_metadata(path), repo_id, private=private, api=api, token=token)

@@ -16,6 +16,7 @@ from llama_space import adapters
 from llama_space.data import HubDataset, load_split, validate_file
 from llama_space.errors import UserError
 from llama_space.inference import zerogpu
+from llama_space.training.jobs import JOB_ID_IN_TEXT
 from llama_space.training.params import PRESETS, TrainingParams
 
 if TYPE_CHECKING:
@@ -85,44 +86,64 @@ class Actions:
         with self.dataset_file(file, hub) as path:
             return self.runner.start(path, adapter_name, params)
 
+    def _shown(self, status: dict, keys: list[str] | None = None) -> dict:
+        """A job status as users see it: the contract's `keys` (all by default), each text (error, log tail)
+        without the server's paths."""
+        hide = self.runner.registry.hide_paths
+        picked = status if keys is None else {key: status.get(key) for key in keys}
+        return {key: hide(value) if isinstance(value, str) else value for key, value in picked.items()}
+
     def status(self, job_id: str) -> dict:
         """The contract's job status fields for `job_id`."""
-        status = self.runner.status(job_id)
-        return {key: status.get(key) for key in STATUS_KEYS}
+        self.permissions.require_job_access()
+        return self._shown(self.runner.status(job_id), STATUS_KEYS)
+
+    def jobs(self) -> list[dict]:
+        """Every job's status, newest first."""
+        self.permissions.require_job_access()
+        return [self._shown(status) for status in self.runner.jobs()]
 
     def current(self, job_id: str = "") -> dict | None:
         """Full status (with metrics and log tail) of `job_id`, else of the running or newest job."""
+        self.permissions.require_job_access()
         if not job_id:
             found = self.runner.active() or next(iter(self.runner.jobs()), None)
             if found is None:
                 return None
             job_id = found["job_id"]
-        return {**self.runner.status(job_id), "metrics": self.runner.metrics(job_id)}
+        return {**self._shown(self.runner.status(job_id)), "metrics": self.runner.metrics(job_id)}
 
     def cancel(self, job_id: str) -> dict:
         """Ask the job to stop within one optimizer step."""
         self.permissions.require_change()
-        return {key: value for key, value in self.runner.cancel(job_id).items() if key in STATUS_KEYS}
+        return self._shown(self.runner.cancel(job_id), STATUS_KEYS)
 
     def resume(self, job_id: str) -> dict:
         """Continue an interrupted job from its last complete checkpoint."""
         self.permissions.require_change()
-        return {key: value for key, value in self.runner.resume(job_id).items() if key in STATUS_KEYS}
+        return self._shown(self.runner.resume(job_id), STATUS_KEYS)
 
     def adapter_names(self) -> list[str]:
         """Names of the adapters a chat may choose."""
         return self.backend.list_adapters()
 
     def list_adapters(self) -> list[dict]:
-        """Every adapter on disk with its metadata."""
-        return adapters.describe(self.settings.adapters_dir)
+        """Every adapter on disk with its metadata; without the ids of the jobs that trained and evaluated it
+        for those who may not see jobs."""
+        found = adapters.describe(self.settings.adapters_dir)
+        try:
+            self.permissions.require_job_access()
+        except UserError:
+            return [_without_job_ids(item) for item in found]
+        return found
 
     def delete_adapter(self, name: str) -> dict:
         """Unload and delete an adapter."""
         self.permissions.require_change()
         if name in adapters.BASE_NAMES:
             raise UserError("Choose an adapter to delete (the base model cannot be deleted).")
-        self.backend.unload_adapter(adapters.validate_name(name))
+        adapters.own_folder(self.settings.adapters_dir, name)  # before unloading: a refusal changes nothing
+        self.backend.unload_adapter(name)
         adapters.delete(self.settings.adapters_dir, name)
         return {"deleted": name}
 
@@ -139,3 +160,12 @@ class Actions:
         """Upload an adapter to the Hugging Face Hub; returns its URL."""
         self.permissions.require_change()
         return adapters.push_to_hub(self.settings.adapters_dir, name, repo_id, private=private)
+
+
+def _without_job_ids(metadata: dict) -> dict:
+    """Adapter metadata without its training job's id, and its evaluation's source without a job id."""
+    shown = {key: value for key, value in metadata.items() if key != "job_id"}
+    evaluation = shown.get("evaluation")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("source"), str):
+        shown["evaluation"] = {**evaluation, "source": JOB_ID_IN_TEXT.sub("(private)", evaluation["source"])}
+    return shown

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from llama_space import adapters
+from llama_space.data.spreadsheet import runs_as_formula
 from llama_space.errors import UserError
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
@@ -28,6 +29,7 @@ from llama_space.service import eval_data
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
     from llama_space.service.eval_data import EvalRow, EvalSet
+    from llama_space.service.permissions import Permissions
     from llama_space.training.runner import JobRunner
 
 BASE = "base"
@@ -153,9 +155,11 @@ class FileRun:
 class Comparer:
     """Side-by-side answers from the base model and adapters, through the chat backend."""
 
-    def __init__(self, backend: ChatBackend, runner: JobRunner | None = None) -> None:
+    def __init__(self, backend: ChatBackend, runner: JobRunner | None = None,
+                 permissions: Permissions | None = None) -> None:
         self.backend = backend
         self.runner = runner
+        self.permissions = permissions  # who may read a job's held-out rows; None: everyone (tests, scripts)
 
     def models(self, adapter_names: list[str] | None, include_base: bool = True) -> list[str]:
         """The models to compare, in order: "base" (if included), then each named adapter once."""
@@ -212,13 +216,20 @@ class Comparer:
         if file:
             found = eval_data.from_prompts_file(file, self.backend.settings.max_upload_mb * 2**20)
         elif job_id:
-            if self.runner is None:
-                raise UserError("Jobs are not available here; upload a prompts file instead.")
-            found = eval_data.from_job(self.runner, job_id, self.backend.tokenizer, self.backend.base_name)
+            found = self.held_out(job_id)
         else:
             raise UserError("Upload a prompts file (JSONL or CSV) or choose a training job's held-out split.")
         found.rows = found.rows[:max_prompts]
         return found
+
+    def held_out(self, job_id: str) -> EvalSet:
+        """The rows job `job_id` held out from training, with their reference answers: private training data,
+        read only by those who may see jobs."""
+        if self.runner is None:
+            raise UserError("Jobs are not available here; upload a file instead.")
+        if self.permissions is not None:
+            self.permissions.require_job_access()
+        return eval_data.from_job(self.runner, job_id, self.backend.tokenizer, self.backend.base_name)
 
     def run_rows(self, run: FileRun, params: GenerationParams, system_prompt: str = "",
                  cancel: threading.Event | None = None) -> Iterator[FileRun]:
@@ -274,7 +285,7 @@ def inert(text: str | None) -> str:
     """`text` as a spreadsheet shows it, never runs it: a cell starting like a formula gets a leading quote
     (the JSONL file keeps every answer exactly)."""
     text = text or ""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return "'" + text if runs_as_formula(text) else text
 
 
 def write_results(run: FileRun, out_dir: Path) -> tuple[str, str]:

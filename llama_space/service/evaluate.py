@@ -120,7 +120,7 @@ class Evaluator:
     def __init__(self, backend: ChatBackend, runner: JobRunner | None = None,
                  permissions: Permissions | None = None) -> None:
         self.backend = backend
-        self.comparer = Comparer(backend, runner)
+        self.comparer = Comparer(backend, runner, permissions)
         self.permissions = permissions
         self._busy = threading.Lock()
         self._cancel = threading.Event()
@@ -144,9 +144,7 @@ class Evaluator:
             found = eval_data.from_training_file(file, tokenizer, options.max_length,
                                                  self.backend.settings.max_upload_mb * 2**20)
         elif job_id:
-            if self.comparer.runner is None:
-                raise UserError("Jobs are not available here; upload a dataset file instead.")
-            found = eval_data.from_job(self.comparer.runner, job_id, tokenizer, self.backend.base_name)
+            found = self.comparer.held_out(job_id)
         else:
             raise UserError("Upload a dataset file or choose a training job whose held-out split to evaluate on.")
         found.rows = found.rows[: options.max_examples]

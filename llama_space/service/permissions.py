@@ -54,6 +54,15 @@ class Permissions:
         """Why the controls are off (empty when they are on)."""
         return "" if self.controls_on else self.settings.changes_disabled_reason
 
+    def require_job_access(self) -> None:
+        """Raise UserError unless the current request may see training jobs: their ids, logs and held-out rows
+        come from private training data, so they are shown only to those who may change jobs."""
+        try:
+            self.require_change()
+        except UserError as exc:
+            raise UserError(f"Training jobs (their ids, logs and held-out rows) are shown only to those who may "
+                            f"train here. {exc}") from None
+
     def require_change(self) -> None:
         """Raise UserError unless the current request may make changes."""
         if self.settings.changes_allowed:

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -30,7 +31,39 @@ if TYPE_CHECKING:
     from llama_space.settings import Settings
 
 _JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+JOB_ID_IN_TEXT = re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b")
+# An absolute path in a log or an error: not part of a URL, a relative path or a fraction ("5/10").
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])/[^\s'\"<>(),;:]+")
 STAGING_PREFIX = ".new-"  # a job dir being prepared: .new-<job_id>-<pid of the preparing process>
+
+
+def server_places(settings: Settings) -> list[tuple[str, str]]:
+    """(absolute folder, what users see instead) for the server's folders a log or an error may name, deepest
+    first; each folder both as given and with its links resolved (the job's own files use the resolved one)."""
+    import llama_space
+
+    places = [(settings.data_dir, "<data>"), (settings.cache_dir, "<data>/cache"),
+              (settings.adapters_dir, "<adapters>"), (Path(llama_space.__file__).parent.parent, "<app>"),
+              (Path(sys.prefix), "<python>"), (Path(sys.base_prefix), "<python>")]
+    if settings.model and Path(settings.model).exists():
+        places.append((Path(settings.model), "<model>"))
+    found = {str(form): shown for folder, shown in places
+             for form in (Path(folder).absolute(), Path(folder).resolve())}
+    return sorted(found.items(), key=lambda item: len(item[0]), reverse=True)
+
+
+def hide_paths(text: str, places: list[tuple[str, str]]) -> str:
+    """`text` with each absolute path shown from one of `places` (<data>/jobs/...), else by its last part: users
+    see what a log or an error says, not how the server's disk is laid out."""
+
+    def shown(match: re.Match) -> str:
+        path = match.group()
+        for folder, name in places:
+            if path == folder or path.startswith(folder.rstrip("/") + "/"):
+                return name + path[len(folder):]
+        return "…/" + path.rstrip("/").rsplit("/", 1)[-1]
+
+    return _ABSOLUTE_PATH.sub(shown, text)
 
 
 def process_alive(pid: int, job_dir: Path) -> bool:
@@ -69,6 +102,11 @@ class JobRegistry:
         self.settings = settings
         self.root = Path(settings.data_dir).resolve() / "jobs"
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._places = server_places(settings)
+
+    def hide_paths(self, text: str) -> str:
+        """`text` (a job's log or error) without this server's absolute paths (see hide_paths)."""
+        return hide_paths(text, self._places)
 
     def _tokenizer(self) -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 _KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
           list: "a list", dict: "an object"}
+MAX_DEPTH = 64  # nesting levels a request may use; deeper is an attack on recursive code, not a request
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins every valid pair into one character
 
 
 async def read_json_object(request: Request) -> dict:
@@ -36,7 +39,35 @@ async def read_json_object(request: Request) -> dict:
         raise RequestError(400, "The request body is nested too deeply to be a request.") from None
     if not isinstance(data, dict):
         raise RequestError(400, "The request body must be a JSON object, e.g. {\"prompt\": \"Hello\"}")
+    refuse_unusable(data)
     return data
+
+
+def refuse_unusable(value: Any, where: str = "") -> None:
+    """A 400 for JSON no route can use: nested deeper than MAX_DEPTH, or text holding a lone surrogate, which
+    no tokenizer takes and no UTF-8 reply (not even an error echoing it) can carry. Walked without recursion."""
+    stack = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RequestError(400, f"{where or 'The request body'} is nested too deeply (more than {MAX_DEPTH} "
+                                    "levels) to be a request.", where or None)
+        if isinstance(item, str):
+            _refuse_surrogate(item, path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _refuse_surrogate(key, f"a key of {path or 'the body'}")
+                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def _refuse_surrogate(text: str, where: str) -> None:
+    found = None if text.isascii() else _LONE_SURROGATE.search(text)
+    if found:
+        raise RequestError(400, f"{where or 'The request body'} holds a lone surrogate ({found.group()!r}), which "
+                                "is not a character: send each character whole (a pair such as \\ud83d\\ude00 "
+                                "is one character and fine).", where or None)
 
 
 def get_field(body: dict, name: str, kind: type, default: Any = None) -> Any:

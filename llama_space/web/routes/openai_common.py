@@ -15,6 +15,7 @@ from llama_space.web.errors import RequestError, failure, openai_body
 from llama_space.web.routes.common import get_field
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+MAX_TOKEN_DIGITS = 10  # no vocabulary reaches ten billion tokens
 
 
 def bearer_check(api_key: str) -> Callable[[Request], None]:
@@ -69,8 +70,11 @@ def _logit_bias(body: dict) -> dict[int, float]:
     raw = get_field(body, "logit_bias", dict, {})
     bias = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not key.isdigit():
-            raise RequestError(400, f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
+        # Digits 0-9 only: str.isdigit() also takes "²" and "٣", and int() refuses over 4300 digits.
+        if not (key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_DIGITS):
+            shown = key if len(key) <= 20 else f"{key[:20]}... ({len(key)} characters)"
+            raise RequestError(400, f"logit_bias keys must be token ids: up to {MAX_TOKEN_DIGITS} digits 0-9, "
+                                    f"got {shown!r}", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RequestError(400, f"logit_bias[{key}] must be a number from -100 to 100", "logit_bias")
         bias[int(key)] = float(value)

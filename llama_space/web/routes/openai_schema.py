@@ -13,7 +13,7 @@ from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import check_ending
 from llama_space.inference.tools import ToolUse, assistant_tool_calls, tool_choice, validate_tools
 from llama_space.web.errors import RequestError
-from llama_space.web.routes.common import get_field
+from llama_space.web.routes.common import MAX_DEPTH, get_field, refuse_unusable
 from llama_space.web.routes.openai_common import sampling_params, sse
 
 if TYPE_CHECKING:
@@ -81,10 +81,15 @@ def _message(item: object, i: int) -> dict:
     try:
         if calls:
             message["tool_calls"] = assistant_tool_calls(calls, i)
+            # The arguments were a JSON string inside the body: their nesting is checked only now.
+            refuse_unusable(message["tool_calls"], f"messages[{i}].tool_calls")
         if role == "tool":
             message["tool_call_id"] = get_field(item, "tool_call_id", str, "")
     except UserError as exc:
         raise RequestError(400, str(exc), f"messages[{i}]") from None
+    except RecursionError:  # json.loads of arguments nested deeper than Python's stack
+        raise RequestError(400, f"messages[{i}].tool_calls is nested too deeply (more than {MAX_DEPTH} levels) "
+                                "to be a request.", f"messages[{i}]") from None
     return message
 
 

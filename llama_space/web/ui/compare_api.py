@@ -80,8 +80,8 @@ def register_compare_api(comparer: Comparer, evaluator: Evaluator) -> None:
                      system_prompt: str = "", max_new_tokens: int = 256, temperature: float = 0.0,
                      top_p: float = 1.0, include_base: bool = True,
                      max_prompts: int = 100) -> tuple[dict, FileData, FileData]:
-        """Every model's answer to each prompt of an uploaded JSONL/CSV file (or a job's held-out split): the table
-        as JSON, then the results as CSV and as JSONL."""
+        """Every model's answer to each prompt of an uploaded JSONL/CSV file (or a job's held-out split, for those
+        who may train): the table as JSON, then the results as CSV and as JSONL."""
         models = comparer.models(adapters, include_base)
         run = None
         for run in comparer.run_file(models, uploaded_path(file), job_id, system_prompt,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from llama_space.errors import UserError
 from llama_space.service.compare import MAX_ADAPTERS, Comparer, greedy
 from llama_space.service.evaluate import EvalOptions, Evaluator
 from llama_space.web.errors import user_facing
@@ -21,10 +22,16 @@ HIDDEN = {"api_visibility": "private"}
 EVAL_HEADERS = ["model", "loss", "perplexity", "exact match", "contains", "tokens"]
 
 
-def job_choices(actions: Actions) -> list[tuple[str, str]]:
-    """(label, job id) of every job, newest first, for picking a held-out split."""
-    return [(f"{job['job_id']} · {job.get('adapter') or ''} · {job.get('state')}", job["job_id"])
-            for job in actions.runner.jobs()]
+def job_dropdown(actions: Actions, **layout) -> gr.Dropdown:
+    """A dropdown of every job (label, job id), newest first, for picking a held-out split; empty, saying why,
+    for a visitor who may not see jobs. With no `layout` it is an update of the choices alone."""
+    try:
+        choices = [(f"{job['job_id']} · {job.get('adapter') or ''} · {job.get('state')}", job["job_id"])
+                   for job in actions.jobs()]
+        hidden = None
+    except UserError as exc:
+        choices, hidden = [], str(exc)
+    return gr.Dropdown(choices=choices, info=hidden, **layout)
 
 
 def _slots(replies: dict[str, str]) -> list:
@@ -88,8 +95,7 @@ def _prompts_file(comparer: Comparer, actions: Actions, adapters, include_base, 
         with gr.Row():
             file = gr.File(label="Prompts file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
                            elem_id="compare-file")
-            job = gr.Dropdown(job_choices(actions), label="…or a job's held-out split", value=None,
-                              elem_id="compare-job")
+            job = job_dropdown(actions, label="…or a job's held-out split", value=None, elem_id="compare-job")
             max_prompts = gr.Number(100, label="Max prompts", precision=0, minimum=1)
         with gr.Row():
             run = gr.Button("Answer every prompt", variant="primary", elem_id="compare-file-run")
@@ -123,8 +129,7 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
         with gr.Row():
             file = gr.File(label="Dataset file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
                            elem_id="evaluate-file")
-            job = gr.Dropdown(job_choices(actions), label="…or a job's held-out split", value=None,
-                              elem_id="evaluate-job")
+            job = job_dropdown(actions, label="…or a job's held-out split", value=None, elem_id="evaluate-job")
         with gr.Row():
             max_examples = gr.Number(200, label="Max rows", precision=0, minimum=1)
             answers = gr.Checkbox(True, label="Also answer and match references")
@@ -154,7 +159,7 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
 
 def build_compare_tab(backend: ChatBackend, actions: Actions) -> None:
     """The Compare tab and its endpoints (see compare_api)."""
-    comparer = Comparer(backend, actions.runner)
+    comparer = Comparer(backend, actions.runner, actions.permissions)
     evaluator = Evaluator(backend, actions.runner, actions.permissions)
     with gr.Tab("Compare", id="compare") as tab:
         with gr.Row():
@@ -169,7 +174,6 @@ def build_compare_tab(backend: ChatBackend, actions: Actions) -> None:
         register_compare_api(comparer, evaluator)
 
     def reload():
-        choices = job_choices(actions)
-        return gr.Dropdown(choices=backend.list_adapters()), *(gr.Dropdown(choices=choices) for _ in jobs)
+        return gr.Dropdown(choices=backend.list_adapters()), *(job_dropdown(actions) for _ in jobs)
 
     tab.select(user_facing(reload, "listing adapters and jobs"), None, [adapters, *jobs], queue=False, **HIDDEN)

@@ -120,7 +120,10 @@ def build_finetune_tab(actions: Actions):
         return started
 
     def poll(current):
-        status = actions.current(current)
+        try:
+            status = actions.current(current)
+        except UserError as exc:  # a visitor who may not see jobs: the panel says why, every poll alike
+            return "", *no_job_view(str(exc))
         return (status["job_id"], *job_view(status)) if status else ("", *no_job_view())
 
     on_upload = user_facing(on_upload, "checking the dataset")

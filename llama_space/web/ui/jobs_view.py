@@ -7,6 +7,8 @@ import html
 import gradio as gr
 import pandas as pd
 
+NO_JOB = "No training job yet: upload data and press Start training."
+
 
 def _eta(seconds) -> str:
     if not isinstance(seconds, (int, float)):
@@ -70,7 +72,6 @@ def job_view(status: dict) -> tuple[str, gr.LinePlot, str]:
     return html_text, loss_plot(frame), status.get("log_tail", "")
 
 
-def no_job_view() -> tuple[str, gr.LinePlot, str]:
-    """What the job panel shows before any job exists."""
-    return ("<div>No training job yet: upload data and press Start training.</div>", loss_plot(loss_frame([])),
-            "")
+def no_job_view(why: str = NO_JOB) -> tuple[str, gr.LinePlot, str]:
+    """What the job panel shows before any job exists, or, given `why`, to a visitor who may not see jobs."""
+    return f"<div class='job-none'>{html.escape(why)}</div>", loss_plot(loss_frame([])), ""

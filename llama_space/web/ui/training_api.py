@@ -128,7 +128,8 @@ def register_training_api(actions: Actions) -> None:
 
     def job_status(job_id: str) -> dict:
         """The state of a training job: state (queued, running, completed, failed, cancelled or interrupted),
-        step, total_steps, loss, eval_loss, eta_seconds, adapter and error.
+        step, total_steps, loss, eval_loss, eta_seconds, adapter and error (server paths shown as <data>,
+        <adapters>, ...). Only for those who may train: jobs come from private training data.
 
         Args:
             job_id: the id start_training returned
