@@ -100,7 +100,7 @@ BAD_FILES = {
     "blank lines": ("blank.jsonl", b"\n  \n", r"holds no rows"),
     "header only": ("head.csv", b"instruction,output\n", r"holds no rows under its header"),
     "not objects": ("nums.json", b"[1, 2]", r"item 1 is a JSON number, not an object"),
-    "one object": ("obj.json", b'{\n "instruction": "a",\n "output": "b"\n}\n', r"holds a single JSON object"),
+    "one object": ("obj.json", b'{\n "instruction": "a",\n "output": "b"\n}\n', r"holds a JSON object spread over several lines"),
     "ragged CSV": ("r.csv", b"instruction,output\na,b\nc,d,e\n", r"could not be read as CSV: .*Expected 2 fields"),
     "fake parquet": ("x.parquet", b"not parquet at all", r"could not be read as PARQUET"),
     "wrong extension": ("data.txt", b"hello", r"unsupported file type '\.txt'\. Upload one of: \.json, \.jsonl, "

@@ -116,6 +116,31 @@ def test_a_folder_of_the_same_name_on_the_server_is_never_read(tmp_path, monkeyp
         load_split(HubDataset("adapters/secret"), tmp_path, 2**20, tmp_path / "datasets")
 
 
+LOADER_NAMES = ["json", "csv", "text", "parquet", "arrow", "imagefolder", "./", ".", "train", "train/", "./train"]
+
+
+def packaged_builders() -> list[str]:
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return sorted(_PACKAGED_DATASETS_MODULES)
+
+
+@pytest.mark.parametrize("name", LOADER_NAMES + [n for n in packaged_builders() if n not in LOADER_NAMES])
+def test_loader_names_never_read_the_working_directory(tmp_path, monkeypatch, name):
+    secret = "canary-0c41: the server's own files"
+    row = json.dumps({"instruction": secret, "output": secret})
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        for suffix in (".json", ".jsonl", ".csv", ".txt"):
+            (tmp_path / split / f"secret{suffix}").write_text(row + "\n")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="dataset_id must be a Hub dataset id such as 'owner/name', owner "
+                                        "included") as caught:
+        load_split(hub_dataset(name), tmp_path / "out", 2**20, tmp_path / "datasets")
+    assert secret not in str(caught.value) and not any((tmp_path / "out").iterdir())
+
+
 class RecordingRunner:
     """Stands in for JobRunner: keeps the dataset file's rows as the job would copy them."""
 

@@ -4,6 +4,11 @@ JSONL file, which is then validated, previewed and copied into a job exactly lik
 The split is streamed, so a huge dataset is refused at the upload size limit instead of being downloaded
 whole. `HF_TOKEN` (read by huggingface_hub itself) opens private and gated datasets. A folder
 `<local_root>/<owner>/<name>` holding data files stands in for that Hub dataset (an offline machine's copy).
+
+Only `owner/name` ids are taken. `load_dataset` reads a name without an owner that is one of its packaged
+builders ("json", "csv", "text", "parquet", "imagefolder", ...) as that builder over the data files of the
+working directory (its train/ and test/ folders), and each `datasets` release adds builders; an owner is
+what no builder name has.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from llama_space.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _NAME = re.compile(r"^[\w.-]{1,128}$")
 _REVISION = re.compile(r"^[\w.-]+(/[\w.-]+)*$")
 PRIVATE_HINT = "if it is private or gated, the server needs an HF_TOKEN that may read it"
@@ -28,7 +33,7 @@ PRIVATE_HINT = "if it is private or gated, the server needs an HF_TOKEN that may
 class HubDataset:
     """Which data to read: a Hub dataset id, its configuration (subset), split and revision."""
 
-    dataset_id: str  # "owner/name" (or a canonical "name")
+    dataset_id: str  # "owner/name"
     config: str = ""  # the configuration (subset); empty = the dataset's default
     split: str = "train"  # the split to read
     revision: str = ""  # branch, tag or commit; empty = main
@@ -37,7 +42,9 @@ class HubDataset:
         for name in ("dataset_id", "config", "split", "revision"):
             object.__setattr__(self, name, (getattr(self, name) or "").strip())
         if not _REPO_ID.match(self.dataset_id) or ".." in self.dataset_id:
-            raise UserError(f"dataset_id must be a Hub dataset id such as 'owner/name', got {self.dataset_id!r}")
+            raise UserError(f"dataset_id must be a Hub dataset id such as 'owner/name', owner included (a name "
+                            "alone, such as 'json', is a loader of files on this server, not a Hub dataset), got "
+                            f"{self.dataset_id!r}")
         if self.config and not _NAME.match(self.config):
             raise UserError(f"dataset_config must be a configuration name (letters, digits, '_', '-', '.'), "
                             f"got {self.config!r}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.data.formats import (DEFAULT_MAX_BYTES, RowError, dataset_fingerprint, detect_format,
-                                      read_records, to_messages)
+                                      open_records, to_messages)
 from llama_space.data.preview import preview_html
+from llama_space.data.spreadsheet import runs_as_formula
 from llama_space.data.tokenize import IGNORE_INDEX, Encoded, check_tokenizer, encode_messages
 from llama_space.errors import UserError
 
@@ -19,7 +22,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MAX_LISTED = 50  # errors/warnings listed in a report; the counts cover all of them
-FORMULA_PREFIXES = ("=", "+", "-", "@")  # spreadsheet programs run such cells as formulas
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Scan:
     """A file's rows after format detection and per-row checks, before tokenization."""
 
     data_format: str
-    total: int
+    total: int = 0
     rows: list[tuple[int, list[dict]]] = field(default_factory=list)  # (1-based row, messages) to train
     errors: list[dict] = field(default_factory=list)  # {"row", "message"}; these rows are skipped
     warnings: list[dict] = field(default_factory=list)  # {"row", "message"}; row None = whole file
@@ -39,10 +41,12 @@ class Analysis:
     """A scan plus tokenization: which rows train, which are truncated or left without a trained token."""
 
     scan: Scan
-    kept: list[Encoded]  # rows that train, in file order
-    lengths: list[int]  # full token length of every row that rendered
-    too_long: list[int]  # row numbers longer than max_length
-    no_trainable: list[int]  # row numbers with no assistant token within max_length
+    kept: list[Encoded] = field(default_factory=list)  # rows that train, in file order (the first `keep` of them)
+    trained: int = 0  # rows that train
+    trainable_tokens: int = 0  # tokens with a loss, after truncation to max_length
+    lengths: list[int] = field(default_factory=list)  # full token length of every row that rendered
+    too_long: list[int] = field(default_factory=list)  # row numbers longer than max_length
+    no_trainable: list[int] = field(default_factory=list)  # row numbers with no assistant token within max_length
 
 
 def check_conversation(messages: list[dict]) -> None:
@@ -61,18 +65,18 @@ def check_conversation(messages: list[dict]) -> None:
 
 def _formula_warning(record: dict) -> str | None:
     cells = [f"'{name}' starts with {value[0]!r}" for name, value in record.items()
-             if isinstance(value, str) and value.startswith(FORMULA_PREFIXES)]
+             if runs_as_formula(value)]
     if not cells:
         return None
     return "; ".join(cells) + ": spreadsheet programs may run such a cell as a formula; check it is meant as text"
 
 
-def scan_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
-    """Read, detect the format, normalize each row and sort rows into usable, broken and duplicate."""
-    loader, records = read_records(path, max_bytes)
-    scan = Scan(detect_format(list(records[0])), len(records))
-    first_seen: dict[str, int] = {}
+def _usable_rows(scan: Scan, loader: str, records: Iterator[dict]) -> Iterator[tuple[int, list[dict]]]:
+    """(row number, messages) of each usable row as it is read; broken and duplicate rows go into `scan`."""
+    # A digest per row, not the row, finds duplicates: the text is held once at most.
+    first_seen: dict[bytes, int] = {}
     for number, record in enumerate(records, 1):
+        scan.total = number
         if loader == "csv" and (warning := _formula_warning(record)):
             scan.warnings.append({"row": number, "message": warning})
         try:
@@ -81,13 +85,28 @@ def scan_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
         except RowError as exc:
             scan.errors.append({"row": number, "message": str(exc)})
             continue
-        key = json.dumps(messages, ensure_ascii=False)
+        key = hashlib.blake2b(json.dumps(messages, ensure_ascii=False).encode(), digest_size=16).digest()
         if key in first_seen:
             scan.duplicates += 1
             scan.warnings.append({"row": number, "message": f"exact duplicate of row {first_seen[key]}; skipped"})
         else:
             first_seen[key] = number
-            scan.rows.append((number, messages))
+            yield number, messages
+
+
+def scan_rows(path: str | Path,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Scan, Iterator[tuple[int, list[dict]]]]:
+    """The scan of a file (format detected from its columns) and its usable rows, read as they are taken:
+    the scan's counts, errors and warnings are complete once the rows are."""
+    records = open_records(path, max_bytes)
+    scan = Scan(detect_format(records.columns))
+    return scan, _usable_rows(scan, records.loader, records.rows)
+
+
+def scan_file(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
+    """Read, detect the format, normalize each row and sort rows into usable, broken and duplicate."""
+    scan, rows = scan_rows(path, max_bytes)
+    scan.rows = list(rows)
     return scan
 
 
@@ -108,14 +127,20 @@ def _trained_tokens(encoded: Encoded, max_length: int) -> int:
 
 
 def analyse(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
-            max_bytes: int = DEFAULT_MAX_BYTES) -> Analysis:
-    """Scan the file and tokenize every usable row with the model's chat template."""
+            max_bytes: int = DEFAULT_MAX_BYTES, keep: int | None = None) -> Analysis:
+    """Scan the file and tokenize every usable row with the model's chat template, a row at a time.
+
+    keep: how many trained rows' encodings `kept` holds (None: all, and `scan.rows` holds every usable row);
+    the counts cover every row either way, so a report holds no more than `keep` rows in memory.
+    """
     if max_length < 1:
         raise UserError(f"max_length must be at least 1, got {max_length}")
     check_tokenizer(tokenizer)
-    scan = scan_file(path, max_bytes)
-    analysis = Analysis(scan, kept=[], lengths=[], too_long=[], no_trainable=[])
-    for number, messages in scan.rows:
+    scan, rows = scan_rows(path, max_bytes)
+    analysis = Analysis(scan)
+    for number, messages in rows:
+        if keep is None:
+            scan.rows.append((number, messages))
         try:
             encoded = encode_messages(tokenizer, messages)
         except UserError as exc:  # the template rejected this row, e.g. roles that do not alternate
@@ -124,8 +149,11 @@ def analyse(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: in
         analysis.lengths.append(len(encoded.input_ids))
         if len(encoded.input_ids) > max_length:
             analysis.too_long.append(number)
-        if _trained_tokens(encoded, max_length):
-            analysis.kept.append(encoded)
+        if trained := _trained_tokens(encoded, max_length):
+            analysis.trained += 1
+            analysis.trainable_tokens += trained
+            if keep is None or len(analysis.kept) < keep:
+                analysis.kept.append(encoded)
         else:
             analysis.no_trainable.append(number)
             scan.warnings.append({"row": number, "message": f"no assistant token within max_length={max_length}; "
@@ -140,10 +168,10 @@ def _summary(analysis: Analysis, max_length: int) -> str:
     reasons = [f"{count} {what}" for count, what in [
         (len(scan.errors), "with errors"), (scan.duplicates, "exact duplicates"),
         (len(analysis.no_trainable), f"with no assistant token within {max_length} tokens")] if count]
-    if not analysis.kept:
+    if not analysis.trained:
         return (f"Nothing to train: none of the {scan.total} rows is usable ({', '.join(reasons)}). "
                 "Fix the rows listed and upload the file again.")
-    text = f"{len(analysis.kept)} of {scan.total} rows ({scan.data_format} format) will be trained"
+    text = f"{analysis.trained} of {scan.total} rows ({scan.data_format} format) will be trained"
     if reasons:
         text += f"; skipped: {', '.join(reasons)}"
     if analysis.too_long:
@@ -178,20 +206,20 @@ def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_leng
     trainable_tokens (tokens with a loss after truncation), token_stats ({"min", "median", "p95",
     "max"} of full token lengths, or None), preview (HTML of the first `preview_rows` trained rows).
     """
-    analysis = analyse(path, tokenizer, max_length, max_bytes)
+    analysis = analyse(path, tokenizer, max_length, max_bytes, keep=preview_rows)
     scan = analysis.scan
     warnings = list(scan.warnings)
     if analysis.too_long:
         warnings.insert(0, {"row": None, "message": f"{len(analysis.too_long)} rows are longer than "
                             f"max_length={max_length} tokens and are truncated: rows {_row_list(analysis.too_long)}"})
     return {
-        "ok": bool(analysis.kept),
+        "ok": bool(analysis.trained),
         "summary": _summary(analysis, max_length),
         "format": scan.data_format,
         "fingerprint": dataset_fingerprint(path),
         "rows": scan.total,
-        "valid_rows": len(analysis.kept),
-        "skipped_rows": scan.total - len(analysis.kept),
+        "valid_rows": analysis.trained,
+        "skipped_rows": scan.total - analysis.trained,
         "errors": scan.errors[:MAX_LISTED],
         "error_count": len(scan.errors),
         "warnings": warnings[:MAX_LISTED],
@@ -200,9 +228,9 @@ def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_leng
         "too_long": len(analysis.too_long),
         "no_trainable": len(analysis.no_trainable),
         "max_length": max_length,
-        "trainable_tokens": sum(_trained_tokens(encoded, max_length) for encoded in analysis.kept),
+        "trainable_tokens": analysis.trainable_tokens,
         "token_stats": _token_stats(analysis.lengths),
-        "preview": [preview_html(encoded, max_length) for encoded in analysis.kept[:preview_rows]],
+        "preview": [preview_html(encoded, max_length) for encoded in analysis.kept],
     }
 
 
@@ -210,7 +238,7 @@ def build_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_len
                    max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
     """Training rows {"input_ids", "labels"} of the file's valid rows; UserError if nothing is trainable."""
     analysis = analyse(path, tokenizer, max_length, max_bytes)
-    if not analysis.kept:
+    if not analysis.trained:
         details = f" First problems: {_first_errors(analysis.scan)}." if analysis.scan.errors else ""
         raise UserError(_summary(analysis, max_length) + details)
     return [{"input_ids": encoded.input_ids[:max_length], "labels": encoded.labels[:max_length]}
