@@ -181,7 +181,7 @@ def upload(http: httpx.Client, *sizes: int) -> httpx.Response:
 
 
 def test_uploads_are_bounded_per_request_and_per_visitor(loopback):
-    http, app = loopback["http"], loopback["app"]
+    http = loopback["http"]
     mb = 1024 * 1024
     assert upload(http, mb // 2).status_code == 200
     many = upload(http, *[mb // 2] * 3)

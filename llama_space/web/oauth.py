@@ -34,7 +34,6 @@ def oauth_user(request) -> dict | None:
     if request is None:
         return None
     return oauth_userinfo(request)
-    return (info or {}).get("userinfo") or None
 
 
 def current_profile() -> dict | None:
