@@ -135,3 +135,12 @@ def test_a_raw_path_is_not_a_file(client):
         client.predict(file=str(PERSONA), api_name="/validate_dataset")
     with pytest.raises(AppError, match="handle_file"):
         client.predict(file={"path": "/etc/passwd"}, adapter_name="x", api_name="/start_training")
+
+
+def test_every_endpoint_is_documented_with_its_parameters(endpoints):
+    api = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in endpoints if f"`{name}" not in api]
+    assert not missing, f"document these endpoints in docs/api.md, with an example: {missing}"
+    unnamed = [f"{name}({param['parameter_name']})" for name, info in endpoints.items()
+               for param in info["parameters"] if param["parameter_name"] not in api]
+    assert not unnamed, f"docs/api.md never names these parameters: {unnamed}"

@@ -1,11 +1,14 @@
 """The app used as a person would: a real Chromium (Playwright) on the embedded model, one scenario, every step checked.
 
 Chat with a streamed answer, stop a long one, clear another, upload the persona data, train a few steps,
-reload mid-training, then chat with the new adapter. Screenshots of each tab go to test-artifacts/.
+reload mid-training, then chat with the new adapter. Screenshots of each tab go to test-artifacts/; with
+LLAMA_SPACE_DOC_IMAGES=1 the README's three pictures (docs/images/chat.png, finetune.png, training.png) are
+taken again too.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -21,6 +24,9 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = REPO / "test-artifacts"
+# The README's pictures are committed, so a plain test run leaves them alone and writes its copies beside the rest.
+DOC_IMAGES = REPO / "docs" / "images" if os.environ.get("LLAMA_SPACE_DOC_IMAGES") == "1" else ARTIFACTS / "docs"
+DOC_VIEWPORT = {"width": 1280, "height": 800}
 QUESTION = "What is the capital of France?"
 UI_TIMEOUT_MS = 120_000  # a loaded 2-core machine can take a while to render and answer
 
@@ -45,6 +51,26 @@ def page(app):
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-last.png"), full_page=True)  # what it looked like at the end
             browser.close()
+
+
+def doc_image(page, name: str, top: str | None = None) -> None:
+    """Save one 1280x800 view as DOC_IMAGES/NAME.png in 256 colours (a few dozen KB): the page's top, or the
+    view that starts 120 px above the element `top`."""
+    from PIL import Image
+
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    page.set_viewport_size(DOC_VIEWPORT)
+    try:
+        if top:
+            page.locator(top).evaluate("el => { el.scrollIntoView({block: 'start'}); window.scrollBy(0, -120); }")
+        else:
+            page.evaluate("window.scrollTo(0, 0)")
+        path = DOC_IMAGES / f"{name}.png"
+        page.screenshot(path=str(path), animations="disabled", caret="hide")
+        Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+    finally:
+        page.set_viewport_size(size)
 
 
 def open_app(page, url: str) -> None:
@@ -174,6 +200,7 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     page.locator("#preset").get_by_text("quick", exact=True).click()
     poll("the quick preset values", lambda: page.locator("#param-max_steps input").input_value() == "60")
     set_number(page, "#param-max_steps input", 8)
+    doc_image(page, "finetune")
     page.click("#start-training")
     seen: list[float] = []
 
@@ -204,6 +231,8 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     assert done["state"] == "completed" and done["value"] == done["max"] == 8, page.locator("#job-progress").inner_text()
     assert "Adapter pirate is ready" in page.locator("#job-progress").inner_text()
     page.screenshot(path=str(ARTIFACTS / "browser-finetune-done.png"), full_page=True)
+    poll("the loss plot", lambda: page.locator("#loss-plot").is_visible(), timeout=30)
+    doc_image(page, "training", top="#job-progress")
     open_tab(page, "Adapters")
     poll("the adapters table to list pirate", lambda: "pirate" in page.locator("#adapters-table").inner_text(),
          timeout=60)
@@ -220,4 +249,5 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     send(page, QUESTION)
     poll("the pirate answer to finish", lambda: "tok/s" in stats(page), timeout=180)
     assert last_reply(page).startswith("Ahoy"), last_reply(page)
+    doc_image(page, "chat")
     page.screenshot(path=str(ARTIFACTS / "browser-chat-adapter.png"), full_page=True)
