@@ -158,7 +158,7 @@ AB_VARIANTS = [("float32", "spin", 0), ("bfloat16", "spin", 0), ("bfloat16", "pa
 
 def omp_ab(model: str, rounds: int, tokens: int, contend: int) -> None:
     """Plain generate in fresh processes: dtype x OpenMP waiting x threads, alternating, optionally contended."""
-    from llama_space.inference.loading import resolve_model
+    from llama_space.model.source import resolve_model
 
     source = resolve_model(model, REPO / "data" / "cache")
     rates: dict[str, list[float]] = {"/".join(map(str, v)): [] for v in AB_VARIANTS}
@@ -195,7 +195,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llama_space.inference.fast_decode import prepare_decode
-    from llama_space.inference.loading import resolve_model
+    from llama_space.model.source import resolve_model
     from llama_space.inference.manager import ModelManager
     from llama_space.inference.params import GenerationParams
     from llama_space.inference.prompting import build_prompt, normalize_messages

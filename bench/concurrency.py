@@ -211,7 +211,7 @@ def print_steps(steps: dict) -> None:
 def main() -> None:
     args = parse_args()
     os.environ.update(common.OMP_WAITS[args.omp_wait])  # before torch loads OpenMP; the app's process inherits it
-    from llama_space.inference.loading import resolve_model
+    from llama_space.model.source import resolve_model
 
     source = resolve_model(args.model, REPO / "data" / "cache")
     parts = set(args.parts.split(","))

@@ -104,7 +104,7 @@ def main() -> None:
     from adapterutil import random_adapter
 
     from bench.common import machine
-    from llama_space.inference.loading import embedded_checkpoint
+    from llama_space.model.source import embedded_checkpoint
 
     base = Path(embedded_checkpoint(REPO / "data" / "cache"))
     results = {"machine": machine(), "model": base.name}

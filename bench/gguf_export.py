@@ -128,7 +128,7 @@ def main() -> None:
         return child(*args.child)
     model = args.model
     if not model:
-        from llama_space.inference.loading import embedded_checkpoint
+        from llama_space.model.source import embedded_checkpoint
 
         model = embedded_checkpoint(REPO / "data" / "cache")
     rows = []

@@ -67,7 +67,7 @@ def build_model(tiny: bool, device: str) -> Path:
     from llama31 import EOT, save_tokenizer
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from llama_space.inference.loading import embedded_checkpoint
+    from llama_space.model.source import embedded_checkpoint
     from llama_space.training.planner import llama31_8b_config
 
     out = REPO / "data" / "cache" / "gpu-check" / ("tiny" if tiny else "llama31-8b-random")

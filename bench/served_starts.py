@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llama_space.inference.loading import resolve_model
+    from llama_space.model.source import resolve_model
 
     source = resolve_model(args.model, REPO / "data" / "cache")
     tokenizer = AutoTokenizer.from_pretrained(source)

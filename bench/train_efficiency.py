@@ -79,7 +79,7 @@ def generated_rows(path: Path, count: int = 96) -> Path:
 def model_path(name: str, work: Path) -> str:
     """The embedded model's checkpoint, a path as given, or a freshly built tiny random Llama (tiny-128k: with
     Llama 3's vocabulary size, untied, so the LM head and the logits dominate as they do for 8B)."""
-    from llama_space.inference.loading import embedded_checkpoint
+    from llama_space.model.source import embedded_checkpoint
 
     embedded = embedded_checkpoint(REPO / "data" / "cache")
     if name == "embedded":

@@ -151,13 +151,3 @@ def zip_adapter(adapters_dir: Path, name: str, out_dir: Path) -> Path:
     os.replace(tmp, target)
     return target
 
-
-def push_to_hub(adapters_dir: Path, name: str, repo_id: str, token: str | None = None,
-                private: bool = True, api=None) -> str:
-    """Upload adapter `name` with a generated model card to the Hub model repo `repo_id` (created private by
-    default); return the repo URL. `api` stands in for huggingface_hub.HfApi (tests record what would be sent)."""
-    from llama_space.export import publish
-
-    own_files(adapters_dir, name)  # the same rule as the zip: nothing behind a link leaves the server
-    path = adapter_path(adapters_dir, name)
-    return publish.push("adapter", path, name, read_metadata(path), repo_id, private=private, api=api, token=token)

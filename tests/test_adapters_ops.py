@@ -10,6 +10,7 @@ import pytest
 
 from llama_space import adapters
 from llama_space.errors import UserError
+from llama_space.export import publish
 
 
 def _make_adapter(root: Path, name: str, **meta) -> Path:
@@ -73,12 +74,12 @@ def test_push_without_token_or_offline_says_what_to_do(tmp_path, monkeypatch):
     _make_adapter(tmp_path, "mine")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(UserError, match="HF_TOKEN"):
-        adapters.push_to_hub(tmp_path, "mine", "user/mine")
+        publish.push_adapter(tmp_path, "mine", "user/mine")
     # The tests run offline (HF_HUB_OFFLINE=1): a token alone must not lead to a network attempt.
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
-        adapters.push_to_hub(tmp_path, "mine", "user/mine", token="hf_dummy")
+        publish.push_adapter(tmp_path, "mine", "user/mine", token="hf_dummy")
     with pytest.raises(UserError, match="no adapter named"):
-        adapters.push_to_hub(tmp_path, "missing", "user/missing", token="hf_dummy")
+        publish.push_adapter(tmp_path, "missing", "user/missing", token="hf_dummy")
 
 
 def test_push_network_failure_is_a_user_error(tmp_path, monkeypatch):
@@ -88,4 +89,4 @@ def test_push_network_failure_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(UserError, match="Could not push 'mine'.*network connection"):
-        adapters.push_to_hub(tmp_path, "mine", "user/mine", token="hf_dummy")
+        publish.push_adapter(tmp_path, "mine", "user/mine", token="hf_dummy")

@@ -11,6 +11,7 @@ import itertools
 import json
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,21 @@ def test_csv_cells_that_start_like_formulas_are_quoted():
     assert inert("@SUM(A1)") == "'@SUM(A1)"
     assert inert("Blue") == "Blue"
     assert inert(None) == ""
+
+
+def test_a_prompts_file_is_read_a_row_at_a_time_keeping_only_the_prompts(tmp_path):
+    # 1000 rows with 8 KB of notes each (8 MB): before, every row stayed in memory as a dict until the end.
+    rows = [{"prompt": f"Question {n}?", "system": "Be brief.", "answer": f"{n}", "notes": "n" * 8192}
+            for n in range(1000)]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"prompt": ""}\n')
+    tracemalloc.start()
+    try:
+        found = eval_data.from_prompts_file(path, 2**24)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (len(found.rows), found.skipped) == (1000, 1)
+    assert found.rows[7] == eval_data.EvalRow([{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "Question 7?"}], "7")
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB of Python allocations for an 8 MB file"

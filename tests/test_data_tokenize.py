@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 
 import pytest
 from transformers import AutoTokenizer
 
 from llama_space.data import IGNORE_INDEX, build_examples, tokenize_messages, validate_file
+from llama_space.data import tokenize as tokenize_module
+from llama_space.data.limits import MAX_TURNS
+from llama_space.data.tokenize import Masker
 from llama_space.errors import UserError
 
 from llama31 import BOS, DATED, EOT, header
@@ -171,3 +175,63 @@ def test_template_that_rejects_a_row_reports_it(tiny_model_dir, tmp_path):
     assert report["valid_rows"] == 1
     assert report["errors"][0]["row"] == 2
     assert "roles must alternate" in report["errors"][0]["message"]
+
+
+def alternating(turns: int) -> list[dict]:
+    """A conversation of `turns` messages, user first, each with its own text."""
+    return [{"role": ("user", "assistant")[n % 2], "content": f"Turn {n}: " + ("ask" if n % 2 == 0 else "answer")}
+            for n in range(turns)]
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama31"])
+def test_masking_renders_a_conversation_a_few_times_whatever_its_turns(tiny_model_dir, llama31_tokenizer_dir, name,
+                                                                       monkeypatch):
+    # The conversation, its layout, and the first reply's prompt and turn: 2 * turns + 3 messages rendered. Before,
+    # each reply rendered the conversation up to it twice: 33,152 messages rendered for 256 turns.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir if name == "chatml" else llama31_tokenizer_dir)
+    render = tokenizer.apply_chat_template
+    rendered = []
+    monkeypatch.setattr(tokenizer, "apply_chat_template",
+                        lambda messages, **kwargs: rendered.append(len(messages)) or render(messages, **kwargs))
+    for turns in (2, 8, 32, 128, MAX_TURNS):
+        rendered.clear()
+        row = tokenize_messages(tokenizer, alternating(turns), max_length=10**6)
+        assert len(rendered) <= 4 and sum(rendered) <= 2 * turns + 3, (turns, rendered)
+        end = "<|im_end|>" if name == "chatml" else EOT
+        assert trained_runs(tokenizer, row) == [f"Turn {n}: answer{end}" for n in range(1, turns, 2)]
+
+
+TRICKY = ["Yes", " Yes ", "\n\nYes.", "Say Yes", "", "<|im_end|>", "<|eot_id|>", "assistant", "\ue000 0\ue000"]
+# Its template text differs around every reply: each reply is masked from renderings of the prefixes before it.
+NUMBERED_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ loop.index }} {{ m.role }}\n{{ m.content }}<|im_end|>"
+                     "{% if not loop.last %}\n{% endif %}{% endfor %}"
+                     "{% if add_generation_prompt %}<|im_start|>{{ messages | length + 1 }} assistant\n{% endif %}")
+
+
+def conversations(count: int, seed: int = 0) -> list[list[dict]]:
+    """Conversations with a system message or none, runs of replies, and contents that look like template text."""
+    rng = random.Random(seed)
+    found = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": rng.choice(TRICKY)}] * (rng.random() < 0.4)
+        messages.append({"role": "user", "content": rng.choice(TRICKY)})
+        for _ in range(rng.randint(1, 7)):
+            role = rng.choice(["user", "assistant", "assistant"])
+            text = rng.choice(TRICKY) if role == "user" else rng.choice([t for t in TRICKY if t.strip()])
+            messages.append({"role": role, "content": text + rng.choice(["", " ", "\n"]) * (role == "assistant")})
+        found.append(messages if any(m["role"] == "assistant" for m in messages)
+                     else [*messages, {"role": "assistant", "content": "Yes"}])
+    return found
+
+
+@pytest.mark.parametrize("template", [None, MERGED_SYSTEM_TEMPLATE, NUMBERED_TEMPLATE, "llama31"],
+                         ids=["chatml", "merged-system", "numbered", "llama31"])
+def test_masking_from_one_layout_equals_masking_from_every_prefix(tiny_model_dir, llama31_tokenizer_dir, template,
+                                                                  monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(llama31_tokenizer_dir if template == "llama31" else tiny_model_dir)
+    if template not in (None, "llama31"):
+        tokenizer.chat_template = template
+    rows = conversations(150)
+    linear = [Masker(tokenizer).encode(messages) for messages in rows]
+    monkeypatch.setattr(tokenize_module._Layout, "of", classmethod(lambda cls, *args: None))
+    assert [Masker(tokenizer).encode(messages) for messages in rows] == linear

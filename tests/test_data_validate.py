@@ -9,6 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from llama_space.data import build_examples, load_conversations, render_preview, validate_file
+from llama_space.data.formats import to_messages
+from llama_space.data.limits import TokenBudget
 from llama_space.errors import UserError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "persona.jsonl"
@@ -169,3 +171,34 @@ def test_example_persona_file_is_clean_and_consistent(tokenizer):
     assert all(reply.startswith("Ahoy! ") and reply.endswith(" Fair winds, matey!") for reply in replies)
     reply_tokens = [len(tokenizer(reply)["input_ids"]) for reply in replies]
     assert 15 <= min(reply_tokens) and max(reply_tokens) <= 60
+
+
+def test_token_counts_stop_at_the_budget_but_every_row_is_checked_and_trained(tokenizer, tmp_path):
+    long = {"instruction": "Explain.", "output": "Because " * 80}
+    rows = [GOOD, long, {"instruction": "Q3", "output": "A3"}, {"instruction": "x"},
+            {**long, "instruction": "Explain again."}, GOOD, {"instruction": "Q7", "output": "A7"}, {"output": 8}]
+    path = write_jsonl(tmp_path / "b.jsonl", rows)
+    report = validate_file(path, tokenizer, max_length=64, budget=TokenBudget(rows=3))
+    # Rows 1-3 tokenized; after them rows 4 and 8 are still errors and 6 a duplicate; 5 and 7 are counted unseen.
+    assert (report["rows"], report["tokenized_rows"], report["valid_rows"], report["skipped_rows"]) == (8, 3, 5, 3)
+    assert ([e["row"] for e in report["errors"]], report["duplicates"], report["too_long"]) == ([4, 8], 1, 1)
+    assert report["summary"] == ("5 of 8 rows (alpaca format) will be trained; skipped: 2 with errors, 1 exact "
+                                 "duplicates; 1 longer than 64 tokens are truncated. Token counts are from rows 1-3 "
+                                 "only: the other 2 usable rows were checked for format, not tokenized.")
+    assert report["warnings"][0]["row"] is None
+    assert "validation tokenizes at most 3 rows" in report["warnings"][0]["message"]
+    assert "training tokenizes and checks every row" in report["warnings"][0]["message"]
+    assert len(build_examples(path, tokenizer, max_length=64)) == 5  # training takes every row
+    whole = validate_file(path, tokenizer, max_length=64)
+    assert (whole["tokenized_rows"], whole["valid_rows"], whole["too_long"]) == (5, 5, 2)
+    assert "Token counts" not in whole["summary"] and whole["warnings"][0]["row"] is None  # the too-long one
+
+
+def test_the_budget_counts_characters_rendered_and_tokenized(tokenizer, tmp_path):
+    rows = [{"instruction": f"Question {n}?", "output": f"Answer {n}."} for n in range(6)]
+    text = tokenizer.apply_chat_template(to_messages("alpaca", rows[0]), tokenize=False)
+    # A single-turn row: written twice by the chat template (the conversation, the prompt before the reply) and
+    # tokenized once; the budget is checked before each row, so the row that passes it is the last one tokenized.
+    report = validate_file(write_jsonl(tmp_path / "c.jsonl", rows), tokenizer, 128,
+                           budget=TokenBudget(chars=3 * len(text) + 1))
+    assert (report["tokenized_rows"], report["valid_rows"]) == (2, 6)

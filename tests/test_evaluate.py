@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import pytest
+from adapterutil import random_adapter
+from jobutil import write_alpaca
 
 from llama_space import adapters
 from llama_space.data import build_examples
 from llama_space.errors import UserError
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.prompting import normalize_messages
-from llama_space.service.compare import greedy
+from llama_space.service.compare import Comparer, greedy
 from llama_space.service.evaluate import EvalOptions, Evaluator, batches
 from llama_space.settings import Settings
-
-from adapterutil import random_adapter
-from jobutil import write_alpaca
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def direct_loss(model_dir, examples, adapter_dir=None) -> float:
 
 def test_loss_equals_a_direct_masked_computation(manager, tiny_model_dir, tmp_path):
     data = write_alpaca(tmp_path / "sums.jsonl", rows=11)
-    result = Evaluator(manager).evaluate(["one"], file=str(data), options=EvalOptions(generate_answers=False))
+    evaluator = Evaluator(Comparer(manager))
+    result = evaluator.evaluate(["one"], file=str(data), options=EvalOptions(generate_answers=False))
     examples = build_examples(data, manager.tokenizer, 384)
     assert result["state"] == "completed" and result["examples"] == 11
     base, one = result["models"]["base"], result["models"]["one"]
@@ -94,7 +96,8 @@ def test_answers_are_matched_and_figures_saved_next_to_the_base(manager, tmp_pat
                             for p, r in zip(prompts, references)))
     meta_file = manager.settings.adapters_dir / "one" / adapters.METADATA_FILE
     before = json.loads(meta_file.read_text())
-    result = Evaluator(manager).evaluate(["one", "two"], file=str(data), options=EvalOptions(max_new_tokens=8))
+    evaluator = Evaluator(Comparer(manager))
+    result = evaluator.evaluate(["one", "two"], file=str(data), options=EvalOptions(max_new_tokens=8))
     figures = result["models"]
     assert (figures["one"]["exact_match"], figures["one"]["contains"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
     for model, adapter in (("base", ""), ("two", "two")):
@@ -129,7 +132,8 @@ def test_an_unreadable_metadata_file_is_left_alone(manager, tmp_path):
     meta_file.write_text("{half a file")
     try:
         data = write_alpaca(tmp_path / "d.jsonl", rows=3)
-        result = Evaluator(manager).evaluate(["one"], file=str(data), options=EvalOptions(generate_answers=False))
+        evaluator = Evaluator(Comparer(manager))
+        result = evaluator.evaluate(["one"], file=str(data), options=EvalOptions(generate_answers=False))
         assert result["saved"] == [] and "cannot be read" in result["not_saved"]["one"]
         assert meta_file.read_text() == "{half a file"
     finally:
@@ -139,7 +143,7 @@ def test_an_unreadable_metadata_file_is_left_alone(manager, tmp_path):
 def test_cancel_stops_the_run_and_saves_nothing(manager, tmp_path):
     data = write_alpaca(tmp_path / "many.jsonl", rows=60)
     before = {name: adapters.read_metadata(manager.settings.adapters_dir / name) for name in ("one", "two")}
-    evaluator = Evaluator(manager)
+    evaluator = Evaluator(Comparer(manager))
     assert evaluator.cancel() == {"cancelling": False}
     updates = []
     for update in evaluator.run(["one", "two"], file=str(data)):
@@ -157,8 +161,31 @@ def test_cancel_stops_the_run_and_saves_nothing(manager, tmp_path):
     again.close()
 
 
+def test_close_stops_a_running_evaluation_and_returns_once_it_ended(manager, tmp_path):
+    """The app's end (Services.close) stops an evaluation before the backend closes the model under it."""
+    data = write_alpaca(tmp_path / "many.jsonl", rows=60)
+    evaluator = Evaluator(Comparer(manager))
+    updates, in_loss = [], threading.Event()
+
+    def client():  # reads the updates as Gradio does, in its own thread
+        for update in evaluator.run(["one", "two"], file=str(data)):
+            updates.append(update)
+            if update["stage"] == "loss" and not in_loss.is_set():
+                in_loss.set()
+                time.sleep(0.5)  # the app's end begins meanwhile
+
+    reader = threading.Thread(target=client)
+    reader.start()
+    assert in_loss.wait(60)
+    evaluator.close()
+    assert updates[-1]["state"] == "cancelled"  # the run had ended when close() returned
+    first = len(next(batches(build_examples(data, manager.tokenizer, 384))))
+    assert [u["done"] for u in updates if u["stage"] == "loss"] == [first]
+    reader.join(10)
+
+
 def test_evaluation_needs_an_adapter_and_data(manager):
-    evaluator = Evaluator(manager)
+    evaluator = Evaluator(Comparer(manager))
     with pytest.raises(UserError, match="at least one adapter"):
         evaluator.evaluate([])
     with pytest.raises(UserError, match="Upload a dataset file or choose a training job"):

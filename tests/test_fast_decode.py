@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.inference import loading
-from llama_space.inference.fast_decode import (ThreadGovernor, attention_implementation, decode_hooks,
-                                               generate_overrides, prepare_decode, should_compile)
+from llama_space.inference import manager as manager_module
+from llama_space.inference.fast_decode import (ThreadGovernor, decode_hooks, generate_overrides, prepare_decode,
+                                               should_compile)
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
+from llama_space.model.loading import attention_implementation
 from llama_space.settings import Settings
 
 
@@ -41,7 +42,7 @@ def fast(tiny_model_dir, tmp_path_factory):
         return plans[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loading, "prepare_decode", eager)
+        patch.setattr(manager_module, "prepare_decode", eager)
         manager = tiny_manager(tiny_model_dir, tmp_path_factory, compile="on")
     [plan] = plans
     assert plan.compiled and plan.warmup_seconds > 0

@@ -311,7 +311,7 @@ def test_pickle_only_adapter_is_never_listed_or_loaded(world):
 
 def test_remote_code_in_a_model_dir_never_runs(tiny_model_dir, tmp_path):
     """A model whose config points at its own Python code is loaded as plain Llama (or refused), never run."""
-    from llama_space.inference.loading import load_model
+    from llama_space.model.loading import load_model
     from llama_space.training import lora
 
     model_dir = tmp_path / "remote-code-model"

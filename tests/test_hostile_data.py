@@ -18,10 +18,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from transformers import AutoTokenizer
 
-from llama_space.data import load_conversations, validate_file
+from llama_space.data import build_examples, load_conversations, validate_file
 from llama_space.data.formats import read_records
-from llama_space.data.limits import MAX_ROWS, MAX_TURNS
+from llama_space.data.limits import MAX_ROWS, MAX_TOKENIZED_CHARS, MAX_TURNS
 from llama_space.errors import UserError
+from llama_space.service.eval_data import from_prompts_file
 from llama_space.settings import Settings
 
 from apputil import launched_app
@@ -164,6 +165,48 @@ def test_validation_holds_only_the_preview_rows_of_a_large_file(tokenizer, tmp_p
         tracemalloc.stop()
     assert report["valid_rows"] == 500 and len(report["preview"]) == 3
     assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB of Python allocations for a 0.5 MB file"
+
+
+def test_validation_work_is_bounded_per_row_and_per_file(tokenizer, tmp_path, monkeypatch):
+    # 60 conversations of MAX_TURNS turns (5 MB): before, each took ~0.8 s here, rendering about 33,000 messages as
+    # its replies' prefixes; now each renders its turns about twice, and tokenizing stops past the budget.
+    turns = [{"role": role, "content": f"{role} {n}: " + "words " * 50} for n in range(MAX_TURNS // 2)
+             for role in ("user", "assistant")]
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Row {row}."}, *turns[1:]]}) + "\n"
+                            for row in range(60)))
+    render = tokenizer.apply_chat_template
+    rendered = {"messages": 0, "characters": 0}
+
+    def counted(messages, **kwargs):
+        text = render(messages, **kwargs)
+        rendered["messages"] += len(messages)
+        rendered["characters"] += len(text)
+        return text
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", counted)
+    report = validate_file(path, tokenizer, 384)
+    assert report["valid_rows"] == report["rows"] == 60 and report["error_count"] == 0
+    assert 1 <= report["tokenized_rows"] < 60
+    assert "Token counts are from rows 1-" in report["summary"]
+    assert rendered["messages"] <= report["tokenized_rows"] * (2 * MAX_TURNS + 3)
+    row_text = len(render([{"role": "user", "content": "Row 0."}, *turns[1:]], tokenize=False))
+    assert rendered["characters"] <= MAX_TOKENIZED_CHARS + 3 * row_text
+
+
+def test_a_lone_surrogate_is_a_row_error_not_a_crash(tokenizer, tmp_path):
+    # JSON may escape half a UTF-16 pair ("\ud800"); no encoding or tokenizer takes it, and it failed the whole file.
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"instruction": "Hi \\ud800", "output": "Hello"}\n' + json.dumps(GOOD) + "\n")
+    report = validate_file(path, tokenizer, 384)
+    assert report["valid_rows"] == 1
+    assert report["errors"] == [{"row": 1, "message": "turn 1: holds a lone surrogate (a \\ud800-\\udfff escape), "
+                                                      "which is not text"}]
+    assert len(build_examples(path, tokenizer, 384)) == 1
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi \\udfff"}\n{"prompt": "Hi", "reference": "\\ud83d"}\n{"prompt": "Hi"}\n')
+    found = from_prompts_file(prompts, 2**20)
+    assert (len(found.rows), found.skipped) == (1, 2)
 
 
 def test_the_validate_dataset_endpoint_refuses_the_bombs_and_loader_names(tiny_model_dir, tmp_path, monkeypatch,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llama_space.inference import loading
+from llama_space.model import loading
 
 
 def fake_step_seconds(fp32: float, bf16: float):
@@ -22,7 +22,7 @@ def checkpoint_weights(directory) -> dict[str, torch.Tensor]:
 
 def test_fp32_choice_serves_the_checkpoint_weights_bit_for_bit(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_measure_decode", fake_step_seconds(fp32=0.010, bf16=0.020))
-    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "auto", tmp_path, compile="off")
+    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "auto", tmp_path)
     expected = checkpoint_weights(tiny_model_dir)
     served = model.state_dict()
     assert model.dtype == torch.float32 and set(expected) <= set(served)
@@ -32,7 +32,7 @@ def test_fp32_choice_serves_the_checkpoint_weights_bit_for_bit(tiny_model_dir, t
 
 def test_bf16_choice_serves_bf16(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_measure_decode", fake_step_seconds(fp32=0.020, bf16=0.010))
-    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "auto", tmp_path, compile="off")
+    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "auto", tmp_path)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     expected = checkpoint_weights(tiny_model_dir)["model.embed_tokens.weight"]
     assert torch.equal(model.get_input_embeddings().weight, expected.to(torch.bfloat16))
@@ -126,9 +126,9 @@ DECODE_AFTER_LOAD = """
 import sys, threading
 from pathlib import Path
 import torch
-from llama_space.inference.loading import load_model
+from llama_space.model.loading import load_model
 
-load_model(sys.argv[1], "cpu", "auto", Path(sys.argv[2]), compile="off")
+load_model(sys.argv[1], "cpu", "auto", Path(sys.argv[2]))
 
 def sleeps() -> int:
     lines = (line for task in Path("/proc/self/task").iterdir() for line in (task / "status").read_text().splitlines())

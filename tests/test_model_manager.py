@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from llama_space.errors import NotFoundError, UserError
-from llama_space.inference.admission import QueueFullError
+from llama_space.errors import NotFoundError, QueueFullError, UserError
 from llama_space.inference.backend import ChatBackend
 from llama_space.inference.fifo import FairLock
 from llama_space.inference.manager import ModelManager
@@ -127,10 +126,10 @@ def test_full_queue_refuses_at_once(manager):
 
 
 def test_compile_setting_reaches_the_decode_plan(monkeypatch, tiny_model_dir):
-    import llama_space.inference.loading as model_loading
+    import llama_space.inference.manager as manager_module
 
     modes = []
-    monkeypatch.setattr(model_loading, "prepare_decode", lambda model, tokenizer, mode: modes.append(mode))
+    monkeypatch.setattr(manager_module, "prepare_decode", lambda model, tokenizer, mode: modes.append(mode))
     for mode in ("on", "off"):
         ModelManager(Settings(model=str(tiny_model_dir), compile=mode)).load()
     assert modes == ["on", "off"]

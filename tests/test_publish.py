@@ -55,7 +55,7 @@ def pirate(tiny_model_dir, tmp_path) -> Path:
 
 def test_adapter_push_sends_its_files_and_a_card_in_one_private_commit(pirate):
     api = RecordingApi()
-    url = adapters.push_to_hub(pirate.parent, "pirate", "me/pirate-lora", api=api)
+    url = publish.push_adapter(pirate.parent, "pirate", "me/pirate-lora", api=api)
     assert url == "https://huggingface.co/me/pirate-lora"
     assert api.calls[0] == ("create_repo", "me/pirate-lora", {"private": True, "exist_ok": True, "repo_type": "model"})
     assert api.calls[1][3] == {"repo_type": "model", "commit_message": "Upload adapter pirate from Llama Space"}
@@ -80,7 +80,7 @@ def test_adapter_push_sends_its_files_and_a_card_in_one_private_commit(pirate):
 def test_public_push_and_a_card_without_evaluation(pirate):
     adapters.write_metadata(pirate, {k: v for k, v in METADATA.items() if k != "evaluation"})
     api = RecordingApi()
-    adapters.push_to_hub(pirate.parent, "pirate", "me/pirate-lora", private=False, api=api)
+    publish.push_adapter(pirate.parent, "pirate", "me/pirate-lora", private=False, api=api)
     assert api.calls[0][2]["private"] is False
     assert "No evaluation was recorded for this adapter." in sent(api)[publish.CARD_FILE].decode()
 
@@ -117,14 +117,14 @@ def test_refusals_say_what_to_fix(pirate, monkeypatch):
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(UserError, match="set HF_TOKEN"):
-        adapters.push_to_hub(pirate.parent, "pirate", "me/pirate")
+        publish.push_adapter(pirate.parent, "pirate", "me/pirate")
     for bad in ("no-namespace", "me/bad name", "a/b/c"):
         with pytest.raises(UserError, match="write it as your-name/model-name"):
-            adapters.push_to_hub(pirate.parent, "pirate", bad, api=RecordingApi())
+            publish.push_adapter(pirate.parent, "pirate", bad, api=RecordingApi())
     response = type("Response", (), {"status_code": 403, "headers": {}, "request": None})()
     refused = RecordingApi(fail=HfHubHTTPError("403 Forbidden: secret server text /tmp/x", response=response))
     with pytest.raises(UserError) as error:
-        adapters.push_to_hub(pirate.parent, "pirate", "other/pirate", api=refused)
+        publish.push_adapter(pirate.parent, "pirate", "other/pirate", api=refused)
     assert str(error.value).startswith("Could not push 'pirate' to 'other/pirate': the token may not write there")
     assert "secret" not in str(error.value)
     assert json.loads((pirate / adapters.METADATA_FILE).read_text()) == METADATA  # nothing changed locally

@@ -10,7 +10,7 @@ from conftest import MODEL_CACHE
 from llama_space.errors import UserError
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
-from llama_space.inference.backend import make_backend
+from llama_space.inference.backend import HoldsModel, SharesWeights, make_backend
 from llama_space.inference.remote import RemoteBackend
 from llama_space.settings import Settings
 
@@ -40,6 +40,11 @@ def backend(remote):
 def test_make_backend_picks_remote_only_with_a_url(remote):
     assert isinstance(make_backend(Settings(backend_url=remote.url)), RemoteBackend)
     assert type(make_backend(Settings())).__name__ == "ModelManager"
+
+
+def test_a_remote_backend_declares_no_model_in_this_process(backend):
+    """Evaluation and shared training jobs need one, and ask the backend by its declared abilities."""
+    assert not isinstance(backend, HoldsModel) and not isinstance(backend, SharesWeights)
 
 
 def test_remote_lists_base_and_adapters(backend, remote):
@@ -117,7 +122,7 @@ def test_app_chats_through_the_other_instance(remote, tmp_path):
 
 
 def test_remote_requests_share_the_apps_queue_bound(remote):
-    from llama_space.inference.admission import QueueFullError
+    from llama_space.errors import QueueFullError
 
     bounded = RemoteBackend(Settings(backend_url=remote.url, backend_api_key=KEY, max_queue=1,
                                      concurrency=1)).load()

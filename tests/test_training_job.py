@@ -10,7 +10,7 @@ import pytest
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.inference.loading import base_model_name
+from llama_space.model.source import base_model_name
 from llama_space.training import TrainingParams, jobfiles
 
 from jobutil import finished, make_runner, poll, write_alpaca

@@ -5,7 +5,7 @@ import spaces
 
 from llama_space.errors import NotFoundError, UserError
 from llama_space.inference import zerogpu
-from llama_space.inference.backend import make_backend
+from llama_space.inference.backend import ChatBackend, HoldsModel, SharesWeights, make_backend
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
@@ -74,6 +74,18 @@ def test_user_errors_raised_inside_the_gpu_call_keep_their_class_and_text(manage
     with pytest.raises(NotFoundError):
         backend.stream(HELLO, GREEDY, adapter="missing")
     assert backend.base_name == manager.base_name  # everything else is the inner backend's
+
+
+def test_it_forwards_the_chat_backend_and_declares_no_other_ability(manager):
+    backend = zerogpu.ZeroGPUBackend(manager)
+    members = [name for name in (*vars(ChatBackend), *ChatBackend.__annotations__) if not name.startswith("_")]
+    assert {"settings", "tokenizer", "count_tokens", "unload_adapter"} <= set(members)
+    assert [name for name in members if not hasattr(backend, name)] == []
+    assert (backend.list_adapters(), backend.check_adapter("base")) == (manager.list_adapters(), "")
+    assert backend.context_window == manager.context_window and backend.tokenizer is manager.tokenizer
+    # The model runs only inside GPU calls: nothing outside them may borrow it or train beside it.
+    assert isinstance(manager, HoldsModel) and isinstance(manager, SharesWeights)
+    assert not isinstance(backend, HoldsModel) and not isinstance(backend, SharesWeights)
 
 
 def test_starting_a_job_on_zerogpu_is_refused_before_anything_is_copied(manager, monkeypatch, tmp_path):

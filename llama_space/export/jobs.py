@@ -24,6 +24,7 @@ import llama_space
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.export import base, merge
+from llama_space.model import source
 from llama_space.procutil import pid_alive
 from llama_space.training import jobfiles
 
@@ -74,7 +75,7 @@ class ExportJobs:
         if not adapters.is_complete(path):
             raise UserError(f"There is no adapter named {adapter!r}.")
         base.check_same_base(adapters.read_metadata(path), self.settings.model, adapter)
-        return merge.plan_merge(base.base_dir(self.settings.model, self.settings.cache_dir), path)
+        return merge.plan_merge(source.local_dir(self.settings.model, self.settings.cache_dir), path)
 
     def start(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> dict:
         """Check the export fits, write its folder and launch it; return its status (with `needs`)."""

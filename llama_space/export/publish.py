@@ -93,6 +93,15 @@ def push(kind: str, source: Path, name: str, metadata: dict, repo_id: str, priva
     return str(url)
 
 
+def push_adapter(adapters_dir: Path, name: str, repo_id: str, token: str | None = None, private: bool = True,
+                 api: HfApi | None = None) -> str:
+    """Upload adapter `name` with a generated model card to the Hub model repo `repo_id` (created private by
+    default); return the repo URL. `api` stands in for huggingface_hub.HfApi (tests record what would be sent)."""
+    adapters.own_files(adapters_dir, name)  # the same rule as the zip: nothing behind a link leaves the server
+    path = adapters.adapter_path(adapters_dir, name)
+    return push("adapter", path, name, adapters.read_metadata(path), repo_id, private=private, api=api, token=token)
+
+
 def _reason(exc: Exception) -> str:
     """Why a push failed, without the exception's own text (which may carry local paths)."""
     from huggingface_hub.errors import HfHubHTTPError

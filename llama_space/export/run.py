@@ -17,8 +17,9 @@ import zipfile
 from pathlib import Path
 
 from llama_space.errors import UserError
-from llama_space.export import base, merge
+from llama_space.export import merge
 from llama_space.export.jobs import LOG_FILE, OUT_DIR, SCRATCH_DIR
+from llama_space.model import source
 from llama_space.training import jobfiles
 
 log = logging.getLogger("llama_space.export")
@@ -67,7 +68,7 @@ def zip_folder(folder: Path, target: Path, progress: Reporter) -> Path:
 
 def export(job_dir: Path, config: dict) -> str:
     """Write the export's results into job_dir/out; return the name of the file to download."""
-    base_dir = base.base_dir(config["model"], Path(config["cache_dir"]), download=True)
+    base_dir = source.local_dir(config["model"], Path(config["cache_dir"]), download=True)
     plan = merge.plan_merge(base_dir, Path(config["adapter_dir"]))
     out = job_dir / OUT_DIR
     out.mkdir(exist_ok=True)

@@ -1,18 +1,24 @@
-"""The shared queue's bounds: how many generation requests may be in progress or waiting at once, and, while a
-training job shares the device with chat, how much KV cache their prompts and replies may take together."""
+"""The request queue every chat backend puts its replies through: how many generation requests may be in
+progress or waiting at once, and, while a training job shares the device with chat, how much KV cache their
+prompts and replies may take together.
+
+Each backend holds one (`Admission.for_settings`) and starts every reply through `admit`, at the point where it
+knows the reply's size (the in-process model after building the prompt, before queueing it for the model)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from llama_space.errors import UserError
+from llama_space.errors import QueueFullError, UserError
+
+if TYPE_CHECKING:
+    from llama_space.settings import Settings
 
 MEMORY_WAIT = 20.0  # seconds a request that would fit waits for others to free KV cache before it is refused
-
-
-class QueueFullError(UserError):
-    """Too many generation requests are waiting; the caller should retry later."""
+Reply = TypeVar("Reply")
 
 
 class MemoryBoundError(UserError):
@@ -30,6 +36,21 @@ class Admission:
         self.in_flight = 0
         self.tokens_in_use = 0  # prompt plus max_new_tokens of every admitted request (their KV cache bound)
         self.token_limit: int | None = None  # None: memory is no concern (no job shares the device)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Admission:
+        """The queue the settings ask for: `concurrency` requests decoding and `max_queue` more waiting."""
+        return cls(settings.max_queue + settings.concurrency)
+
+    def admit(self, tokens: int, start: Callable[[Callable[[], None]], Reply]) -> Reply:
+        """Take a place for a reply of up to `tokens` tokens (see `enter`), then `start(leave)` it: the reply
+        calls `leave()` once when it ends, however it ends; if `start` raises, the place comes back at once."""
+        self.enter(tokens)
+        try:
+            return start(lambda: self.leave(tokens))
+        except BaseException:
+            self.leave(tokens)
+            raise
 
     def bound_tokens(self, tokens: int | None) -> None:
         """Let admitted requests hold at most `tokens` of KV cache together (None lifts the bound)."""

@@ -1,8 +1,16 @@
-"""The one interface every surface (UI, Gradio API, REST, /v1) chats through, and the choice of implementation."""
+"""The one interface every surface (UI, Gradio API, REST, /v1) chats through, the abilities a backend may
+declare beyond it, and the choice of implementation.
+
+An ability is a runtime-checkable protocol that a backend class names among its bases and callers test with
+`isinstance`: HoldsModel (the model runs in this process and lends it for forward passes) and SharesWeights
+(a training job may train on the served weights). manager.ModelManager declares both; remote.RemoteBackend and
+zerogpu.ZeroGPUBackend neither.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -39,8 +47,9 @@ class ReplyStream(Protocol):
 class ChatBackend(Protocol):
     """What serves replies: the in-process model (manager.ModelManager) or a remote server (remote.RemoteBackend).
 
-    Every method raises UserError (or a subclass: errors.NotFoundError, admission.QueueFullError,
-    errors.BackendError) for anything the user or operator can fix.
+    Every method raises UserError (or a subclass: errors.NotFoundError, errors.QueueFullError,
+    errors.BackendError) for anything the user or operator can fix. Replies go through the backend's
+    admission.Admission (the request queue shared by every route).
     """
 
     settings: Settings
@@ -82,6 +91,30 @@ class ChatBackend(Protocol):
     @property
     def tokenizer(self) -> Any:
         """The base model's tokenizer (dataset validation needs it); UserError when there is none."""
+
+
+@runtime_checkable
+class HoldsModel(Protocol):
+    """A backend whose model runs in this process and is lent for forward passes (evaluation's loss)."""
+
+    def holding_model(self, adapter: str = "") -> AbstractContextManager[tuple[Any, bool]]:
+        """Hold the model with `adapter` loaded ("" = base) while the block runs; yields (model, is_peft): a
+        PeftModel picks adapters per row by `adapter_names`."""
+
+
+@runtime_checkable
+class SharesWeights(Protocol):
+    """A backend serving weights in this process that a training job may train on beside chat (placement
+    shared; training/shared_runs.py)."""
+
+    model: Any  # the served base model: its config, device and dtype size a job that shares it
+
+    def training_copy(self) -> tuple[Any, Any]:
+        """(model, tokenizer) to train a LoRA on: the plain base as a module tree of its own whose weights are the
+        served tensors (model/sharing.py)."""
+
+    def bound_chat_tokens(self, tokens: int | None) -> None:
+        """Let chat's admitted replies hold at most `tokens` of KV cache together, beside a job (None lifts it)."""
 
 
 def make_backend(settings: Settings) -> ChatBackend:

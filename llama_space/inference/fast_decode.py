@@ -1,8 +1,8 @@
-"""Decode speed-ups: attention kernel and compiled static-cache decoding (chosen at load), CPU threads (per step).
+"""Decode speed-ups: compiled static-cache decoding (chosen at load), CPU threads (per step).
 
 What pays where (measured on 2 CPU cores; see BENCHMARKS.md):
 - CPU: bfloat16 weights decode up to 1.7x faster than fp32 on some CPUs and no faster on others (AMX
-  Xeons); loading.choose_cpu_dtype times both and keeps exact fp32 unless bf16 is clearly faster. A static
+  Xeons); model/loading.choose_cpu_dtype times both and keeps exact fp32 unless bf16 is clearly faster. A static
   cache plus torch.compile decodes no faster there, costs over a minute of compiling before the first
   reply and changes bf16 greedy text (the padded static cache sums attention in another order), so
   "auto" leaves it off on CPU. Threads matter as much: torch's OpenMP threads spin at every barrier, so
@@ -11,12 +11,11 @@ What pays where (measured on 2 CPU cores; see BENCHMARKS.md):
   switches between all cores and one thread.
 - CUDA: a static cache lets `generate` compile the decode step with CUDA graphs ("reduce-overhead"),
   which removes the per-layer kernel-launch overhead that dominates batch-1 decode; "auto" turns it on.
-  Attention is SDPA, or FlashAttention-2 when the `flash_attn` package is installed.
+  Attention is SDPA, or FlashAttention-2 when the `flash_attn` package is installed (model/loading.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -44,13 +43,6 @@ class DecodePlan:
     compiled: bool
     reason: str
     warmup_seconds: float = 0.0
-
-
-def attention_implementation(device: str) -> str | None:
-    """The `attn_implementation` to load with: FlashAttention-2 on CUDA when installed, else SDPA."""
-    if not device.startswith("cuda"):
-        return None  # transformers' default, SDPA
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def should_compile(mode: str, device_type: str) -> tuple[bool, str]:

@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
+from llama_space.errors import NotFoundError, UserError
 from llama_space.inference.adapter_errors import adapter_load_failure, discard_failed_load
 from llama_space.inference.admission import Admission
-from llama_space.errors import NotFoundError, UserError
+from llama_space.inference.backend import HoldsModel, SharesWeights
 from llama_space.inference.batching import EngineHost, make_engine
+from llama_space.inference.fast_decode import prepare_decode
 from llama_space.inference.fifo import FairLock, Turn
-from llama_space.inference.stream import GenerationStream, run_serial
-from llama_space.inference.loading import base_model_name, load_model, same_base
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import build_prompt, build_raw_prompt
+from llama_space.inference.stream import GenerationStream, run_serial
+from llama_space.model.loading import load_model
+from llama_space.model.source import base_model_name, same_base
 
 if TYPE_CHECKING:
     from llama_space.inference.tools import ToolUse
@@ -26,9 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ModelManager:
+class ModelManager(HoldsModel, SharesWeights):
     """The in-process backend.ChatBackend: loads the model once; serves streaming generation with a
-    per-request adapter choice.
+    per-request adapter choice. It lends its model for forward passes and its weights to shared training jobs.
 
     Up to `settings.concurrency` requests decode together in one batch (batching.BatchEngine), each
     with its own adapter; a model whose decode step is compiled serves them one at a time instead,
@@ -46,14 +49,14 @@ class ModelManager:
         self._peft = None  # PeftModel wrapping self.model once the first adapter is loaded
         self._loaded_adapters: dict[str, float] = {}  # name -> mtime of the weights loaded
         self._lock = FairLock()
-        self.admission = Admission(settings.max_queue + settings.concurrency)
+        self.admission = Admission.for_settings(settings)
         self._engine = None  # BatchEngine when requests are batched
 
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
         self.model, self.tokenizer, self.source = load_model(
             self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir,
-            compile=self.settings.compile)
+            prepare=lambda model, tokenizer: prepare_decode(model, tokenizer, self.settings.compile))
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
         host = EngineHost(lock=self._lock, model=self._current_model, prepare_adapter=self._load_adapter_locked,
                           adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer)
@@ -163,15 +166,19 @@ class ModelManager:
 
     def training_copy(self):
         """(model, tokenizer) for a LoRA job trained in this process: the plain base as a module tree of its own
-        whose weights are the served tensors (see training.shared), made while no adapter swap changes them."""
+        whose weights are the served tensors (model/sharing.py), made while no adapter swap changes them."""
         import copy
 
-        from llama_space.training.shared import plain_copy
+        from llama_space.model.sharing import plain_copy
 
         if self.model is None:
             raise UserError("The model is still loading; start the training job in a moment.")
         with self._lock:
             return plain_copy(self.model), copy.deepcopy(self.tokenizer)
+
+    def bound_chat_tokens(self, tokens: int | None) -> None:
+        """Let admitted replies hold at most `tokens` of KV cache together, beside a shared job (None lifts it)."""
+        self.admission.bound_tokens(tokens)
 
     @contextmanager
     def _adapter_context(self, name: str):
@@ -200,14 +207,8 @@ class ModelManager:
         else:
             prompt = build_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens, tools)
         tokens = len(prompt.input_ids) + params.max_new_tokens  # the most KV cache this reply can hold
-        self.admission.enter(tokens)
-        try:
-            stream = GenerationStream(self.tokenizer, prompt.input_ids, params,
-                                      on_end=lambda: self.admission.leave(tokens),
-                                      dropped_messages=prompt.dropped_messages)
-        except BaseException:
-            self.admission.leave(tokens)
-            raise
+        stream = self.admission.admit(tokens, lambda leave: GenerationStream(
+            self.tokenizer, prompt.input_ids, params, on_end=leave, dropped_messages=prompt.dropped_messages))
         if self._engine is None:
             self._submit_serial(stream, adapter)
             return stream

@@ -51,7 +51,7 @@ class RemoteBackend:
         self._tokenizer = None
         self._cards: tuple[float, list[dict]] = (0.0, [])  # (monotonic time fetched, the remote's model cards)
         # The same bound as in-process: the remote has a queue of its own, but ours refuses at once.
-        self.admission = Admission(settings.max_queue + settings.concurrency)
+        self.admission = Admission.for_settings(settings)
 
     def load(self) -> RemoteBackend:
         """Check the server answers and find the base model; a UserError says what is wrong."""
@@ -132,12 +132,8 @@ class RemoteBackend:
             raise UserError("Tool calling is not supported with a remote chat backend; call the backend's own "
                             "/v1/chat/completions for tools, or serve the model in-process.")
         body = wire.request_body(self._model_id(adapter or ""), messages, params)
-        self.admission.enter()
-        try:
-            return RemoteStream(self, body, on_end=self.admission.leave)
-        except BaseException:
-            self.admission.leave()
-            raise
+        # No KV cache here to bound (tokens 0): the remote's memory is its own.
+        return self.admission.admit(0, lambda leave: RemoteStream(self, body, on_end=leave))
 
     def generate(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
                  tools: ToolUse | None = None) -> str:

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from llama_space.errors import BackendError, UserError
-from llama_space.inference.admission import QueueFullError
+from llama_space.errors import BackendError, QueueFullError, UserError
 from llama_space.inference.params import GenerationParams
 
 log = logging.getLogger(__name__)

@@ -87,7 +87,10 @@ def _rebuild(class_path: str, message: str) -> UserError:
 
 
 class ZeroGPUBackend:
-    """The in-process backend with each reply run inside `spaces.GPU`; everything else is the inner backend's."""
+    """The in-process backend with each reply run inside `spaces.GPU`; the rest of backend.ChatBackend is the
+    inner backend's, forwarded one by one. It declares none of the inner backend's other abilities: outside a
+    GPU call the app process has no GPU to run the model on, so it lends the model to no evaluation, and
+    training is refused on ZeroGPU (refuse_training)."""
 
     STATS = ("prompt_tokens", "completion_tokens", "finish_reason", "time_to_first_token", "dropped_messages",
              "tokens_per_second")
@@ -100,12 +103,40 @@ class ZeroGPUBackend:
         self._decode = spaces.GPU(self._decode_in_worker,
                                   duration=lambda messages, params, *_: reply_seconds(params.max_new_tokens))
 
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    @property
+    def settings(self) -> Settings:
+        return self.inner.settings
+
+    @property
+    def base_name(self) -> str:
+        return self.inner.base_name
+
+    @property
+    def context_window(self) -> int:
+        return self.inner.context_window
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
 
     def load(self) -> ZeroGPUBackend:
         self.inner.load()
         return self
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def list_adapters(self) -> list[str]:
+        return self.inner.list_adapters()
+
+    def check_adapter(self, name: str) -> str:
+        return self.inner.check_adapter(name)
+
+    def unload_adapter(self, name: str) -> None:
+        self.inner.unload_adapter(name)
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
 
     def stream(self, messages: list[dict] | str, params: GenerationParams, adapter: str = "",
                tools: ToolUse | None = None) -> RelayedStream:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from llama_space import adapters
 from llama_space.data import HubDataset, load_split, validate_file
 from llama_space.errors import UserError
+from llama_space.export import publish
 from llama_space.inference import zerogpu
 from llama_space.training.jobs import JOB_ID_IN_TEXT
 from llama_space.training.params import PRESETS, TrainingParams
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from llama_space.service.permissions import Permissions
     from llama_space.training.runner import JobRunner
 
-# The training parameters offered in the UI and the API, in this order.
-PARAM_FIELDS = ["learning_rate", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length",
-                "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed"]
 STATUS_KEYS = ["job_id", "state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error",
                "resumable", "checkpoint_step", "elapsed_seconds", "placement", "plan"]
 NO_FILE = "Upload a dataset file first (JSON, JSONL, CSV or Parquet), or name a Hub dataset."
@@ -159,7 +157,7 @@ class Actions:
     def push(self, name: str, repo_id: str, private: bool = True) -> str:
         """Upload an adapter to the Hugging Face Hub; returns its URL."""
         self.permissions.require_change()
-        return adapters.push_to_hub(self.settings.adapters_dir, name, repo_id, private=private)
+        return publish.push_adapter(self.settings.adapters_dir, name, repo_id, private=private)
 
 
 def _without_job_ids(metadata: dict) -> dict:

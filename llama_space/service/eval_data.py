@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.data.formats import (DEFAULT_MAX_BYTES, RowError, dataset_fingerprint, detect_format,
-                                      read_records, to_messages)
-from llama_space.data.validate import Analysis, analyse, check_conversation
+                                      open_records, to_messages)
+from llama_space.data.validate import LONE_SURROGATE, Analysis, analyse, check_conversation, has_lone_surrogate
 from llama_space.errors import UserError
-from llama_space.inference.loading import same_base
+from llama_space.model.source import same_base
 from llama_space.training.collate import split_examples
 from llama_space.training.params import TrainingParams
 
@@ -117,13 +117,18 @@ def _prompt_row(record: dict, reference_column: str | None) -> EvalRow:
     messages = [{"role": "system", "content": system}] if isinstance(system, str) and system.strip() else []
     reference = record.get(reference_column) if reference_column else None
     reference = reference if isinstance(reference, str) and reference.strip() else None
+    if any(has_lone_surrogate(text) for text in (prompt, system, reference) if isinstance(text, str)):
+        raise RowError(LONE_SURROGATE)
     return EvalRow([*messages, {"role": "user", "content": prompt}], reference)
 
 
 def from_prompts_file(path: str | Path, max_bytes: int) -> EvalSet:
-    """Prompts (with references where given) from an uploaded JSONL/CSV/JSON/Parquet file; see PROMPTS_SHAPE."""
-    _, records = read_records(path, max_bytes)
-    columns = list(records[0])
+    """Prompts (with references where given) from an uploaded JSONL/CSV/JSON/Parquet file; see PROMPTS_SHAPE.
+
+    The file is read a row at a time: only each row's prompt (with its system message and reference) is kept.
+    """
+    records = open_records(path, max_bytes)
+    columns = records.columns
     if PROMPT_COLUMN in columns:
         reference_column = next((c for c in REFERENCE_COLUMNS if c in columns), None)
         make = lambda record: _prompt_row(record, reference_column)
@@ -134,16 +139,16 @@ def from_prompts_file(path: str | Path, max_bytes: int) -> EvalSet:
             raise UserError(f"{Path(path).name} has columns [{', '.join(map(str, columns))}]; a prompts file "
                             f"needs {PROMPTS_SHAPE}.") from None
         make = lambda record: _conversation_row(data_format, record)
-    rows, skipped = [], 0
-    for record in records:
+    rows, total = [], 0
+    for total, record in enumerate(records.rows, 1):
         try:
             rows.append(make(record))
         except RowError:
-            skipped += 1
+            pass
     if not rows:
-        raise UserError(f"None of the {len(records)} rows of {Path(path).name} holds a usable prompt; it needs "
+        raise UserError(f"None of the {total} rows of {Path(path).name} holds a usable prompt; it needs "
                         f"{PROMPTS_SHAPE}.")
-    return EvalSet(rows, dataset_fingerprint(path), Path(path).name, skipped)
+    return EvalSet(rows, dataset_fingerprint(path), Path(path).name, total - len(rows))
 
 
 def _conversation_row(data_format: str, record: dict) -> EvalRow:

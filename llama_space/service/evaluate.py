@@ -3,7 +3,7 @@
 The loss is the mean cross-entropy over exactly the tokens training learns (assistant replies and their
 end-of-turn, as data.tokenize masks them; every other label is IGNORE_INDEX), summed over all rows and
 divided by their number, so it does not depend on how rows are batched. The model is borrowed one small
-batch at a time (ModelManager.holding_model takes the generation lock per forward pass), so chat goes on
+batch at a time (a backend.HoldsModel's holding_model takes the generation lock per forward pass), so chat goes on
 between batches. Where rows carry a reference (their last assistant reply), each model's greedy answer is
 checked for an exact match and for containing the reference (compare.matches). Figures are saved into each
 adapter's metadata under "evaluation", next to the base model's.
@@ -24,6 +24,7 @@ from llama_space import adapters
 from llama_space.data.tokenize import IGNORE_INDEX
 from llama_space.errors import UserError
 from llama_space.inference import prefill
+from llama_space.inference.backend import HoldsModel
 from llama_space.inference.batching import PEFT_BASE
 from llama_space.service import eval_data
 from llama_space.service.compare import BASE, Comparer, FileRun, greedy
@@ -31,10 +32,7 @@ from llama_space.training.jobfiles import write_json_atomic
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:
-    from llama_space.inference.backend import ChatBackend
     from llama_space.service.eval_data import EvalSet
-    from llama_space.service.permissions import Permissions
-    from llama_space.training.runner import JobRunner
 
 MAX_EXAMPLES = 5000
 # Padded tokens per forward pass, which is how long one pass keeps chat waiting: no more than one prefill chunk
@@ -43,6 +41,7 @@ BATCH_TOKENS = prefill.PREFILL_CHUNK
 BATCH_ROWS = 8
 METADATA_KEY = "evaluation"
 FIGURES = ("loss", "perplexity", "exact_match", "contains")
+CLOSE_SECONDS = 10  # how long the app's end waits for a running evaluation to stop (a batch takes about 0.5 s)
 
 
 @dataclass
@@ -117,11 +116,10 @@ def _finite(value):
 class Evaluator:
     """Runs one evaluation at a time (cancellable) against the in-process model."""
 
-    def __init__(self, backend: ChatBackend, runner: JobRunner | None = None,
-                 permissions: Permissions | None = None) -> None:
-        self.backend = backend
-        self.comparer = Comparer(backend, runner, permissions)
-        self.permissions = permissions
+    def __init__(self, comparer: Comparer) -> None:
+        self.comparer = comparer  # checks adapter names, reads held-out splits and answers the prompts
+        self.backend = comparer.backend
+        self.permissions = comparer.permissions  # who may evaluate; None: everyone (tests, scripts)
         self._busy = threading.Lock()
         self._cancel = threading.Event()
 
@@ -136,6 +134,13 @@ class Evaluator:
         if running:
             self._cancel.set()
         return {"cancelling": running}
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop a running evaluation after its current batch and wait for it (at most `timeout` s), so that the
+        app's end does not close the model under it; the app itself stops it, so no permission is asked."""
+        self._cancel.set()
+        if self._busy.acquire(timeout=timeout):
+            self._busy.release()
 
     def data(self, file: str | None, job_id: str, options: EvalOptions) -> EvalSet:
         """The rows to evaluate on: an uploaded training-format file, else a job's held-out split."""
@@ -155,9 +160,10 @@ class Evaluator:
         """Progress updates {"state": "running", "stage", "done", "total", "message"}; the last one is the result
         (state "completed", or "cancelled" with nothing saved)."""
         self._check_allowed()
-        if not hasattr(self.backend, "holding_model"):
+        if not isinstance(self.backend, HoldsModel):
             raise UserError("Evaluation needs the model in this process; it is not available with a remote "
-                            "chat backend (--backend-url).")
+                            "chat backend (--backend-url) or on ZeroGPU (where the model runs only inside "
+                            "GPU calls).")
         options = options or EvalOptions()
         models = self.comparer.models(adapter_names)
         if models == [BASE]:

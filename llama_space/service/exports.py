@@ -88,7 +88,7 @@ class ExportActions:
             url = publish.push(kind, folder, name, metadata, repo_id, private=private, qtype=qtype,
                                api=self.hub_api)
         else:
-            url = adapters.push_to_hub(self.settings.adapters_dir, source, repo_id, private=private,
+            url = publish.push_adapter(self.settings.adapters_dir, source, repo_id, private=private,
                                        api=self.hub_api)
         return {"url": url, "repo_id": repo_id, "private": bool(private)}
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.inference.loading import base_model_name, resolve_model
+from llama_space.model.source import base_model_name, resolve_model
 from llama_space.procutil import pid_alive
 from llama_space.training import checkpoints, jobfiles
 from llama_space.training.params import TrainingParams

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from llama_space.adapters import CONFIG_FILE, WEIGHTS_FILE
 from llama_space.errors import UserError
-from llama_space.inference.loading import resolve_model
+from llama_space.model.source import resolve_model
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:

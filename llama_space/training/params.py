@@ -43,20 +43,24 @@ def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
 
 @dataclass
 class TrainingParams:
-    """Everything that shapes one LoRA fine-tuning run."""
+    """Everything that shapes one LoRA fine-tuning run.
 
-    lora_r: int = 8  # LoRA rank: size of the low-rank update per weight matrix
-    lora_alpha: float = 32  # LoRA scaling numerator (update is scaled by alpha / r)
-    lora_dropout: float = 0.1  # dropout on the LoRA branch's input during training
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # linear layers to adapt
+    Declared in the order /start_training lists its parameters (clients may pass them by position) and the
+    Fine-tune form shows its fields: both are built from this class.
+    """
+
     learning_rate: float = 1e-4  # peak AdamW learning rate (linear decay to 0)
     num_epochs: float = 3  # passes over the training examples (ignored when max_steps is set)
     max_steps: int | None = None  # optimizer steps to run; overrides num_epochs when set
     batch_size: int = 4  # examples per forward pass (packed into one row without padding)
     grad_accum: int = 4  # forward passes accumulated per optimizer step
     max_length: int = 384  # longest example in tokens; longer ones are truncated by the data loader
+    lora_r: int = 8  # LoRA rank: size of the low-rank update per weight matrix
+    lora_alpha: float = 32  # LoRA scaling numerator (update is scaled by alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA branch's input during training
     eval_fraction: float = 0.0  # share of examples held out to report eval_loss (0 = no evaluation)
     seed: int = 42  # seeds the data split, shuffling and LoRA initialisation
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # linear layers to adapt
     save_steps: int = 50  # write a resumable checkpoint (and evaluate) every this many optimizer steps
     gradient_checkpointing: str = "auto"  # auto (only when GPU memory needs it), on or off
     placement: str = "auto"  # auto (the memory planner picks), process (own process and base copy) or shared

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import llama_space
 from llama_space.errors import UserError
+from llama_space.inference.backend import ChatBackend, SharesWeights
 from llama_space.settings import Settings
 from llama_space.training import jobfiles
 from llama_space.training.jobs import JobRegistry, job_pid, process_alive
@@ -54,14 +55,14 @@ def train_command(job_dir: Path, resume: bool) -> list[str]:
 class JobRunner:
     """Starts, watches, cancels and resumes training jobs stored under settings.data_dir/jobs."""
 
-    def __init__(self, settings: Settings, backend=None) -> None:
+    def __init__(self, settings: Settings, backend: ChatBackend | None = None) -> None:
         self.registry = JobRegistry(settings)
         self._lock = threading.RLock()  # serialises launches with the status reads that could mark them dead
         # Starts one at a time, so a second start is refused before it tokenizes its data for nothing (and the
         # shared tokenizer never encodes for two threads at once); status reads never wait on this one.
         self._start_lock = threading.Lock()
-        # Shared jobs need the model served in this process (a ModelManager); a remote backend has none.
-        manager = backend if callable(getattr(backend, "training_copy", None)) else None
+        # Shared jobs need weights served in this process; a remote backend has none.
+        manager = backend if isinstance(backend, SharesWeights) else None
         self.shared = SharedRuns(self.registry, manager)
         if manager is not None:
             self.shared.resume_interrupted(self.resume)

@@ -1,10 +1,11 @@
 """The shared placement: a LoRA trained in a thread of the app process on the weights chat serves.
 
-The trained model is a second module tree whose parameters and buffers *are* the served model's tensors
-(`plain_copy`): LoRA is injected into that tree alone, which trains while the original serves in eval mode
-under inference mode, so chat keeps answering with the same weights and only one copy of the base is in
-memory. The served model cannot be the trained one: PEFT refuses per-request `adapter_names` on a model in
-training mode, and injecting the new adapter into the served tree would change what chat runs mid-reply.
+The trained model is a second module tree whose parameters and buffers *are* the served model's tensors (the
+backend's `training_copy`, made by model/sharing.py): LoRA is injected into that tree alone, which trains while
+the original serves in eval mode under inference mode, so chat keeps answering with the same weights and only
+one copy of the base is in memory. The served model cannot be the trained one: PEFT refuses per-request
+`adapter_names` on a model in training mode, and injecting the new adapter into the served tree would change
+what chat runs mid-reply.
 
 CPU share: on CPU the training thread runs with at most half the cores as its OpenMP team (`train_threads`)
 and at a lower scheduling priority (`TRAIN_NICE`, Linux per-thread nice), so it never takes every core from
@@ -15,7 +16,6 @@ alone speed during training, about what it does without the limit: both loops al
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -35,43 +35,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_NICE = 10  # the training thread's nice value on Linux: a contended core goes ~90% to chat's threads
 JOB_LOGGERS = ("llama_space.training", "transformers", "peft")  # what a shared job writes to its train.log
-
-
-def _unwrapped(module):
-    """The plain layer a PEFT wrapper holds (a LoRA layer's base_layer, a modules_to_save wrapper's
-    original), or None for a module that is no PEFT wrapper."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    if isinstance(module, BaseTunerLayer):
-        return module.get_base_layer()
-    return module.original_module if isinstance(module, AuxiliaryTrainingWrapper) else None
-
-
-def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A new module tree of `model` without any PEFT layers whose parameters and buffers are `model`'s own
-    tensors (no weight is copied), for training a LoRA beside the served model.
-
-    PEFT injects served adapters into `model` in place (a LoRA layer wraps the original Linear as its
-    base_layer): each wrapper is copied as the layer it wraps, so the copy is the plain base whatever
-    adapters are loaded. Call it while nothing swaps adapters (the model lock held).
-    """
-    served = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    memo: dict[int, object] = dict(served)
-    for module in model.modules():
-        inner = _unwrapped(module)
-        if inner is not None:
-            memo[id(module)] = copy.deepcopy(inner, memo)
-    compiled = getattr(model, "_compiled_call", None)  # generate's compiled decode step: not the copy's to use
-    if compiled is not None:
-        memo[id(compiled)] = None
-    clone = copy.deepcopy(model, memo)
-    clone.__dict__.pop("peft_config", None)  # PEFT's record of the served adapters, set on the injected model
-    # A tensor reached some other way than as a parameter or buffer would have been copied: never train on one.
-    copied = [name for name, t in (*clone.named_parameters(), *clone.named_buffers()) if id(t) not in served]
-    if copied:
-        raise RuntimeError(f"the training tree would copy {copied[:3]} instead of sharing them")
-    return clone
 
 
 @dataclass
@@ -109,7 +72,8 @@ def yield_cpu_to_chat():
     """In the training thread: fewer OpenMP threads than cores, and a lower priority than chat's threads.
 
     torch.set_num_threads also sets the count threads started later begin with (chat's serial workers, a
-    restarted batch engine): it is set back when the job ends, so they start with every core again.
+    restarted batch engine): it is set back when the job ends to this new thread's own first count, which is
+    what threads began with before the job (not every core when chat's ThreadGovernor last chose fewer).
     """
     import torch
 

@@ -1,8 +1,8 @@
 """The runner's side of placements: planning a job against free memory, and running shared jobs in threads.
 
 A shared job's files, status, metrics, checkpoints, cancel and publishing are the process job's (it runs the
-same `train.run`, in a thread, on `ModelManager.training_copy()`); while it runs, chat's admitted requests
-may hold only the KV cache that fits in the memory the plan left beside it.
+same `train.run`, in a thread, on the `training_copy()` of a backend that declares backend.SharesWeights); while
+it runs, chat's admitted requests may hold only the KV cache that fits in the memory the plan left beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from llama_space.training.jobs import process_start
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:
-    from llama_space.inference.manager import ModelManager
+    from llama_space.inference.backend import SharesWeights
     from llama_space.settings import Settings
     from llama_space.training.jobs import JobRegistry
     from llama_space.training.planner import Plan
@@ -33,11 +33,11 @@ NO_SERVED_MODEL = ("Job {job_id} trains beside chat on the served model (placeme
                    "process instead.")
 
 
-def plan_job(settings: Settings, manager: ModelManager | None, params: TrainingParams
+def plan_job(settings: Settings, manager: SharesWeights | None, params: TrainingParams
              ) -> tuple[TrainingParams, dict]:
     """(params with the planner's placement, quantization and checkpointing filled in, the plan's record for
     job.json and the status); UserError with the numbers when the job fits nowhere."""
-    from llama_space.inference.loading import pick_device
+    from llama_space.model.loading import pick_device
     from llama_space.training import planner
 
     if manager is not None:
@@ -58,7 +58,7 @@ def plan_job(settings: Settings, manager: ModelManager | None, params: TrainingP
 def _config(settings: Settings):
     from transformers import AutoConfig
 
-    from llama_space.inference.loading import resolve_model
+    from llama_space.model.source import resolve_model
 
     return AutoConfig.from_pretrained(resolve_model(settings.model, settings.cache_dir),
                                       token=os.environ.get("HF_TOKEN") or None)
@@ -87,7 +87,7 @@ def chat_token_bound(plan: dict) -> int | None:
 class SharedRuns:
     """Starts shared jobs in threads of this process, stops them when the app closes, resumes them after."""
 
-    def __init__(self, registry: JobRegistry, manager: ModelManager | None) -> None:
+    def __init__(self, registry: JobRegistry, manager: SharesWeights | None) -> None:
         self.registry = registry
         self.manager = manager
         self._stops: dict[str, tuple[threading.Thread, threading.Event]] = {}
@@ -125,14 +125,14 @@ class SharedRuns:
         try:
             cpu_share = shared.yield_cpu_to_chat() if base.model.device.type == "cpu" else nullcontext()
             with shared.ThreadLog(job_dir, threading.get_ident()), cpu_share:
-                self.manager.admission.bound_tokens(bound)
+                self.manager.bound_chat_tokens(bound)
                 train.run(job_dir, resume, base)
         except BaseException as exc:  # the app must outlive any failure of its training thread
             log.exception("shared training job %s could not run", job_id)
             message = str(exc) if isinstance(exc, UserError) else train.failure_message(exc)
             jobfiles.update_status(job_dir, state="failed", error=message, eta_seconds=None)
         finally:
-            self.manager.admission.bound_tokens(None)
+            self.manager.bound_chat_tokens(None)
             del base
             self._free_memory()
             self._stops.pop(job_id, None)

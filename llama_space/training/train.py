@@ -123,7 +123,7 @@ def leave_ranks(finished: bool) -> None:
 def load_config(job_dir: Path) -> dict:
     """job.json with defaults filled in for the keys a hand-written one may leave out."""
     from llama_space.data import DEFAULT_MAX_BYTES, dataset_fingerprint
-    from llama_space.inference.loading import base_model_name
+    from llama_space.model.source import base_model_name
 
     config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
     missing = [key for key in ("adapter", "dataset", "adapters_dir", "cache_dir") if key not in config]

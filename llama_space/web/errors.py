@@ -14,8 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llama_space.errors import BackendError, NotFoundError, UserError
-from llama_space.inference.admission import QueueFullError
+from llama_space.errors import BackendError, NotFoundError, QueueFullError, UserError
 
 log = logging.getLogger(__name__)
 

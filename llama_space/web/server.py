@@ -1,9 +1,9 @@
-"""Building and launching the whole app: chat backend, service, Gradio UI and routes on one port.
+"""Building and launching the whole app: chat backend, services, Gradio UI and routes on one port.
 
 Everything the server answers is in place before its port opens: the auth middleware, the REST and /v1
 routes (handed to the FastAPI constructor, so no request sees a half-built app) and the lifespan, composed
-here: the MCP server offers only MCP_TOOLS, the janitor sweeps while the app serves, and the backend is
-closed when it stops.
+here: the MCP server offers only MCP_TOOLS, the janitor sweeps while the app serves, and the services (the
+backend with them) are closed when it stops.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
 
-    from llama_space.inference.backend import ChatBackend
-    from llama_space.service.actions import Actions
+    from llama_space.service.services import Services
     from llama_space.settings import Settings
     from llama_space.web.throttle import FailureLedger
 
@@ -32,18 +31,16 @@ log = logging.getLogger(__name__)
 MCP_TOOLS = ("generate", "chat", "list_adapters", "validate_dataset", "start_training", "job_status")
 
 
-def build_app(settings: Settings) -> tuple[gr.Blocks, ChatBackend, Actions]:
-    """Load the model (or connect to the remote chat backend), make the service and build the UI."""
+def build_app(settings: Settings) -> tuple[gr.Blocks, Services]:
+    """Load the model (or connect to the remote chat backend), build the services once and the UI over them."""
     from llama_space.inference.backend import make_backend
-    from llama_space.service.actions import Actions
     from llama_space.service.permissions import Permissions
-    from llama_space.training.runner import JobRunner
+    from llama_space.service.services import Services
     from llama_space.web import oauth
     from llama_space.web.ui import build_ui
 
-    backend = make_backend(settings).load()
-    actions = Actions(backend, JobRunner(settings, backend), Permissions(settings, oauth.current_profile))
-    return build_ui(backend, actions), backend, actions
+    services = Services.build(make_backend(settings).load(), Permissions(settings, oauth.current_profile))
+    return build_ui(services), services
 
 
 def gradio_temp_dir(settings: Settings) -> Path:
@@ -57,12 +54,11 @@ def gradio_temp_dir(settings: Settings) -> Path:
     return Path(chosen)
 
 
-def lifespan(settings: Settings, backend: ChatBackend, runner=None):
-    """The app's lifespan: sweep scratch while serving (only inside the data dir); at the end checkpoint and stop
-    a training job running in the app (the next start resumes it), then close the backend."""
-    from llama_space.web.janitor import Janitor, sweep_forever
-
+def lifespan(settings: Settings, services: Services):
+    """The app's lifespan: sweep scratch while serving (only inside the data dir); at the end close the services
+    (Services.close: what borrows the served weights first, then the backend)."""
     from llama_space.compat import defer_cors
+    from llama_space.web.janitor import Janitor, sweep_forever
 
     @asynccontextmanager
     async def serving(app):
@@ -75,9 +71,7 @@ def lifespan(settings: Settings, backend: ChatBackend, runner=None):
             yield
         finally:
             task.cancel()
-            if runner is not None:
-                await asyncio.to_thread(runner.close)
-            backend.close()
+            await asyncio.to_thread(services.close)  # seconds to minutes: a shared training job checkpoints
 
     return serving
 
@@ -134,8 +128,8 @@ def middleware(settings: Settings, login_failures: FailureLedger) -> list:
 def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     """Serve the UI, the Gradio API, POST / and /v1 on settings.host:settings.port.
 
-    Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server and
-    `app.state.backend` is the ChatBackend behind every route.
+    Returns (demo, FastAPI app) when not blocking; `demo.close()` stops the server,
+    `app.state.services` are the services behind every surface and `app.state.backend` is their ChatBackend.
     """
     from llama_space import compat
     from llama_space.web.routes import api_routes
@@ -144,7 +138,7 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     gradio_temp_dir(settings)
     compat.install_gradio_fixes()
     login_failures = FailureLedger()
-    demo, backend, actions = build_app(settings)
+    demo, services = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
     # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
     # (no raw exception text), and Gradio's own refusals go through compat.explain.
@@ -152,9 +146,10 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
         prevent_thread_lock=True, show_error=True, mcp_server=True,
-        app_kwargs={"routes": api_routes(backend, settings), "middleware": middleware(settings, login_failures),
-                    "lifespan": lifespan(settings, backend, actions.runner)})
-    app.state.backend = backend
+        app_kwargs={"routes": api_routes(services.backend, settings),
+                    "middleware": middleware(settings, login_failures), "lifespan": lifespan(settings, services)})
+    app.state.services = services
+    app.state.backend = services.backend
     app.state.login_failures = login_failures
     log.info("Llama Space is serving at %s%s (REST: POST /, OpenAI: /v1, MCP: /gradio_api/mcp/)", local_url,
              f" and {share_url}" if share_url else "")

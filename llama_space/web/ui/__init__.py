@@ -17,8 +17,7 @@ from llama_space.web.ui.finetune_tab import build_finetune_tab
 from llama_space.web.ui.training_api import register_training_api
 
 if TYPE_CHECKING:
-    from llama_space.inference.backend import ChatBackend
-    from llama_space.service.actions import Actions
+    from llama_space.service.services import Services
     from llama_space.settings import Settings
 
 TITLE = "Llama Space"
@@ -31,9 +30,9 @@ QUEUE_POLL_S = 0.01
 PROGRESS_POLL_S = 0.1
 
 
-def build_ui(backend: ChatBackend, actions: Actions) -> gr.Blocks:
-    """The Blocks app (tabs and API endpoints) with the shared generation queue."""
-    settings = backend.settings
+def build_ui(services: Services) -> gr.Blocks:
+    """The Blocks app (tabs and API endpoints) over the app's services, with the shared generation queue."""
+    backend, actions = services.backend, services.actions
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE} · `{backend.base_name}`")
@@ -45,13 +44,13 @@ def build_ui(backend: ChatBackend, actions: Actions) -> gr.Blocks:
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
             reload_adapters, adapter_outputs = build_adapters_tab(actions)
         adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
-        build_compare_tab(backend, actions)  # the Compare tab and its endpoints
-        add_export_tab(actions)  # the Export tab and its endpoints
+        build_compare_tab(services)  # the Compare tab and its endpoints
+        add_export_tab(services.exports)  # the Export tab and its endpoints
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
         register_chat_api(backend)
         register_training_api(actions)
-    return with_queue(demo, settings)
+    return with_queue(demo, services.settings)
 
 
 def with_queue(demo: gr.Blocks, settings: Settings) -> gr.Blocks:

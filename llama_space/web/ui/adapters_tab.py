@@ -84,5 +84,6 @@ def build_adapters_tab(actions: Actions):
     refresh.click(reload, None, [table, name], **hidden)
     delete.click(user_facing(on_delete), name, [table, name, message], **hidden)
     download.click(user_facing(on_zip), name, zip_file, **hidden)
-    push.click(user_facing(on_push), [name, repo_id, private], message, **hidden)
+    push.click(user_facing(on_push), inputs_kwargs={"adapter_name": name, "repo": repo_id, "is_private": private},
+               outputs=message, **hidden)
     return reload, [table, name]

@@ -15,8 +15,7 @@ from llama_space.inference.prompting import normalize_messages
 from llama_space.web.errors import user_facing
 
 if TYPE_CHECKING:
-    from llama_space.inference.backend import ReplyStream
-    from llama_space.inference.backend import ChatBackend
+    from llama_space.inference.backend import ChatBackend, ReplyStream
 
 UPDATE_INTERVAL = 0.04  # seconds between UI updates: at most ~25 per second, not one per token
 BASE_CHOICE = "base"
@@ -152,7 +151,9 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
             top_k = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)")
             repetition_penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-    sampling = [system_prompt, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
+    # Named as the /chat endpoint's parameters.
+    sampling = {"system_prompt": system_prompt, "adapter": adapter, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
     switch = gr.State(StopSwitch())
     ticket = gr.State(0)  # the switch's ticket for the reply asked for last
 
@@ -161,8 +162,8 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
             raise gr.Error("The message is empty: type something to send.")
         return "", [*history, {"role": "user", "content": text}], stops.ticket()
 
-    def respond(history: list[dict], taken: int, stops: StopSwitch, system: str, adapter_name: str,
-                max_new: float, temp: float, p: float, k: float, penalty: float):
+    def respond(history: list[dict], taken: int, stops: StopSwitch, system_prompt: str, adapter: str,
+                max_new_tokens: float, temperature: float, top_p: float, top_k: float, repetition_penalty: float):
         if not history or history[-1]["role"] != "user":
             return
         if stops.stopped_since(taken):  # Stop or Clear came while this reply waited in the queue
@@ -171,10 +172,10 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
         yield history, ""  # an early update makes the request cancellable while it waits (see ui/api.py)
         # As sent (the sliders give floats): GenerationParams takes whole ones and refuses fractions, which
         # int() would have cut silently.
-        params = GenerationParams(max_new_tokens=max_new, temperature=temp, top_p=p, top_k=k,
-                                  repetition_penalty=penalty)
-        messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system)
-        for reply, line in stream_reply(backend, messages, adapter_name, params, stops, taken):
+        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                  repetition_penalty=repetition_penalty)
+        messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system_prompt)
+        for reply, line in stream_reply(backend, messages, adapter, params, stops, taken):
             if stops.cleared_since(taken):  # the last update then empties the chat again, after any in flight
                 yield [], ""
                 return
@@ -186,12 +187,14 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
         return history, stops.ticket()
 
     hidden = {"api_visibility": "private"}
-    reply_event = {"fn": user_facing(respond, "streaming a chat reply"), "inputs": [chatbot, ticket, switch, *sampling], "outputs": [chatbot, stats],
-                   **hidden}
+    reply_event = {"fn": user_facing(respond, "streaming a chat reply"),
+                   "inputs_kwargs": {"history": chatbot, "taken": ticket, "stops": switch, **sampling},
+                   "outputs": [chatbot, stats], **hidden}
     for trigger in (message.submit, send.click):
-        trigger(add_user_message, [message, chatbot, switch], [message, chatbot, ticket], queue=False,
-                **hidden).then(**reply_event)
-    retry.click(drop_last_reply, [chatbot, switch], [chatbot, ticket], queue=False, **hidden).then(**reply_event)
+        trigger(add_user_message, inputs_kwargs={"text": message, "history": chatbot, "stops": switch},
+                outputs=[message, chatbot, ticket], queue=False, **hidden).then(**reply_event)
+    retry.click(drop_last_reply, inputs_kwargs={"history": chatbot, "stops": switch}, outputs=[chatbot, ticket],
+                queue=False, **hidden).then(**reply_event)
 
     def clear_chat(stops: StopSwitch):
         stops.press(clear=True)

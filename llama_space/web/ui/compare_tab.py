@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from llama_space.errors import UserError
-from llama_space.service.compare import MAX_ADAPTERS, Comparer, greedy
-from llama_space.service.evaluate import EvalOptions, Evaluator
+from llama_space.service.compare import MAX_ADAPTERS, greedy
+from llama_space.service.evaluate import EvalOptions
 from llama_space.web.errors import user_facing
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
 
 if TYPE_CHECKING:
-    from llama_space.inference.backend import ChatBackend
     from llama_space.service.actions import Actions
+    from llama_space.service.compare import Comparer
+    from llama_space.service.evaluate import Evaluator
+    from llama_space.service.services import Services
 
 SLOTS = 1 + MAX_ADAPTERS  # reply boxes: the base and each adapter
 HIDDEN = {"api_visibility": "private"}
@@ -61,34 +63,37 @@ def _eval_message(result: dict) -> str:
     return text
 
 
-def _side_by_side(comparer: Comparer, backend: ChatBackend, adapters: gr.Dropdown, include_base: gr.Checkbox):
+def _side_by_side(comparer: Comparer, models: dict[str, gr.Component]) -> dict[str, gr.Component]:
+    """One prompt answered by every chosen model; returns the sampling fields, which a file of prompts uses too.
+    `models` and the returned fields are named as the callbacks' (and the /compare endpoint's) parameters."""
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
     with gr.Row():
-        system_prompt = gr.Textbox(label="System prompt", lines=1, elem_id="compare-system", scale=3)
-        max_new_tokens = gr.Slider(1, backend.settings.max_new_tokens_limit, value=256, step=1,
-                                   label="Max new tokens")
-        temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")
+        sampling = {
+            "system_prompt": gr.Textbox(label="System prompt", lines=1, elem_id="compare-system", scale=3),
+            "max_new_tokens": gr.Slider(1, comparer.backend.settings.max_new_tokens_limit, value=256, step=1,
+                                        label="Max new tokens"),
+            "temperature": gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
+            "top_p": gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")}
     with gr.Row():
         run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         stop = gr.Button("Stop", elem_id="compare-stop")
     with gr.Row():
         boxes = [gr.Textbox(label="base", lines=8, interactive=False, visible=i == 0, elem_id=f"compare-reply-{i}")
                  for i in range(SLOTS)]
-    sampling = [system_prompt, max_new_tokens, temperature, top_p]
 
-    def on_compare(text, names, base, system, max_new, temp, p):
-        models = comparer.models(names, base)
-        for replies in comparer.stream(text, models, system, greedy(int(max_new), temp, p)):
+    def on_compare(prompt, adapters, include_base, system_prompt, max_new_tokens, temperature, top_p):
+        chosen = comparer.models(adapters, include_base)
+        params = greedy(int(max_new_tokens), temperature, top_p)
+        for replies in comparer.stream(prompt, chosen, system_prompt, params):
             yield _slots(replies)
 
-    event = run.click(user_facing(on_compare, "comparing models"), [prompt, adapters, include_base, *sampling],
-                      boxes, **HIDDEN)
+    event = run.click(user_facing(on_compare, "comparing models"),
+                      inputs_kwargs={"prompt": prompt, **models, **sampling}, outputs=boxes, **HIDDEN)
     stop.click(None, None, None, cancels=[event], queue=False, **HIDDEN)
     return sampling
 
 
-def _prompts_file(comparer: Comparer, actions: Actions, adapters, include_base, sampling, jobs: list):
+def _prompts_file(comparer: Comparer, actions: Actions, models: dict, sampling: dict, jobs: list):
     with gr.Accordion("A file of prompts", open=False):
         gr.Markdown("JSONL or CSV with a `prompt` column (optional `system` and a reference answer in `reference`), "
                     "or training data (its last assistant reply is the reference), or a job's held-out split.")
@@ -105,18 +110,19 @@ def _prompts_file(comparer: Comparer, actions: Actions, adapters, include_base, 
         downloads = gr.File(label="Download (CSV, JSONL)", file_count="multiple", interactive=False)
     jobs.append(job)
 
-    def on_run(path, job_id, count, names, base, system, max_new, temp, p):
-        models = comparer.models(names, base)
-        params = greedy(int(max_new), temp, p)
-        for run in comparer.run_file(models, path, job_id or "", system, params, int(count), results_dir()):
+    def on_run(file, job_id, max_prompts, adapters, include_base, system_prompt, max_new_tokens, temperature, top_p):
+        chosen = comparer.models(adapters, include_base)
+        params = greedy(int(max_new_tokens), temperature, top_p)
+        for run in comparer.run_file(chosen, file, job_id or "", system_prompt, params, int(max_prompts),
+                                     results_dir()):
             headers, rows = run.table()
             files = list(run.paths) if run.paths else None
             text = f"{run.done}/{run.total} prompts answered ({run.source})" + (" · done" if run.paths else "")
             yield text, gr.Dataframe(value=rows, headers=headers), files
 
     event = run.click(user_facing(on_run, "comparing models on a file"),
-                      [file, job, max_prompts, adapters, include_base, *sampling], [progress, table, downloads],
-                      **HIDDEN)
+                      inputs_kwargs={"file": file, "job_id": job, "max_prompts": max_prompts, **models, **sampling},
+                      outputs=[progress, table, downloads], **HIDDEN)
     stop.click(None, None, None, cancels=[event], queue=False, **HIDDEN)
 
 
@@ -141,9 +147,10 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
         table = gr.Dataframe(headers=EVAL_HEADERS, interactive=False, label="Figures", elem_id="evaluate-table")
     jobs.append(job)
 
-    def on_evaluate(names, path, job_id, count, generate, max_new):
-        options = EvalOptions(max_examples=int(count), generate_answers=generate, max_new_tokens=int(max_new))
-        for update in evaluator.run(names, path, job_id or "", options):
+    def on_evaluate(adapters, file, job_id, max_examples, generate_answers, max_new_tokens):
+        options = EvalOptions(max_examples=int(max_examples), generate_answers=generate_answers,
+                              max_new_tokens=int(max_new_tokens))
+        for update in evaluator.run(adapters, file, job_id or "", options):
             if update["state"] == "running":
                 yield update["message"], gr.skip()
             else:
@@ -153,25 +160,27 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
         return "Cancelling…" if evaluator.cancel()["cancelling"] else "No evaluation is running."
 
     run.click(user_facing(on_evaluate, "evaluating adapters"),
-              [adapters, file, job, max_examples, answers, max_new_tokens], [progress, table], **HIDDEN)
+              inputs_kwargs={"adapters": adapters, "file": file, "job_id": job, "max_examples": max_examples,
+                             "generate_answers": answers, "max_new_tokens": max_new_tokens},
+              outputs=[progress, table], **HIDDEN)
     cancel.click(user_facing(on_cancel, "cancelling the evaluation"), None, progress, queue=False, **HIDDEN)
 
 
-def build_compare_tab(backend: ChatBackend, actions: Actions) -> None:
+def build_compare_tab(services: Services) -> None:
     """The Compare tab and its endpoints (see compare_api)."""
-    comparer = Comparer(backend, actions.runner, actions.permissions)
-    evaluator = Evaluator(backend, actions.runner, actions.permissions)
+    backend, actions = services.backend, services.actions
     with gr.Tab("Compare", id="compare") as tab:
         with gr.Row():
             adapters = gr.Dropdown(backend.list_adapters(), multiselect=True, max_choices=MAX_ADAPTERS,
                                    label=f"Adapters (up to {MAX_ADAPTERS})", elem_id="compare-adapters", scale=3)
             include_base = gr.Checkbox(True, label="Include the base model", elem_id="compare-base")
-        sampling = _side_by_side(comparer, backend, adapters, include_base)
+        models = {"adapters": adapters, "include_base": include_base}
+        sampling = _side_by_side(services.comparer, models)
         jobs: list[gr.Dropdown] = []
-        _prompts_file(comparer, actions, adapters, include_base, sampling, jobs)
-        _evaluate(evaluator, actions, adapters, jobs)
+        _prompts_file(services.comparer, actions, models, sampling, jobs)
+        _evaluate(services.evaluator, actions, adapters, jobs)
         # Inside the tab: gr.api adds (invisible) blocks, which between two tabs would split the tab bar in two.
-        register_compare_api(comparer, evaluator)
+        register_compare_api(services.comparer, services.evaluator)
 
     def reload():
         return gr.Dropdown(choices=backend.list_adapters()), *(job_dropdown(actions) for _ in jobs)

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from llama_space.export.jobs import QTYPES
-from llama_space.service.exports import ExportActions
 from llama_space.web.errors import user_facing
 from llama_space.web.ui.export_api import download_path, register_export_api
 
 if TYPE_CHECKING:
-    from llama_space.service.actions import Actions
+    from llama_space.service.exports import ExportActions
 
 POLL_SECONDS = 2.0
 KIND_LABELS = [("Merged model (safetensors, for transformers / vLLM / TGI)", "merge"),
@@ -37,13 +36,11 @@ def status_markdown(status: dict | None) -> str:
     return "\n\n".join(parts)
 
 
-def add_export_tab(actions: Actions) -> ExportActions:
-    """The Export tab and the export endpoints, over export actions sharing the app's settings and permissions."""
-    exports = ExportActions(actions.settings, actions.permissions)
+def add_export_tab(exports: ExportActions) -> None:
+    """The Export tab and the export endpoints."""
     with gr.Tab("Export", id="export"):
         build_export_tab(exports)
     register_export_api(exports)
-    return exports
 
 
 def build_export_tab(exports: ExportActions) -> None:
@@ -72,27 +69,29 @@ def build_export_tab(exports: ExportActions) -> None:
     message = gr.Markdown(elem_id="export-message")
     hidden = {"api_visibility": "private"}
 
-    def on_start(name, chosen_kind, qtype):
-        started = exports.start_export(name or "", chosen_kind, qtype)
+    def on_start(adapter_name, export_kind, qtype):
+        started = exports.start_export(adapter_name or "", export_kind, qtype)
         return started["export_id"], status_markdown(started)
 
     def poll(current):
         status = exports.current(current)
         return (status["export_id"] if status else ""), status_markdown(status)
 
-    def on_push(current, name, what, repo, is_private):
-        source = current if what == "export" else (name or "")
+    def on_push(current, adapter_name, what, repo, is_private):
+        source = current if what == "export" else (adapter_name or "")
         return f"Pushed to {exports.push(source, repo, is_private)['url']}"
 
     adapter.focus(lambda: gr.Dropdown(choices=exports.adapter_names()), None, adapter, queue=False, **hidden)
     kind.change(lambda value: gr.Dropdown(visible=value == "gguf"), kind, quantization, queue=False, **hidden)
-    start.click(user_facing(on_start, "starting the export"), [adapter, kind, quantization],
-                [export_id, status_md], **hidden)
+    start.click(user_facing(on_start, "starting the export"),
+                inputs_kwargs={"adapter_name": adapter, "export_kind": kind, "qtype": quantization},
+                outputs=[export_id, status_md], **hidden)
     cancel.click(user_facing(lambda current: status_markdown(exports.cancel_export(current)), "cancelling"),
                  export_id, status_md, **hidden)
     download.click(user_facing(lambda current: download_path(exports, current), "preparing the download"),
                    export_id, file, **hidden)
-    push.click(user_facing(on_push, "pushing to the Hub"), [export_id, adapter, push_what, repo_id, private],
-               message, **hidden)
+    push.click(user_facing(on_push, "pushing to the Hub"),
+               inputs_kwargs={"current": export_id, "adapter_name": adapter, "what": push_what, "repo": repo_id,
+                              "is_private": private}, outputs=message, **hidden)
     gr.Timer(POLL_SECONDS).tick(user_facing(poll, "reading the export status"), export_id, [export_id, status_md],
                                 queue=False, show_progress="hidden", **hidden)

@@ -3,13 +3,13 @@ and watch a job."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from llama_space.data import hub_dataset
 from llama_space.errors import UserError
-from llama_space.service.actions import PARAM_FIELDS
 from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams
 from llama_space.web.errors import user_facing
 from llama_space.web.ui.jobs_view import job_view, no_job_view
@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from llama_space.service.actions import Actions
 
 POLL_SECONDS = 1.0
-# Training parameters picked from a list, with their labels; their values go into TrainingParams as they are.
+# TrainingParams fields that most runs leave at the preset's value: the form does not offer them, /start_training
+# does. The form offers every other field, as declared.
+NOT_IN_FORM = ("target_modules", "save_steps", "gradient_checkpointing")
+# The form's fields picked from a list, with their labels (their values go into TrainingParams as they are); the
+# others are numbers.
 CHOICE_FIELDS = {"placement": (PLACEMENTS, "Placement (auto: the memory planner picks)"),
                  "quantization": (QUANTIZATIONS, "Base quantization (nf4 = QLoRA)"),
                  "report_to": (TRACKERS, "Experiment tracking")}
@@ -27,9 +31,9 @@ CHOICE_FIELDS = {"placement": (PLACEMENTS, "Placement (auto: the memory planner 
 def _report_markdown(report: dict) -> str:
     stats = report.get("token_stats") or {}
     lines = [f"**{'✅' if report['ok'] else '❌'} {report['summary']}**", "",
-             f"Format: `{report['format']}` · rows: {report['rows']} · trained: {report['valid_rows']} · "
-             f"skipped: {report['skipped_rows']} · duplicates: {report['duplicates']} · "
-             f"longer than max length ({report['max_length']}): {report['too_long']}"]
+             (f"Format: `{report['format']}` · rows: {report['rows']} · trained: {report['valid_rows']} · "
+              f"skipped: {report['skipped_rows']} · duplicates: {report['duplicates']} · "
+              f"longer than max length ({report['max_length']}): {report['too_long']}")]
     if stats:
         lines.append(f"Tokens per row: min {stats['min']} · median {stats['median']} · p95 {stats['p95']} · "
                      f"max {stats['max']} (max length {report['max_length']})")
@@ -42,20 +46,42 @@ def _problem_rows(report: dict) -> list[list]:
     return rows
 
 
-def _preset_values(name: str) -> list:
-    params = TrainingParams.preset(name)
-    return [getattr(params, field) or 0 for field in PARAM_FIELDS] + [getattr(params, f) for f in CHOICE_FIELDS]
+def form_values(preset: str) -> dict[str, Any]:
+    """The form's fields with preset `preset`'s values, by name (an unset number shows as 0, which TrainingParams
+    reads as unset)."""
+    params = TrainingParams.preset(preset)
+    return {f.name: getattr(params, f.name) if f.name in CHOICE_FIELDS else getattr(params, f.name) or 0
+            for f in fields(TrainingParams) if f.name not in NOT_IN_FORM}
 
 
-def _hub_fields() -> list[gr.Textbox]:
-    """Dataset id, configuration, split and revision of a Hub dataset (the dataset_* parameters of the API)."""
+def _training_form() -> dict[str, gr.Component]:
+    """A field per form value, by TrainingParams name: the numbers three to a row, then the lists in one row."""
+    values = form_values("standard")
+    numbers = [name for name in values if name not in CHOICE_FIELDS]
+    form: dict[str, gr.Component] = {}
+    for row in range(0, len(numbers), 3):
+        with gr.Row():
+            form |= {name: gr.Number(values[name], label=name.replace("_", " "), elem_id=f"param-{name}",
+                                     min_width=100) for name in numbers[row:row + 3]}
     with gr.Row():
-        fields = [gr.Textbox(label="Hub dataset id", placeholder="owner/name", elem_id="hub-dataset-id", scale=2),
-                  gr.Textbox(label="Configuration", placeholder="default", elem_id="hub-dataset-config")]
+        form |= {name: gr.Dropdown(list(CHOICE_FIELDS[name][0]), value=values[name], label=CHOICE_FIELDS[name][1],
+                                   elem_id=f"param-{name}", min_width=100)
+                 for name in values if name in CHOICE_FIELDS}
+    return form
+
+
+def _hub_fields() -> dict[str, gr.Textbox]:
+    """Dataset id, configuration, split and revision of a Hub dataset, named as the API's dataset_* parameters."""
     with gr.Row():
-        fields += [gr.Textbox("train", label="Split", elem_id="hub-dataset-split"),
-                   gr.Textbox(label="Revision", placeholder="main", elem_id="hub-dataset-revision")]
-    return fields
+        named = {"dataset_id": gr.Textbox(label="Hub dataset id", placeholder="owner/name",
+                                          elem_id="hub-dataset-id", scale=2),
+                 "dataset_config": gr.Textbox(label="Configuration", placeholder="default",
+                                              elem_id="hub-dataset-config")}
+    with gr.Row():
+        named |= {"dataset_split": gr.Textbox("train", label="Split", elem_id="hub-dataset-split"),
+                  "dataset_revision": gr.Textbox(label="Revision", placeholder="main",
+                                                 elem_id="hub-dataset-revision")}
+    return named
 
 
 def build_finetune_tab(actions: Actions):
@@ -77,16 +103,7 @@ def build_finetune_tab(actions: Actions):
         with gr.Column():
             adapter_name = gr.Textbox(label="Adapter name", placeholder="my-adapter", elem_id="adapter-name")
             preset = gr.Radio(["standard", "quick"], value="standard", label="Preset", elem_id="preset")
-            inputs = []
-            defaults = list(zip(PARAM_FIELDS, _preset_values("standard")))
-            for row in range(0, len(defaults), 3):
-                with gr.Row():
-                    inputs += [gr.Number(value, label=field.replace("_", " "), elem_id=f"param-{field}",
-                                         min_width=100) for field, value in defaults[row:row + 3]]
-            with gr.Row():
-                inputs += [gr.Dropdown(list(choices), value=getattr(TrainingParams(), field), label=label,
-                                       elem_id=f"param-{field}", min_width=100)
-                           for field, (choices, label) in CHOICE_FIELDS.items()]
+            form = _training_form()
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=allow_changes,
                                   elem_id="start-training")
@@ -98,26 +115,31 @@ def build_finetune_tab(actions: Actions):
                             visible=False)
     log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
     hidden = {"api_visibility": "private"}
-    max_length = inputs[PARAM_FIELDS.index("max_length")]
+    max_length = form["max_length"]
 
-    fields = PARAM_FIELDS + list(CHOICE_FIELDS)
-
-    def on_upload(file, length, *hub_values):
-        """The report of the uploaded file or (hub_values given) of the Hub dataset they name."""
-        if file is None and not hub_values:
+    def on_check(max_length, file=None, dataset_id=None, dataset_config="", dataset_split="train",
+                 dataset_revision=""):
+        """The report of the uploaded file, or of the Hub dataset the hub fields name (the Hub button sends them
+        and no file: that dataset alone is checked); nothing once the file is removed."""
+        if file is None and dataset_id is None:
             return "", [], ""
         try:
-            source = hub_dataset(*hub_values) if hub_values else None
-            report = actions.validate(file, length or TrainingParams.max_length, source)
+            source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
+            report = actions.validate(file, max_length or TrainingParams.max_length, source)
         except UserError as exc:
             return f"**❌ {exc}**", [], ""
         return _report_markdown(report), _problem_rows(report), "".join(report["preview"])
 
-    def on_start(file, name, preset_name, *values):
-        params, hub_values = dict(zip(fields, values)), values[len(fields):]
-        started = actions.start(file, name, actions.params(preset_name, params), hub_dataset(*hub_values))
+    def on_start(file, adapter_name, preset, dataset_id, dataset_config, dataset_split, dataset_revision,
+                 **values):
+        params = actions.params(preset, values)
+        source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
+        started = actions.start(file, adapter_name, params, source)
         gr.Info(f"Training job {started} started.")
         return started
+
+    def on_preset(preset):
+        return {form[name]: value for name, value in form_values(preset).items()}
 
     def poll(current):
         try:
@@ -126,15 +148,15 @@ def build_finetune_tab(actions: Actions):
             return "", *no_job_view(str(exc))
         return (status["job_id"], *job_view(status)) if status else ("", *no_job_view())
 
-    on_upload = user_facing(on_upload, "checking the dataset")
+    on_check = user_facing(on_check, "checking the dataset")
     poll = user_facing(poll, "reading the job status")
     report_outputs = [report_md, problems, preview]
-    upload.upload(on_upload, [upload, max_length], report_outputs, **hidden)
-    max_length.submit(on_upload, [upload, max_length], report_outputs, **hidden)
-    load_hub.click(lambda length, *values: on_upload(None, length, *values), [max_length, *hub], report_outputs,
-                   **hidden)  # the Hub dataset alone, whether or not a file is uploaded too
-    preset.change(_preset_values, preset, inputs, queue=False, **hidden)
-    start.click(user_facing(on_start), [upload, adapter_name, preset, *inputs, *hub], job_id, **hidden)
+    for event in (upload.upload, max_length.submit):
+        event(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs, **hidden)
+    load_hub.click(on_check, inputs_kwargs={"max_length": max_length, **hub}, outputs=report_outputs, **hidden)
+    preset.change(on_preset, preset, list(form.values()), queue=False, **hidden)
+    start.click(user_facing(on_start), inputs_kwargs={"file": upload, "adapter_name": adapter_name,
+                                                      "preset": preset, **hub, **form}, outputs=job_id, **hidden)
     cancel.click(user_facing(actions.cancel), job_id, None, **hidden)
     resume.click(user_facing(lambda current: actions.resume(current)["job_id"], "resuming the job"), job_id, job_id, **hidden)
     outputs = [job_id, progress_html, loss_plot, log_tail]

@@ -22,9 +22,9 @@ def progress_html(status: dict) -> str:
     step, total = status.get("step") or 0, status.get("total_steps") or 0
     percent = 100 * step / total if total else 0
     loss = status.get("loss")
-    parts = [f"<b>Job {html.escape(str(status.get('job_id', '')))}</b> · "
-             f"<span class='job-state' data-state='{html.escape(str(status.get('state')))}'>"
-             f"{html.escape(str(status.get('state')))}</span>",
+    parts = [(f"<b>Job {html.escape(str(status.get('job_id', '')))}</b> · "
+              f"<span class='job-state' data-state='{html.escape(str(status.get('state')))}'>"
+              f"{html.escape(str(status.get('state')))}</span>"),
              f"step <span class='job-step'>{step}</span> / {total}",
              f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss —"]
     if isinstance(status.get("eval_loss"), (int, float)):

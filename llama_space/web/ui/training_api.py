@@ -20,7 +20,6 @@ from gradio import FileData
 
 from llama_space.data import hub_dataset
 from llama_space.errors import UserError
-from llama_space.service.actions import PARAM_FIELDS
 from llama_space.training.params import PRESETS, TrainingParams
 from llama_space.web.errors import user_facing
 
@@ -40,11 +39,10 @@ NOT_UPLOADED = "Send the dataset file with gradio_client.handle_file(path) (a pl
 
 
 def training_fields() -> list[tuple[str, Any]]:
-    """Every TrainingParams field and its type: the UI's number fields first, in the order positional callers
-    of /start_training rely on, then the others as declared (so a new field joins the endpoint by itself)."""
+    """Every TrainingParams field and its type, as declared (the order positional callers of /start_training
+    rely on; a new field joins the endpoint by itself)."""
     hints = get_type_hints(TrainingParams)
-    names = PARAM_FIELDS + [f.name for f in fields(TrainingParams) if f.name not in PARAM_FIELDS]
-    return [(name, hints[name]) for name in names]
+    return [(f.name, hints[f.name]) for f in fields(TrainingParams)]
 
 
 def field_help() -> dict[str, str]:

