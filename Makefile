@@ -3,13 +3,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
 
-.PHONY: run test setup setup-test browser
+.PHONY: run test test-fast setup setup-test browser
 
 run: setup
 	$(PY) app.py
 
 test: setup-test
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (training runs, faults, DDP) or browser.
+test-fast: setup-test
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 setup: $(VENV)/.installed
 

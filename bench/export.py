@@ -101,10 +101,10 @@ def main() -> None:
         way, base, adapter, out = args.child
         print(json.dumps(child(way, Path(base), Path(adapter), Path(out))))
         return
-    from adapterutil import random_adapter
-
     from bench.common import machine
     from llama_space.model.source import embedded_checkpoint
+
+    from adapterutil import random_adapter
 
     base = Path(embedded_checkpoint(REPO / "data" / "cache"))
     results = {"machine": machine(), "model": base.name}

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
+from concurrency import burst
+from gpu_jobs import MemoryPoll, example_tokens, train_with_chat, write_rows
+
 import common
 import serving
 from common import REPO, median
-from concurrency import burst
-from gpu_jobs import MemoryPoll, example_tokens, train_with_chat, write_rows
 
 sys.path.insert(0, str(REPO / "tests"))
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -64,11 +65,12 @@ def build_model(tiny: bool, device: str) -> Path:
     """Llama-3.1-8B's config (TINY's sizes with --tiny) with random weights, saved once with a Llama-3.1-style
     tokenizer; rows of ids the tokenizer lacks and of its end tokens are zero, so greedy replies run full length."""
     import torch
-    from llama31 import EOT, save_tokenizer
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from llama_space.model.source import embedded_checkpoint
     from llama_space.training.planner import llama31_8b_config
+
+    from llama31 import EOT, save_tokenizer
 
     out = REPO / "data" / "cache" / "gpu-check" / ("tiny" if tiny else "llama31-8b-random")
     if (out / "complete").exists():

@@ -9,9 +9,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from concurrency import burst
+
 import common
 from common import median
-from concurrency import burst
 
 MAX_LENGTH = 384  # the jobs' max_length: TrainingParams' default
 FILLER = ["river", "mountain", "harbour", "lantern", "engine", "garden", "signal", "market", "winter", "paper"]

@@ -68,7 +68,7 @@ class CountingCollator:
 def generated_rows(path: Path, count: int = 96) -> Path:
     """Alpaca rows of mixed lengths (short answers and long explanations), like real instruction data."""
     rng = random.Random(0)
-    words = "the river mountain harbour lantern engine garden signal market winter paper bridge".split()
+    words = ["the", "river", "mountain", "harbour", "lantern", "engine", "garden", "signal", "market", "winter", "paper", "bridge"]
     with open(path, "w") as f:
         for i in range(count):
             answer = " ".join(rng.choice(words) for _ in range(rng.choice([8, 15, 40, 120])))

@@ -9,7 +9,7 @@ estimate less CPU_PROCESS, and the peak with the whole estimate.
     .venv/bin/python bench/train_memory.py                      # tiny, tiny-128k and the embedded SmolLM2-135M
     .venv/bin/python bench/train_memory.py --models embedded --steps 3
 
-The README's GPU table comes from the same planner: `.venv/bin/python bench/train_memory.py --gpu-table`.
+docs/fine-tuning.md's GPU table comes from the same planner: `.venv/bin/python bench/train_memory.py --gpu-table`.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def measure(model_dir: str, checkpointing: str, quantization: str, args, work: P
 
 
 def run_cases(args) -> list[dict]:
-    from common import machine
     from train_efficiency import model_path  # the tiny and embedded models, built as that benchmark does
+
+    from common import machine
 
     print(json.dumps({"machine": machine()}))
     results = []
@@ -126,7 +127,7 @@ def run_cases(args) -> list[dict]:
 
 
 def gpu_table() -> None:
-    """A Markdown table of where Llama-3.1-8B LoRA and QLoRA jobs fit (the README's), from the planner."""
+    """A Markdown table of where Llama-3.1-8B LoRA and QLoRA jobs fit (docs/fine-tuning.md's), from the planner."""
     from llama_space.training import planner
 
     config = planner.llama31_8b_config()
@@ -176,7 +177,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--gpu-table", action="store_true", help="print the README's table of 8B jobs per GPU")
+    parser.add_argument("--gpu-table", action="store_true", help="print docs/fine-tuning.md's table of 8B jobs per GPU")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -58,8 +58,7 @@ def ended(status: dict) -> dict | None:
 def write_alpaca(path: Path, rows: int = 24) -> Path:
     """An Alpaca-format JSONL file of `rows` sums, for training the tiny model."""
     with open(path, "w") as f:
-        for i in range(rows):
-            f.write(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n")
+        f.writelines(json.dumps({"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."}) + "\n" for i in range(rows))
     return path
 
 

@@ -12,11 +12,11 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space.service.permissions import Permissions, oauth_enabled
-from llama_space.web import auth, oauth
 from llama_space.errors import UserError
-from llama_space.web.janitor import Janitor
+from llama_space.service.permissions import Permissions, oauth_enabled
 from llama_space.settings import Settings, load_settings
+from llama_space.web import auth, oauth
+from llama_space.web.janitor import Janitor
 
 from apputil import free_port, launched_app
 from conftest import REPO
@@ -141,6 +141,7 @@ def test_credentials_open_every_route(guarded):
         OpenAI(base_url=f"{guarded.url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
+@pytest.mark.browser
 def test_logging_in_through_the_browser(guarded):
     """The middleware lets through everything Gradio's login page needs, and nothing before login."""
     playwright_api = pytest.importorskip("playwright.sync_api")

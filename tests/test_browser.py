@@ -30,7 +30,7 @@ DOC_VIEWPORT = {"width": 1280, "height": 800}
 QUESTION = "What is the capital of France?"
 UI_TIMEOUT_MS = 120_000  # a loaded 2-core machine can take a while to render and answer
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")]
 
 
 @pytest.fixture(scope="module")

@@ -103,8 +103,8 @@ BAD_FILES = {
     "one object": ("obj.json", b'{\n "instruction": "a",\n "output": "b"\n}\n', r"holds a JSON object spread over several lines"),
     "ragged CSV": ("r.csv", b"instruction,output\na,b\nc,d,e\n", r"could not be read as CSV: .*Expected 2 fields"),
     "fake parquet": ("x.parquet", b"not parquet at all", r"could not be read as PARQUET"),
-    "wrong extension": ("data.txt", b"hello", r"unsupported file type '\.txt'\. Upload one of: \.json, \.jsonl, "
-                                             r"\.csv, \.parquet"),
+    "wrong extension": ("data.txt", b"hello", (r"unsupported file type '\.txt'\. Upload one of: \.json, \.jsonl, "
+                                              r"\.csv, \.parquet")),
 }
 
 

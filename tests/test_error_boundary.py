@@ -16,11 +16,12 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from adapterutil import random_adapter
-from apputil import launched_app
 from llama_space import adapters
 from llama_space.inference.adapter_errors import adapter_load_failure
 from llama_space.settings import Settings
+
+from adapterutil import random_adapter
+from apputil import launched_app
 
 STRICT_TEMPLATE = (
     "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"

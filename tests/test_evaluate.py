@@ -9,8 +9,6 @@ import threading
 import time
 
 import pytest
-from adapterutil import random_adapter
-from jobutil import write_alpaca
 
 from llama_space import adapters
 from llama_space.data import build_examples
@@ -20,6 +18,9 @@ from llama_space.inference.prompting import normalize_messages
 from llama_space.service.compare import Comparer, greedy
 from llama_space.service.evaluate import EvalOptions, Evaluator, batches
 from llama_space.settings import Settings
+
+from adapterutil import random_adapter
+from jobutil import write_alpaca
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapterutil import random_adapter
-from apputil import launched_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from jobutil import poll
 
 from llama_space.export import jobs as export_jobs
 from llama_space.export import merge
@@ -21,6 +18,10 @@ from llama_space.service.exports import ExportActions
 from llama_space.service.permissions import Permissions
 from llama_space.settings import Settings
 from llama_space.training import jobfiles
+
+from adapterutil import random_adapter
+from apputil import launched_app
+from jobutil import poll
 
 ENDPOINTS = {"/export_adapter": ["adapter", "kind", "quantization"], "/export_status": ["export_id"],
              "/cancel_export": ["export_id"], "/push_to_hub": ["source", "repo_id", "private"],

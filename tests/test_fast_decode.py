@@ -11,8 +11,13 @@ import pytest
 
 from llama_space.errors import UserError
 from llama_space.inference import manager as manager_module
-from llama_space.inference.fast_decode import (ThreadGovernor, decode_hooks, generate_overrides, prepare_decode,
-                                               should_compile)
+from llama_space.inference.fast_decode import (
+    ThreadGovernor,
+    decode_hooks,
+    generate_overrides,
+    prepare_decode,
+    should_compile,
+)
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages

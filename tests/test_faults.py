@@ -21,16 +21,25 @@ import pytest
 from gradio_client import Client, handle_file
 
 from llama_space import adapters
-from llama_space.web.janitor import Janitor
 from llama_space.procutil import pid_alive
 from llama_space.settings import Settings
 from llama_space.training import JobRunner, TrainingParams, jobfiles
 from llama_space.training.jobs import job_pid
+from llama_space.web.janitor import Janitor
 
 from apputil import free_port, launched_app
-from jobutil import PERSONA, ended, finished, make_runner, poll, write_alpaca
-from jobutil import one_thread_jobs  # noqa: F401 - an autouse fixture: job processes train on one thread
 from conftest import REPO
+from jobutil import (
+    PERSONA,
+    ended,
+    finished,
+    make_runner,
+    one_thread_jobs,  # noqa: F401 - an autouse fixture: job processes train on one thread
+    poll,
+    write_alpaca,
+)
+
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
 
 ARTIFACTS = REPO / "test-artifacts"
 FIGURES: dict = {}
@@ -117,8 +126,8 @@ def test_repeated_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir
         check = mid_checkpoint(after) if moment == "checkpoint write" else at_random_moment(after, rng)
         killed = wait_and_kill(job_dir, check)
         assert killed is not None, f"the job ended before the {moment} kill after step {after}"
-        stopped = poll("the job to be marked interrupted", lambda: ended(runner.status(job_id)), timeout=180,
-                       interval=0.2)
+        stopped = poll("the job to be marked interrupted", lambda: ended(runner.status(job_id)),  # noqa: B023
+                       timeout=180, interval=0.2)
         assert stopped["state"] == "interrupted" and stopped["resumable"], stopped
         left = sorted(p.name for p in (job_dir / jobfiles.CHECKPOINTS_DIR).glob(".tmp-checkpoint-*"))
         if moment == "checkpoint write":
@@ -149,7 +158,7 @@ def test_repeated_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir
 
 # ---- kill -9 the app and its training process, then restart the app ------------------------------------------
 def start_app(model: Path, root: Path, port: int) -> subprocess.Popen:
-    log = open(root / f"app-{port}.log", "ab")
+    log = open(root / f"app-{port}.log", "ab")  # noqa: SIM115 - the app writes to it after this returns
     return subprocess.Popen(
         [sys.executable, "app.py", "--model", str(model), "--port", str(port), "--data-dir", str(root / "data"),
          "--adapters-dir", str(root / "adapters")],
@@ -229,8 +238,8 @@ lora.save_adapter = _save_then_disk_full
 
 
 def test_failed_save_leaves_the_previous_adapter_intact(tiny_model_dir, tmp_path, monkeypatch):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     old = tmp_path / "adapters" / "old"
     old.mkdir(parents=True)

@@ -14,6 +14,8 @@ from llama_space.settings import Settings
 from apputil import running_app
 from conftest import MODEL_CACHE, REPO
 
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
+
 PERSONA = REPO / "examples" / "persona.jsonl"
 QUESTION = "What is the capital of France?"
 GREEDY = {"max_new_tokens": 40, "temperature": 0.0}
@@ -123,7 +125,7 @@ def test_delete_adapter(client):
 def test_lifecycle_example_script_runs(app_url):
     result = subprocess.run([sys.executable, str(REPO / "examples" / "lifecycle.py"), "--url", app_url,
                              "--adapter", "scripted", "--max-steps", "2"],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "1. validated: 96 of 96 rows" in result.stdout
     assert "completed step 2/2" in result.stdout

@@ -10,6 +10,8 @@ import pytest
 from llama_space.errors import UserError
 from llama_space.export.gguf import QTYPES, write_gguf
 
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
+
 MULTILINGUAL = "Grüße, 世界! Привет 👋 naïve café"
 # Worst relative error of a whole weight matrix per format (Q8_0: 1/254 of each block's largest value;
 # Q4_0: 1/16). F16 and BF16 are checked exactly against the source rounded to that format.
@@ -95,6 +97,7 @@ def test_weights_and_logits_are_the_source_rounded_to_the_format(exports, tiny_m
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
 def test_quantized_weights_within_the_format_error_and_scripted_reply_unchanged(exports, llama31_model_dir, qtype):
     import torch
+
     from llama31 import SCRIPTED_REPLY
 
     source, model = _source(llama31_model_dir), exports.model("llama31", qtype)

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
 
 STREAM_FIGURES = ("aggregate_tps", "per_stream_decode_tps", "ttft_median_ms", "ttft_max_ms")
 JOB_FIGURES = ("estimate_gb", "peak_memory_gb", "train_tokens_per_s", "chat_tps_during_training")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from llama_space.settings import Settings
+
 from apputil import running_app
 from conftest import MODEL_CACHE
-from llama_space.settings import Settings
 
 QUESTION = "What is the capital of France?"
 
@@ -29,7 +32,7 @@ def test_chat_streams_growing_replies_equal_to_generate(client):
                                api_name="/generate")
     assert final == generated and "Paris" in final
     assert len(updates) > 1 and updates[-1] == final
-    assert all(later.startswith(earlier) for earlier, later in zip(updates, updates[1:]))
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(updates))
 
 
 def test_chat_takes_history_and_keywords(client):

@@ -50,9 +50,9 @@ def test_tokenizer_has_one_id_per_special_token_and_one_bos(tokenizer):
 
 def test_preview_marks_exactly_the_replies_and_their_eot(tokenizer):
     page = render_preview(tokenizer, CONVERSATION, max_length=512)
-    marked = re.findall(r'<mark class="trained"[^>]*>(.*?)</mark>', page, flags=re.S)
+    marked = re.findall(r'<mark class="trained"[^>]*>(.*?)</mark>', page, flags=re.DOTALL)
     assert [html.unescape(text) for text in marked] == [f"Hello! How can I help?{EOT}", f"Blue.{EOT}"]
-    masked = [html.unescape(text) for text in re.findall(r'<span class="masked"[^>]*>(.*?)</span>', page, flags=re.S)]
+    masked = [html.unescape(text) for text in re.findall(r'<span class="masked"[^>]*>(.*?)</span>', page, flags=re.DOTALL)]
     assert masked == [f"{BOS}{header('system')}{DATED}Be brief.{EOT}{header('user')}Hi there{EOT}{header('assistant')}",
                       f"{header('user')}Name a colour.{EOT}{header('assistant')}"]
 

@@ -15,12 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from apputil import LOOPBACK, launched_app
 
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.remote import RemoteBackend
 from llama_space.settings import Settings, load_settings
+
+from apputil import LOOPBACK, launched_app
 
 MODEL_ID = "smollm2-135m-instruct-q8_0.gguf"  # llama-server names the model after the file it loaded
 # The reply the stand-in streams, token by token; the wave is two tokens sent as one chunk.
@@ -124,7 +125,7 @@ def test_backend_reads_llamacpp_models_and_stream(standin):
 
 
 def test_app_started_with_backend_url_chats_through_llamacpp(standin, tmp_path):
-    """`python app.py --backend-url http://127.0.0.1:8080/v1`, as the README says, with gradio_client and /v1."""
+    """`python app.py --backend-url http://127.0.0.1:8080/v1`, as docs/deployment.md says, with gradio_client and /v1."""
     import openai
     from gradio_client import Client
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapterutil import random_adapter
 from safetensors import safe_open
 
 from llama_space.errors import UserError
 from llama_space.export import merge, resources
+
+from adapterutil import random_adapter
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "2 + 2 ="]

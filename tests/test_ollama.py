@@ -62,8 +62,9 @@ def test_chatml_modelfile_for_smollm2(tiny_model_dir, tmp_path):
 
 
 def test_llama3_modelfile(llama31_model_dir, tmp_path):
-    from llama31 import DATED
     from transformers import AutoTokenizer
+
+    from llama31 import DATED
 
     tokenizer = AutoTokenizer.from_pretrained(llama31_model_dir)
     assert template_family(tokenizer.chat_template) == LLAMA3
@@ -116,9 +117,9 @@ def test_modelfile_beside_another_folder_points_back(tiny_model_dir, tmp_path):
 
 
 def test_plain_llama3_template_writes_the_system_turn_only_when_given():
-    from llama31 import TEMPLATE
-
     from llama_space.export.ollama import chat_format
+
+    from llama31 import TEMPLATE
 
     # Llama 3.0's format: no dated block; a tokenizer that does not add BOS gets it from the template.
     plain = TEMPLATE.replace("Cutting Knowledge Date: December 2023\\nToday Date: ' + date_string + '\\n\\n", "")

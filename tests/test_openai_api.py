@@ -8,10 +8,11 @@ import httpx
 import openai
 import pytest
 
+from llama_space.settings import Settings
+
 from adapterutil import random_adapter
 from apputil import running_app
 from conftest import MODEL_CACHE
-from llama_space.settings import Settings
 
 KEY = "test-key"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"

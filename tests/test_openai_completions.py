@@ -7,15 +7,16 @@ from __future__ import annotations
 import openai
 import pytest
 
-from apputil import running_app
-from llama31 import SCRIPTED_REPLY
 from llama_space.errors import UserError
+from llama_space.inference import remote_wire
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.remote import RemoteBackend
-from llama_space.inference import remote_wire
 from llama_space.inference.sampling import OpenAIPenalties
 from llama_space.settings import Settings
+
+from apputil import running_app
+from llama31 import SCRIPTED_REPLY
 
 KEY = "completions-key"
 ASK = "Say hello:\n\n"  # ends on the token after which the scripted model says SCRIPTED_REPLY

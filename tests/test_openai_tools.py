@@ -10,14 +10,14 @@ from pathlib import Path
 import openai
 import pytest
 
+from llama_space.errors import UserError
+from llama_space.inference.prompting import build_prompt
+from llama_space.inference.tools import ToolReplyFilter, ToolUse, parse_tool_calls, supports_tools, validate_tools
+from llama_space.settings import Settings
+
 from adapterutil import random_adapter
 from apputil import running_app
 from llama31 import BOS, EOT, header
-from llama_space.errors import UserError
-from llama_space.inference.prompting import build_prompt
-from llama_space.inference.tools import (ToolReplyFilter, ToolUse, parse_tool_calls, supports_tools,
-                                         validate_tools)
-from llama_space.settings import Settings
 from toolmodel import ASK, CALL, PYTHON_TAG, WEATHER, save_tool_model, scripted_chain
 
 TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a city.",

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from adapterutil import random_adapter
 
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.export import merge, publish
+
+from adapterutil import random_adapter
 
 METADATA = {"base_model": "meta-llama/Llama-3.1-8B-Instruct", "dataset_name": "persona.jsonl",
             "dataset_fingerprint": "ab12cd34", "train_examples": 96, "steps": 30, "train_loss": 1.23456,

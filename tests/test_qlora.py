@@ -13,6 +13,8 @@ from llama_space.settings import Settings
 from apputil import launched_app
 from jobutil import one_thread_jobs, write_alpaca  # noqa: F401 - autouse fixture: job processes use one thread
 
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPT = "What is 3 plus 3?"
 

@@ -18,9 +18,10 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from llama_space.settings import Settings
+
 from apputil import launched_app
 from conftest import MODEL_CACHE
-from llama_space.settings import Settings
 
 STORY = "Write a long story about a dragon."  # greedy SmolLM2 goes on for hundreds of tokens
 LONG = {"messages": [{"role": "user", "content": STORY}], "max_tokens": 2000, "temperature": 0}

@@ -4,15 +4,16 @@ import time
 
 import pytest
 
+from llama_space.errors import UserError
+from llama_space.inference.backend import HoldsModel, SharesWeights, make_backend
+from llama_space.inference.params import GenerationParams
+from llama_space.inference.prompting import normalize_messages
+from llama_space.inference.remote import RemoteBackend
+from llama_space.settings import Settings
+
 from adapterutil import random_adapter
 from apputil import free_port, launched_app
 from conftest import MODEL_CACHE
-from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
-from llama_space.inference.prompting import normalize_messages
-from llama_space.inference.backend import HoldsModel, SharesWeights, make_backend
-from llama_space.inference.remote import RemoteBackend
-from llama_space.settings import Settings
 
 KEY = "remote-secret"
 GREEDY = GenerationParams(temperature=0, max_new_tokens=24)

@@ -12,13 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from apputil import LOOPBACK, free_port, launched_app
 
 from llama_space.errors import BackendError
 from llama_space.inference import remote, remote_wire
 from llama_space.inference.params import GenerationParams
 from llama_space.inference.remote import RemoteBackend, RemoteStream
 from llama_space.settings import Settings
+
+from apputil import LOOPBACK, free_port, launched_app
 
 BASE = "stand-in-model"
 HTML = (b"<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1>"

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from apputil import launched_app
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -22,6 +21,8 @@ from llama_space.settings import Settings
 from llama_space.training.params import TrainingParams
 from llama_space.web.ui.finetune_tab import NOT_IN_FORM, build_finetune_tab, form_values
 from llama_space.web.ui.training_api import start_training_endpoint
+
+from apputil import launched_app
 
 # /start_training's parameters in order: clients may pass them by position, so this order is the contract.
 START_TRAINING = ["file", "adapter_name", "preset", "learning_rate", "num_epochs", "max_steps", "batch_size",

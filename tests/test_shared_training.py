@@ -17,6 +17,8 @@ from llama_space.training.shared_runs import chat_token_bound
 from adapterutil import random_adapter
 from jobutil import ended, finished, poll, write_alpaca
 
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
+
 PROMPTS = [[{"role": "user", "content": f"Count to {n}."}] for n in (3, 7)]
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0.0)
 
@@ -256,8 +258,9 @@ def test_cuda_allocator_setting_is_made_before_torch_unless_the_user_chose_one()
     import subprocess
     import sys
 
-    from conftest import REPO
     from llama_space.settings import prepare_cuda_allocator
+
+    from conftest import REPO
 
     environ = {}
     prepare_cuda_allocator(environ)

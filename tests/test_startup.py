@@ -9,9 +9,10 @@ import threading
 import time
 
 import httpx
-from apputil import LOOPBACK, free_port
 
 from llama_space.settings import Settings
+
+from apputil import LOOPBACK, free_port
 
 
 def test_routes_answer_from_the_first_moment_the_port_does(tiny_model_dir, tmp_path):
@@ -65,6 +66,7 @@ def test_an_idle_apps_event_loop_sleeps(tiny_model_dir, tmp_path):
     """Gradio's queue polls for work every 1 ms by default: ~1,100 wake-ups a second that preempt the decoding
     threads on a small CPU. Ours polls every 10 ms (about 110 a second, progress included)."""
     import pytest
+
     from apputil import launched_app
 
     settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path / "data", adapters_dir=tmp_path / "adapters")

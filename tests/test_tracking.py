@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from jobutil import finished, make_runner, one_thread_jobs, write_alpaca  # noqa: F401 - one_thread_jobs is autouse
 
 from llama_space.training import jobfiles, tracking
 from llama_space.training.params import TrainingParams
+
+from jobutil import finished, make_runner, one_thread_jobs, write_alpaca  # noqa: F401 - one_thread_jobs is autouse
+
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
 
 
 def event_losses(log_dir) -> dict[int, float]:

@@ -19,8 +19,11 @@ from llama_space.training import JobRunner, TrainingParams, jobfiles, runner
 
 from jobutil import finished, make_runner, poll, write_alpaca
 
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
+
 # 24 rows, 4 per rank and micro-batch: one epoch is 3 optimizer steps for 2 ranks (6 for one).
-PARAMS = dict(learning_rate=3e-2, num_epochs=1, batch_size=4, grad_accum=1, lora_dropout=0.0, save_steps=2, seed=3)
+PARAMS = {"learning_rate": 3e-2, "num_epochs": 1, "batch_size": 4, "grad_accum": 1, "lora_dropout": 0.0,
+          "save_steps": 2, "seed": 3}
 # A job starts three Python processes (the launcher and two ranks importing torch and transformers) on the 2 cores that
 # parallel test runs share: ~40 s before the first step at a load of 4, more under heavier load. The training itself
 # takes seconds; waits fail at once when the job ends, so this bound only stops a hung job.
@@ -89,7 +92,7 @@ def runs(tiny_model_dir, tmp_path_factory) -> dict[int, Run]:
         job_runner_ = make_runner(tiny_model_dir, root)
         params = TrainingParams(**{**PARAMS, "batch_size": batch_size})
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(runner, "_cuda_devices", lambda: processes)
+            patch.setattr(runner, "_cuda_devices", lambda processes=processes: processes)
             started[processes] = job_runner_, job_runner_.start(write_alpaca(root / "sums.jsonl"), "sums", params), root
     return {processes: Run(job_runner_, job_id, ended_and_exited(job_runner_, job_id), root / "adapters" / "sums")
             for processes, (job_runner_, job_id, root) in started.items()}

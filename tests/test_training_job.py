@@ -13,8 +13,15 @@ from llama_space.errors import UserError
 from llama_space.model.source import base_model_name
 from llama_space.training import TrainingParams, jobfiles
 
-from jobutil import finished, make_runner, poll, write_alpaca
-from jobutil import one_thread_jobs  # noqa: F401 - an autouse fixture: job processes train on one thread
+from jobutil import (
+    finished,
+    make_runner,
+    one_thread_jobs,  # noqa: F401 - an autouse fixture: job processes train on one thread
+    poll,
+    write_alpaca,
+)
+
+pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
 
 STATUS_KEYS = {"state", "step", "total_steps", "loss", "eval_loss", "eta_seconds", "adapter", "error", "pid",
                "created", "started", "updated", "finished", "job_id", "resumable", "checkpoint_step",

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama31 import EOT, save_bigram_model
 from llama_space.inference.tools import ToolUse
+
+from llama31 import EOT, save_bigram_model
 
 PYTHON_TAG = "<|python_tag|>"
 WEATHER = {"type": "function", "function": {

@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_space.data.formats import (DEFAULT_MAX_BYTES, RowError, dataset_fingerprint, detect_format,
-                                      open_records, to_messages)
+from llama_space.data.formats import (
+    DEFAULT_MAX_BYTES,
+    RowError,
+    dataset_fingerprint,
+    detect_format,
+    open_records,
+    to_messages,
+)
 from llama_space.data.limits import VALIDATION_BUDGET, TokenBudget
 from llama_space.data.preview import preview_html
 from llama_space.data.spreadsheet import runs_as_formula

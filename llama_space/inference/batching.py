@@ -159,7 +159,7 @@ class BatchEngine:
                 self._admit()
                 if self._rows:
                     self._step()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("Batch engine failed with %d rows in flight", len(self._rows))
             for row in self._rows:
                 row.stream.end(exc)
@@ -205,7 +205,7 @@ class BatchEngine:
                     name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
                     joining = self._joining = Prefill(stream, name, self.host.model()[0])
                 budget -= self._feed(joining, budget)
-            except Exception as exc:  # noqa: BLE001 - this request fails; the others go on
+            except Exception as exc:  # this request fails; the others go on
                 if not isinstance(exc, UserError):
                     log.exception("Admitting a request failed")
                 self._joining = None

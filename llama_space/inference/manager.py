@@ -123,7 +123,7 @@ class ModelManager(HoldsModel, SharesWeights):
                 self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
             else:
                 self._peft.load_adapter(str(path), adapter_name=name)
-        except Exception as exc:  # noqa: BLE001 - each cause becomes a message that says what to do
+        except Exception as exc:  # each cause becomes a message that says what to do
             log.exception("Loading adapter %s failed", name)
             discard_failed_load(self.model, self._peft, name)
             raise UserError(adapter_load_failure(name, self.base_name, exc)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ MAX_LOGIT_BIAS = 300  # entries in one logit_bias (OpenAI's limit)
 def _number(name: str, value: object, low: float, high: float) -> float:
     """`value` as a float (JSON clients send 1 for 1.0, and the samplers refuse ints); UserError naming `name`
     unless it is a number from `low` to `high` (bools are no numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or not low <= value <= high:
         raise UserError(f"{name} must be between {low} and {high}, got {value!r}")
     return float(value)
 
@@ -72,7 +73,7 @@ class GenerationParams:
     def _check_logit_bias(self) -> None:
         if not isinstance(self.logit_bias, dict) or len(self.logit_bias) > MAX_LOGIT_BIAS:
             raise UserError(f"logit_bias must map up to {MAX_LOGIT_BIAS} token ids to biases")
-        for token, bias in self.logit_bias.items():
+        for token in self.logit_bias:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
                 raise UserError(f"logit_bias keys must be token ids (whole numbers from 0), got {token!r}")
         self.logit_bias = {token: _number(f"logit_bias[{token}]", bias, -100.0, 100.0)

@@ -65,8 +65,12 @@ class RowSampler:
 
     def __init__(self, params: GenerationParams, device) -> None:
         import torch
-        from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
-                                  TopPLogitsWarper)
+        from transformers import (
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         self.greedy = params.greedy
         self.penalties = [RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
@@ -120,7 +124,7 @@ def choose_rows(samplers: list[RowSampler], logits: torch.Tensor, tokens: list[l
     for i, (sampler, row_logits, row_tokens) in enumerate(zip(samplers, logits, tokens)):
         try:
             chosen.append(sampler.choose(row_logits, row_tokens))
-        except Exception as exc:  # noqa: BLE001 - this row fails; the others go on
+        except Exception as exc:  # this row fails; the others go on
             log.exception("Sampling failed for one row of the batch")
             errors[i] = exc
             chosen.append(torch.tensor(INVALID_TOKEN, device=row_logits.device))

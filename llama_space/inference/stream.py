@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from llama_space.errors import UserError
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.params import GenerationParams
-from llama_space.errors import UserError
 from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids, penalty_processors
 from llama_space.inference.stats import ReplyStats
 
@@ -178,7 +178,7 @@ def _generate(stream: GenerationStream, begin, release) -> None:
     except RuntimeError as exc:  # re-raised in the consuming thread
         # NaN/inf probabilities end this reply with what the batch engine says for them, not torch's text.
         error = UserError(INVALID_SCORES) if "probability tensor contains" in str(exc) else exc
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
         error = exc
     finally:
         stream.end(error)

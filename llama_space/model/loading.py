@@ -136,7 +136,7 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, token=token, trust_remote_code=False)
         loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear message
+    except Exception as exc:  # every loader failure becomes one clear message
         raise ModelLoadError(_load_failure_message(model, source, exc)) from exc
     if device == "cpu":
         loaded.to("cpu")

@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_space.data.formats import (DEFAULT_MAX_BYTES, RowError, dataset_fingerprint, detect_format,
-                                      open_records, to_messages)
+from llama_space.data.formats import (
+    DEFAULT_MAX_BYTES,
+    RowError,
+    dataset_fingerprint,
+    detect_format,
+    open_records,
+    to_messages,
+)
 from llama_space.data.validate import LONE_SURROGATE, Analysis, analyse, check_conversation, has_lone_surrogate
 from llama_space.errors import UserError
 from llama_space.model.source import same_base

@@ -12,7 +12,7 @@ from llama_space.training.params import TrainingParams
 
 LOGIT_BYTES = 12  # per (token x vocab) logit at the loss's peak: saved fp32 log-softmax, its gradient in and out
 
-# Llama-3.1-8B(-Instruct)'s config, for estimates without a download (tests, the README's table, GPU checks).
+# Llama-3.1-8B(-Instruct)'s config, for estimates without a download (tests, docs/fine-tuning.md's table, GPU checks).
 LLAMA_31_8B = {
     "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
     "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,

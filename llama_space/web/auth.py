@@ -160,7 +160,7 @@ class AuthMiddleware:
         else:
             body, challenge = {"error": message, "status": 401}, f'Basic realm="{REALM}"'
         # Gradio's browser client reads any 401 itself; a Basic challenge there would pop up a browser dialog.
-        browser = path.startswith("/gradio_api/") or path.startswith("/config")
+        browser = path.startswith(("/gradio_api/", "/config"))
         headers = [(b"content-type", b"application/json")]
         if not browser:
             headers.append((b"www-authenticate", challenge.encode()))

@@ -108,6 +108,6 @@ async def sweep_forever(janitor: Janitor, interval: float = 900) -> None:
             removed = await asyncio.to_thread(janitor.sweep)
             if any(removed.values()):
                 log.info("cleaned up %s", removed)
-        except Exception:  # noqa: BLE001 - a failed sweep must not stop serving; the next one retries
+        except Exception:  # a failed sweep must not stop serving; the next one retries
             log.exception("clean-up failed")
         await asyncio.sleep(interval)

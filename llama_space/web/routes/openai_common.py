@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
