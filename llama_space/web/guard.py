@@ -228,13 +228,18 @@ def _quota_failure(quota: int) -> Failure:
 
 
 async def _refuse(scope: Scope, send: Send, path: str, fail: Failure) -> None:
-    """Send `fail` in the route's own error shape (OpenAI's under /v1)."""
+    """Refuse a request (or close a websocket) with `fail`; an upload quota refusal says when to come back."""
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": fail.message[:120]})
         return
+    await send_failure(send, path, fail, UPLOAD_WINDOW_SECONDS // 4 if fail.status == 429 else None)
+
+
+async def send_failure(send: Send, path: str, fail: Failure, retry_after: int | None = None) -> None:
+    """Answer an HTTP request with `fail` in the route's own error shape (OpenAI's under /v1)."""
     body = openai_body(fail) if path == "/v1" or path.startswith("/v1/") else rest_body(fail)
     headers = [(b"content-type", b"application/json")]
-    if fail.status == 429:
-        headers.append((b"retry-after", str(UPLOAD_WINDOW_SECONDS // 4).encode()))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": fail.status, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})

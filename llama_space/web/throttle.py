@@ -9,15 +9,14 @@ the client's record. Requests without credentials (browsing the login page) are 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llama_space.web.errors import Failure, openai_body, rest_body
-from llama_space.web.guard import VISITOR
+from llama_space.web.errors import Failure
+from llama_space.web.guard import VISITOR, send_failure
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -115,7 +114,4 @@ async def _too_many(send: Send, path: str, wait: float) -> None:
     seconds = math.ceil(wait)
     fail = Failure(429, f"Too many failed logins from your address: wait {seconds} seconds, then try again with "
                         "the right user name, password or API key.", code="too_many_failed_logins")
-    body = openai_body(fail) if path == "/v1" or path.startswith("/v1/") else rest_body(fail)
-    await send({"type": "http.response.start", "status": 429,
-                "headers": [(b"content-type", b"application/json"), (b"retry-after", str(seconds).encode())]})
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+    await send_failure(send, path, fail, retry_after=seconds)
