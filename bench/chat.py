@@ -195,8 +195,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llama_space.inference.fast_decode import prepare_decode
+    from llama_space.inference.generation_params import GenerationParams
     from llama_space.inference.manager import ModelManager
-    from llama_space.inference.params import GenerationParams
     from llama_space.inference.prompting import build_prompt, normalize_messages
     from llama_space.model.source import resolve_model
     from llama_space.settings import Settings

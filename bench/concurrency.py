@@ -120,7 +120,7 @@ def timed_tokens(stream) -> list[float]:
 
 def join_stall(manager, long_text: str, running: int) -> dict:
     """Running streams, then a long prompt joining them: the worst gap in their tokens while it prefills."""
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
 
     ask = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]} for i in range(running)]
     streams = [manager.stream([message], GenerationParams(temperature=0, max_new_tokens=2048)) for message in ask]

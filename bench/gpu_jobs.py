@@ -130,7 +130,7 @@ def run_job(url: str, rows: Path, quantization: str, steps: int) -> tuple[str, d
 def train_with_chat(url: str, data_dir: Path, rows: Path, poll: MemoryPoll, quantization: str, steps: int,
                     tokens: int, per_example: float) -> dict:
     """One job while chat streams beside it: its placement, the peak memory, training and chat tok/s."""
-    from llama_space.training import jobfiles
+    from llama_space.jobs import files as jobfiles
 
     with poll.running(), ChatAlongside(url, tokens).running() as chat:
         job_id, status = run_job(url, rows, quantization, steps)

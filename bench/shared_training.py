@@ -27,7 +27,7 @@ QUESTION = [{"role": "user", "content": "Explain how a bicycle works to a ten-ye
 
 def chat_rate(manager, tokens: int, rounds: int) -> float:
     """Median decode tok/s of `rounds` greedy replies of `tokens` tokens."""
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
 
     params = GenerationParams(max_new_tokens=tokens, temperature=0.0)
     rates = []

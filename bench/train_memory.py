@@ -48,7 +48,8 @@ def child(job_dir: Path) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from llama_space.training import jobfiles, lora, train, trainer  # noqa: F401
+    from llama_space.jobs import files as jobfiles
+    from llama_space.jobs import train
 
     logging.basicConfig(level=logging.WARNING)
     baseline = rss()

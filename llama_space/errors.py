@@ -1,4 +1,4 @@
-"""The project's small error vocabulary; web/errors.py maps each kind to every surface (UI, API, REST, /v1)."""
+"""The project's small error vocabulary; web/error_boundary.py maps each kind to every surface (UI, API, REST, /v1)."""
 
 
 class UserError(Exception):

@@ -20,8 +20,9 @@ from typing import TypeVar
 
 import pytest
 
+from llama_space.jobs import files as jobfiles
 from llama_space.settings import Settings
-from llama_space.training import JobRunner, jobfiles
+from llama_space.training import JobRunner
 
 from conftest import REPO
 

@@ -294,7 +294,7 @@ def test_oauth_rules_are_off_elsewhere(monkeypatch):
 
 
 def test_janitor_removes_finished_scratch_only(tmp_path):
-    from llama_space.training import jobfiles
+    from llama_space.jobs import files as jobfiles
 
     settings = Settings(adapters_dir=tmp_path / "adapters", data_dir=tmp_path / "data")
     jobs = tmp_path / "data" / "jobs"

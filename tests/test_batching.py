@@ -11,8 +11,8 @@ import time
 import pytest
 
 from llama_space.errors import UserError
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 

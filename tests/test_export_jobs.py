@@ -12,12 +12,11 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space.export import jobs as export_jobs
-from llama_space.export import merge
-from llama_space.service.exports import ExportActions
+from llama_space.export import export_jobs, merge
+from llama_space.jobs import files as jobfiles
+from llama_space.service.export_actions import ExportActions
 from llama_space.service.permissions import Permissions
 from llama_space.settings import Settings
-from llama_space.training import jobfiles
 
 from adapterutil import random_adapter
 from apputil import launched_app

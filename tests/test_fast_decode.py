@@ -18,8 +18,8 @@ from llama_space.inference.fast_decode import (
     prepare_decode,
     should_compile,
 )
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.model.loading import attention_implementation
 from llama_space.settings import Settings

@@ -21,10 +21,11 @@ import pytest
 from gradio_client import Client, handle_file
 
 from llama_space import adapters
-from llama_space.procutil import pid_alive
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs.launcher import job_pid
+from llama_space.jobs.processes import pid_alive
 from llama_space.settings import Settings
-from llama_space.training import JobRunner, TrainingParams, jobfiles
-from llama_space.training.jobs import job_pid
+from llama_space.training import JobRunner, TrainingParams
 from llama_space.web.janitor import Janitor
 
 from apputil import free_port, launched_app

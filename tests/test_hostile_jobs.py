@@ -19,10 +19,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from llama_space import adapters
+from llama_space.jobs import files as jobfiles
 from llama_space.settings import Settings
-from llama_space.training import jobfiles
-from llama_space.training.jobs import JobRegistry
 from llama_space.training.params import TrainingParams
+from llama_space.training.registry import JobRegistry
 
 from adapterutil import random_adapter
 from apputil import free_port, launched_app
@@ -154,7 +154,7 @@ def test_the_owner_on_loopback_sees_the_job_without_server_paths(owner, job_id, 
 
 
 def test_hidden_paths_leave_urls_fractions_and_relative_paths_alone():
-    from llama_space.training.jobs import hide_paths
+    from llama_space.jobs.privacy import hide_paths
 
     places = [("/srv/app/data", "<data>")]
     text = ("step 5/10: read /srv/app/data/jobs/x/train.log, /srv/app/data2/y and '/etc/passwd'; "

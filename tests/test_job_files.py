@@ -9,8 +9,9 @@ import threading
 import pytest
 
 from llama_space.errors import UserError
+from llama_space.jobs import files as jobfiles
 from llama_space.settings import Settings
-from llama_space.training import JobRunner, TrainingParams, jobfiles
+from llama_space.training import JobRunner, TrainingParams
 from llama_space.web.janitor import Janitor
 
 from jobutil import write_alpaca

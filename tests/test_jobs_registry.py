@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from llama_space.errors import UserError
+from llama_space.jobs import files as jobfiles
 from llama_space.settings import Settings
-from llama_space.training import JobRunner, TrainingParams, jobfiles
+from llama_space.training import JobRunner, TrainingParams
 
 from jobutil import write_alpaca
 
@@ -121,8 +122,8 @@ def test_a_job_launched_while_a_start_prepares_refuses_that_start_without_a_trac
 
 @pytest.mark.parametrize("broken, message", [
     ("shutil.copyfile", "Could not copy the dataset into the job folder (No space left on device); no job was created."),
-    ("llama_space.training.jobfiles.write_json_atomic",
-     "Could not write the job's files (No space left on device); no job was created."),
+    ("llama_space.jobs.files.write_json_atomic",
+     "Could not write the training job's files (No space left on device); no training job was created."),
 ])
 def test_a_job_creation_failing_half_way_leaves_no_directory(settings, tmp_path, monkeypatch, broken, message):
     def disk_full(*args, **kwargs):
@@ -263,6 +264,7 @@ def test_a_late_reaper_of_a_killed_run_leaves_the_resumed_launch_alone(settings,
     launching the resumed job (status queued, process not started yet): it must not mark that job stopped."""
     from types import SimpleNamespace
 
+    from llama_space.jobs import launcher as launcher_module
     from llama_space.training import runner as runner_module
 
     old, new = JobRunner(settings), JobRunner(settings)
@@ -273,12 +275,12 @@ def test_a_late_reaper_of_a_killed_run_leaves_the_resumed_launch_alone(settings,
     popen = subprocess.Popen
 
     def launch_after_the_late_reaper(command, **kwargs):
-        old._reap(job_id, SimpleNamespace(pid=4194300, wait=lambda: -signal.SIGKILL))  # wakes in the window
+        old.launcher._reap(job_id, job_dir, SimpleNamespace(pid=4194300, wait=lambda: -signal.SIGKILL))
         return popen(command, **kwargs)
 
     monkeypatch.setattr(runner_module, "train_command",
                         lambda job_dir, resume: [sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
-    monkeypatch.setattr(runner_module.subprocess, "Popen", launch_after_the_late_reaper)
+    monkeypatch.setattr(launcher_module.subprocess, "Popen", launch_after_the_late_reaper)  # wakes in the window
     status = new.resume(job_id)
     try:
         assert status["state"] == "queued" and new.status(job_id)["state"] == "queued", status

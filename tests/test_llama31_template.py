@@ -10,8 +10,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from llama_space.data.preview import render_preview
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.sampling import eos_token_ids
 from llama_space.settings import Settings

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import pytest
 
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.remote import RemoteBackend
 from llama_space.settings import Settings, load_settings

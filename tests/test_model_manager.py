@@ -9,8 +9,8 @@ import pytest
 from llama_space.errors import NotFoundError, QueueFullError, UserError
 from llama_space.inference.backend import ChatBackend
 from llama_space.inference.fifo import FairLock
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 

@@ -9,8 +9,8 @@ import pytest
 
 from llama_space.errors import UserError
 from llama_space.inference import remote_wire
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.remote import RemoteBackend
 from llama_space.inference.sampling import OpenAIPenalties
 from llama_space.settings import Settings

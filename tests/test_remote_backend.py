@@ -6,7 +6,7 @@ import pytest
 
 from llama_space.errors import UserError
 from llama_space.inference.backend import HoldsModel, SharesWeights, make_backend
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.remote import RemoteBackend
 from llama_space.settings import Settings

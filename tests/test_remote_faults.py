@@ -15,7 +15,7 @@ import pytest
 
 from llama_space.errors import BackendError
 from llama_space.inference import remote, remote_wire
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.remote import RemoteBackend, RemoteStream
 from llama_space.settings import Settings
 

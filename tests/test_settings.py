@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent

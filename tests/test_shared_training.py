@@ -9,9 +9,11 @@ import pytest
 
 from llama_space.errors import QueueFullError, UserError
 from llama_space.inference.admission import Admission, MemoryBoundError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs.launcher import in_thread_here
 from llama_space.settings import Settings
-from llama_space.training import JobRunner, TrainingParams, jobfiles, shared
+from llama_space.training import JobRunner, TrainingParams, shared
 from llama_space.training.shared_runs import chat_token_bound
 
 from adapterutil import random_adapter
@@ -130,7 +132,7 @@ def test_out_of_memory_in_a_step_fails_the_job_not_the_app(served, monkeypatch):
     assert status["state"] == "failed" and status["error"].startswith("Out of memory")
     assert "batch_size" in status["error"] and "Traceback" not in status["error"]
     assert replies(manager) == before and manager.admission.token_limit is None
-    assert not runner.registry.in_process
+    assert not in_thread_here(runner.registry.job_dir(job_id))
     again = runner.start(write_alpaca(root / "o2.jsonl"), "oom2", shared_params())  # not busy any more
     assert finished(runner, again)["state"] == "failed"
 
@@ -183,7 +185,7 @@ def test_a_dead_apps_shared_job_is_interrupted_and_a_live_ones_is_not(served, tm
 
 
 def shared_process_start(pid: int) -> int:
-    from llama_space.training.jobs import process_start
+    from llama_space.jobs.processes import process_start
 
     return process_start(pid)
 

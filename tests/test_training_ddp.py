@@ -15,7 +15,8 @@ from typing import NamedTuple
 import pytest
 
 from llama_space import adapters
-from llama_space.training import JobRunner, TrainingParams, jobfiles, runner
+from llama_space.jobs import files as jobfiles
+from llama_space.training import JobRunner, TrainingParams, runner
 
 from jobutil import finished, make_runner, poll, write_alpaca
 

@@ -10,8 +10,9 @@ import pytest
 
 from llama_space import adapters
 from llama_space.errors import UserError
+from llama_space.jobs import files as jobfiles
 from llama_space.model.source import base_model_name
-from llama_space.training import TrainingParams, jobfiles
+from llama_space.training import TrainingParams
 
 from jobutil import (
     finished,

@@ -6,8 +6,8 @@ import spaces
 from llama_space.errors import NotFoundError, UserError
 from llama_space.inference import zerogpu
 from llama_space.inference.backend import ChatBackend, HoldsModel, SharesWeights, make_backend
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.manager import ModelManager
-from llama_space.inference.params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.settings import Settings
 

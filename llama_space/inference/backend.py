@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
     from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 

@@ -16,7 +16,7 @@ from llama_space.inference.backend import HoldsModel, SharesWeights
 from llama_space.inference.batching import EngineHost, make_engine
 from llama_space.inference.fast_decode import prepare_decode
 from llama_space.inference.fifo import FairLock, Turn
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import build_prompt, build_raw_prompt
 from llama_space.inference.stream import GenerationStream, run_serial
 from llama_space.model.loading import load_model

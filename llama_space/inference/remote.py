@@ -18,7 +18,7 @@ from llama_space import adapters
 from llama_space.errors import BackendError, NotFoundError, UserError
 from llama_space.inference import remote_wire as wire
 from llama_space.inference.admission import Admission
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.stats import ReplyStats
 from llama_space.inference.tools import uses_tools
 

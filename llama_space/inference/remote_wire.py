@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 
 from llama_space.errors import BackendError, QueueFullError, UserError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 
 log = logging.getLogger(__name__)
 

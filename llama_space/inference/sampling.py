@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_space.errors import UserError
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids, penalty_processors
 from llama_space.inference.stats import ReplyStats
 

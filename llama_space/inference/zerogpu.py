@@ -17,7 +17,7 @@ from llama_space.errors import UserError
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
     from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
 

@@ -1,6 +1,6 @@
 """Fine-tuning and adapter operations, the same for the UI tabs, the named Gradio endpoints and REST.
 
-Every failure is a UserError (or a subclass) that says what to fix; web/errors.py shows it on each surface.
+Every failure is a UserError (or a subclass) that says what to fix; web/error_boundary.py shows it on each surface.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from llama_space.data import HubDataset, load_split, validate_file
 from llama_space.errors import UserError
 from llama_space.export import publish
 from llama_space.inference import zerogpu
-from llama_space.training.jobs import JOB_ID_IN_TEXT
 from llama_space.training.params import PRESETS, TrainingParams
+from llama_space.training.registry import JOB_ID_IN_TEXT
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Self
 from llama_space import adapters
 from llama_space.data.spreadsheet import runs_as_formula
 from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.service import eval_data
 

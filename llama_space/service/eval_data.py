@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space.data.formats import (
-    DEFAULT_MAX_BYTES,
     RowError,
     dataset_fingerprint,
     detect_format,
@@ -18,7 +17,6 @@ from llama_space.data.validate import LONE_SURROGATE, Analysis, analyse, check_c
 from llama_space.errors import UserError
 from llama_space.model.source import same_base
 from llama_space.training.collate import split_examples
-from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -96,18 +94,18 @@ def from_training_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max
 def from_job(runner: JobRunner, job_id: str, tokenizer: PreTrainedTokenizerBase, base_name: str) -> EvalSet:
     """The rows job `job_id` held out from training (its eval split), rebuilt from the job folder's data copy."""
     registry = runner.registry
-    config = registry.config(job_id)
-    trained_on = config.get("base_model", "")
+    config = registry.read_config(job_id)
+    trained_on = config.base_model
     if trained_on and not same_base(trained_on, base_name):
         raise UserError(f"Job {job_id} trained on {trained_on}, but the loaded base model is {base_name}; "
                         f"start the app with --model {trained_on} to use its held-out split.")
-    params = TrainingParams.from_dict(config.get("params") or {})
+    params = config.params
     if params.eval_fraction <= 0:
         raise UserError(f"Job {job_id} held out no rows (eval_fraction 0); upload a file to use instead.")
-    dataset = registry.job_dir(job_id) / config["dataset"]
+    dataset = config.dataset_path(registry.job_dir(job_id))
     if not dataset.is_file():
         raise UserError(f"Job {job_id}'s copy of its data is gone (cleaned up); upload the file instead.")
-    analysis = analyse(dataset, tokenizer, params.max_length, int(config.get("max_bytes") or DEFAULT_MAX_BYTES))
+    analysis = analyse(dataset, tokenizer, params.max_length, config.max_bytes)
     rows = _trainable_rows(analysis, params.max_length)
     # The same shuffle as training's split: row indices in place of the rows give the indices it held out.
     _, held_out = split_examples([{"input_ids": [i], "labels": [i]} for i in range(len(rows))],

@@ -26,9 +26,9 @@ from llama_space.errors import UserError
 from llama_space.inference import prefill
 from llama_space.inference.backend import HoldsModel
 from llama_space.inference.batching import PEFT_BASE
+from llama_space.jobs.files import write_json_atomic
 from llama_space.service import eval_data
 from llama_space.service.compare import BASE, Comparer, FileRun, greedy
-from llama_space.training.jobfiles import write_json_atomic
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:

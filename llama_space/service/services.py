@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from llama_space.service.actions import Actions
 from llama_space.service.compare import Comparer
 from llama_space.service.evaluate import Evaluator
-from llama_space.service.exports import ExportActions
+from llama_space.service.export_actions import ExportActions
 from llama_space.training.runner import JobRunner
 
 if TYPE_CHECKING:

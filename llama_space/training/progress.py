@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from llama_space.errors import UserError
-from llama_space.training import jobfiles
+from llama_space.jobs import files as jobfiles
 
 log = logging.getLogger(__name__)
 

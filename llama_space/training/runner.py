@@ -9,20 +9,17 @@ run by shared_runs.SharedRuns); the next app start resumes one the app's end int
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import llama_space
 from llama_space.errors import UserError
 from llama_space.inference.backend import ChatBackend, SharesWeights
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs import launcher
 from llama_space.settings import Settings
-from llama_space.training import jobfiles
-from llama_space.training.jobs import JobRegistry, job_pid, process_alive
 from llama_space.training.params import TrainingParams
+from llama_space.training.registry import JobRegistry
 from llama_space.training.shared_runs import SharedRuns, plan_job
 from llama_space.training.tracking import require_installed as require_tracker
 
@@ -57,13 +54,14 @@ class JobRunner:
 
     def __init__(self, settings: Settings, backend: ChatBackend | None = None) -> None:
         self.registry = JobRegistry(settings)
-        self._lock = threading.RLock()  # serialises launches with the status reads that could mark them dead
+        self.launcher = launcher.Launcher(self.registry)
+        self._lock = self.registry.lock  # serialises launches with the status reads that could mark them dead
         # Starts one at a time, so a second start is refused before it tokenizes its data for nothing (and the
         # shared tokenizer never encodes for two threads at once); status reads never wait on this one.
         self._start_lock = threading.Lock()
         # Shared jobs need weights served in this process; a remote backend has none.
         manager = backend if isinstance(backend, SharesWeights) else None
-        self.shared = SharedRuns(self.registry, manager)
+        self.shared = SharedRuns(self.launcher, manager)
         if manager is not None:
             self.shared.resume_interrupted(self.resume)
 
@@ -102,10 +100,9 @@ class JobRunner:
         """Ask a job to stop (within one optimizer step); an interrupted job is cancelled at once."""
         with self._lock:
             status = self.registry.status(job_id)
-            job_dir = self.registry.job_dir(job_id)
             if status["state"] not in (*jobfiles.ACTIVE_STATES, "interrupted"):
                 raise UserError(f"Job {job_id} is already {status['state']}; there is nothing to cancel.")
-            (job_dir / jobfiles.CANCEL_FILE).touch()
+            self.registry.request_cancel(job_id)
             if status["state"] == "interrupted":  # no process left to notice the flag
                 self.registry.mark_stopped(job_id)
             return self.registry.status(job_id)
@@ -137,14 +134,7 @@ class JobRunner:
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
         """Block until the job is no longer queued/running (or `timeout` seconds pass); return its status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status(job_id)
-            if status["state"] not in jobfiles.ACTIVE_STATES:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                return status
-            time.sleep(poll)
+        return launcher.wait(lambda: self.status(job_id), timeout, poll)
 
     def _refuse_if_busy(self) -> None:
         running = self.registry.active()
@@ -156,50 +146,4 @@ class JobRunner:
         if self.shared.placement(job_id) == "shared":
             self.shared.launch(job_id, resume)
             return
-        job_dir = self.registry.job_dir(job_id)
-        # Queued before the process exists, and without the pid of an earlier run, so nothing reads it as dead:
-        # the reaper of a killed earlier run (of another runner, after an app restart) may wake only now, and
-        # must not take this launch for its own process.
-        (job_dir / jobfiles.PID_FILE).unlink(missing_ok=True)
-        jobfiles.update_status(job_dir, state="queued", pid=None, error=None)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(llama_space.__file__).parent.parent),
-                                                             os.environ.get("PYTHONPATH")]))}
-        try:
-            with open(job_dir / jobfiles.LOG_FILE, "ab") as log:
-                process = subprocess.Popen(train_command(job_dir, resume), stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        except OSError as exc:
-            message = f"Could not start the training process ({exc.strerror or type(exc).__name__})."
-            self.registry.mark_stopped(job_id, message)
-            raise UserError(message) from exc
-        (job_dir / jobfiles.PID_FILE).write_text(str(process.pid))
-        threading.Thread(target=self._reap, args=(job_id, process), daemon=True,
-                         name=f"reap-{job_id}").start()
-
-    def _reap(self, job_id: str, process: subprocess.Popen) -> None:
-        """Wait for the process (so it leaves no zombie) and record a death it could not report itself."""
-        code = process.wait()
-        with self._lock:
-            job_dir = self.registry.job_dir(job_id)
-            try:
-                status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
-            except jobfiles.DamagedJobFile:
-                return  # nothing to add: the registry reports such a job failed, saying why
-            # A late reaper must leave a resumed job alone: the status then belongs to a newer launch (whose pid
-            # file is gone or names another process; {}: ask the pid file, not the status).
-            if status.get("state") not in jobfiles.ACTIVE_STATES or job_pid(job_dir, {}) != process.pid:
-                return
-            # Ranks started by `accelerate launch` run in sessions of their own and outlive a killed launcher;
-            # while rank 0 (which reports its pid) lives the job runs, and the registry marks it once rank 0 ends.
-            rank_0 = status.get("pid")
-            if rank_0 and rank_0 != process.pid and process_alive(rank_0, job_dir):
-                return
-            if code < 0:  # killed by a signal: resumable from its last checkpoint
-                self.registry.mark_stopped(job_id)
-            else:
-                tail = jobfiles.log_tail(job_dir, 5).strip()
-                self.registry.mark_stopped(job_id, f"The training process exited with code {code} "
-                                                   f"before reporting why. Last log lines:\n{tail}")
-
-
+        self.launcher.start_process(job_id, train_command(self.registry.job_dir(job_id), resume), "training")

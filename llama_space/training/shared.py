@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Self
 
 from transformers import TrainerCallback
 
-from llama_space.training import jobfiles
+from llama_space.jobs import files as jobfiles
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -13,17 +13,17 @@ import logging
 import os
 import threading
 from contextlib import nullcontext
+from functools import partial
 from typing import TYPE_CHECKING
 
 from llama_space.errors import UserError
-from llama_space.training import jobfiles
-from llama_space.training.jobs import process_start
+from llama_space.jobs import files as jobfiles
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import SharesWeights
+    from llama_space.jobs.launcher import Launcher
     from llama_space.settings import Settings
-    from llama_space.training.jobs import JobRegistry
     from llama_space.training.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,15 @@ def chat_token_bound(plan: dict) -> int | None:
 class SharedRuns:
     """Starts shared jobs in threads of this process, stops them when the app closes, resumes them after."""
 
-    def __init__(self, registry: JobRegistry, manager: SharesWeights | None) -> None:
-        self.registry = registry
+    def __init__(self, launcher: Launcher, manager: SharesWeights | None) -> None:
+        self.launcher = launcher
+        self.registry = launcher.store
         self.manager = manager
         self._stops: dict[str, tuple[threading.Thread, threading.Event]] = {}
 
     def placement(self, job_id: str) -> str:
         """Where the job runs: shared, or process (also for jobs written before placements existed)."""
-        return (self.registry.config(job_id).get("plan") or {}).get("placement") or "process"
+        return self.registry.read_config(job_id).placement
 
     def launch(self, job_id: str, resume: bool) -> None:
         """Start training job `job_id` on the served weights in a thread; UserError when there are none."""
@@ -102,18 +103,13 @@ class SharedRuns:
 
         if self.manager is None:
             raise UserError(NO_SERVED_MODEL.format(job_id=job_id))
-        job_dir = self.registry.job_dir(job_id)
         model, tokenizer = self.manager.training_copy()
         base = SharedBase(model, tokenizer)
-        self.registry.in_process.add(job_id)  # before the status says queued: a reader sees it running
-        jobfiles.update_status(job_dir, state="queued", pid=None, error=None, placement="shared",
-                               process_start=process_start(os.getpid()))
-        # Handed over in a list the thread empties: a Thread keeps its args until run() has returned, and the
-        # weights' copy, LoRA and optimizer state must be freed inside it.
-        thread = threading.Thread(target=self._run, args=(job_id, resume, [base]), daemon=True,
-                                  name=f"train-{job_id}")
+        # Handed over in a list the thread empties: the thread's target keeps its arguments until it has
+        # returned, and the weights' copy, LoRA and optimizer state must be freed inside it.
+        thread = self.launcher.start_thread(job_id, partial(self._run, job_id, resume, [base]),
+                                            placement="shared")
         self._stops[job_id] = (thread, base.stop)
-        thread.start()
 
     def _run(self, job_id: str, resume: bool, handed: list) -> None:
         """The training thread: the job process's `train.run`, with chat bounded beside it; never raises."""
@@ -121,7 +117,7 @@ class SharedRuns:
 
         base = handed.pop()
         job_dir = self.registry.job_dir(job_id)
-        bound = chat_token_bound(self.registry.config(job_id).get("plan") or {})
+        bound = chat_token_bound(self.registry.read_config(job_id).plan or {})
         try:
             cpu_share = shared.yield_cpu_to_chat() if base.model.device.type == "cpu" else nullcontext()
             with shared.ThreadLog(job_dir, threading.get_ident()), cpu_share:
@@ -136,7 +132,6 @@ class SharedRuns:
             del base
             self._free_memory()
             self._stops.pop(job_id, None)
-            self.registry.in_process.discard(job_id)
 
     @staticmethod
     def _free_memory() -> None:
@@ -161,7 +156,7 @@ class SharedRuns:
         for status in self.registry.list_jobs():
             if status.get("placement") != "shared" or status.get("state") != "interrupted":
                 continue
-            if self.registry.config(status["job_id"]).get("model", "") != model:
+            if self.registry.read_config(status["job_id"]).model != model:
                 log.info("shared job %s trains another base model; resume it by hand", status["job_id"])
                 continue
             log.info("resuming shared job %s from its last checkpoint", status["job_id"])

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.training import checkpoints, jobfiles
-from llama_space.training.jobs import process_alive
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs.processes import process_alive
+from llama_space.training import checkpoints
+from llama_space.training.job_config import TrainingJobConfig
 from llama_space.training.params import TrainingParams
 
 if TYPE_CHECKING:
@@ -120,27 +122,6 @@ def leave_ranks(finished: bool) -> None:
         dist.destroy_process_group()
 
 
-def load_config(job_dir: Path) -> dict:
-    """job.json with defaults filled in for the keys a hand-written one may leave out."""
-    from llama_space.data import DEFAULT_MAX_BYTES, dataset_fingerprint
-    from llama_space.model.source import base_model_name
-
-    config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
-    missing = [key for key in ("adapter", "dataset", "adapters_dir", "cache_dir") if key not in config]
-    if missing:
-        raise UserError(f"{job_dir / jobfiles.JOB_FILE} lacks {', '.join(missing)}")
-    model = config.setdefault("model", "")
-    config.setdefault("base_model", base_model_name(model))
-    config.setdefault("job_id", job_dir.name)
-    config.setdefault("max_bytes", DEFAULT_MAX_BYTES)
-    config.setdefault("params", {})
-    config["dataset"] = job_dir / config["dataset"]  # an absolute path stays as it is
-    config.setdefault("dataset_fingerprint", dataset_fingerprint(config["dataset"]))
-    config.setdefault("dataset_name", config["dataset"].name)
-    adapters.validate_name(config["adapter"])
-    return config
-
-
 def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     """Train and publish; return the final status fields. Raises on failure.
 
@@ -149,9 +130,9 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     job (training.shared) passes the served weights as `base` instead of having the base loaded, and may be
     stopped (checkpointed, to resume) by its stop event.
     """
-    config = load_config(job_dir)
-    params = TrainingParams.from_dict(config["params"])
-    adapters_dir, name = Path(config["adapters_dir"]), config["adapter"]
+    config = TrainingJobConfig.read(job_dir)
+    params = config.params
+    adapters_dir, name = Path(config.adapters_dir), config.adapter
     if adapters.adapter_path(adapters_dir, name).exists():
         raise UserError(adapters.exists_message(name))
     checkpoints_dir = job_dir / jobfiles.CHECKPOINTS_DIR
@@ -175,8 +156,8 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if world_size() > 1 else None
     if trainer.is_world_process_zero():
         metadata = {
-            "base_model": config["base_model"], "job_id": config["job_id"],
-            "dataset_fingerprint": config["dataset_fingerprint"], "dataset_name": config["dataset_name"],
+            "base_model": config.base_model, "job_id": config.job_id,
+            "dataset_fingerprint": config.dataset_fingerprint, "dataset_name": config.dataset_name,
             "hyperparameters": params.to_dict(), "base_quantization": params.quantization,
             "train_loss": progress.final_train_loss(),
             "eval_loss": eval_loss, "steps": trainer.state.global_step,
@@ -187,7 +168,8 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     return {"state": "completed", "eta_seconds": 0, "eval_loss": eval_loss}
 
 
-def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams, base: SharedBase | None = None):
+def prepare_trainer(job_dir: Path, config: TrainingJobConfig, params: TrainingParams,
+                    base: SharedBase | None = None):
     """Load the base model (or take the shared `base`) and data, add LoRA, and build the Trainer with our
     progress callback."""
     from transformers import set_seed
@@ -200,12 +182,12 @@ def prepare_trainer(job_dir: Path, config: dict, params: TrainingParams, base: S
 
     set_seed(params.seed)
     if base is None:
-        model, tokenizer = lora.load_base(config["model"], Path(config["cache_dir"]), params.quantization)
+        model, tokenizer = lora.load_base(config.model, Path(config.cache_dir), params.quantization)
     else:
         model, tokenizer = base.model, base.tokenizer
         model.config.use_cache = False  # the tree's own config (see lora.load_base for why)
-    examples = build_examples(config["dataset"], tokenizer, params.max_length,
-                              max_bytes=config["max_bytes"])
+    examples = build_examples(config.dataset_path(job_dir), tokenizer, params.max_length,
+                              max_bytes=config.max_bytes)
     train_rows, eval_rows = split_examples(examples, params.eval_fraction, params.seed)
     log.info("%d training / %d eval examples", len(train_rows), len(eval_rows))
     checkpointing = lora.wants_checkpointing(model, params)

@@ -10,7 +10,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llama_space.training import checkpoints, jobfiles, tracking
+from llama_space.jobs import files as jobfiles
+from llama_space.training import checkpoints, tracking
 from llama_space.training.collate import packing_collator
 from llama_space.training.loss import LOGITS_BUDGET, PLAIN_HEAD_MODEL_TYPES, token_nll_sum
 from llama_space.training.params import TrainingParams

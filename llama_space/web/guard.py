@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
-from llama_space.web.errors import Failure, openai_body, rest_body
+from llama_space.web.error_boundary import Failure, openai_body, rest_body
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_space.procutil import pid_alive
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs.processes import pid_alive
+from llama_space.jobs.store import JobStore
+from llama_space.training.registry import TRAINING
 
 if TYPE_CHECKING:
     from llama_space.settings import Settings
@@ -19,10 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STALE_ADAPTER_DIR = re.compile(r"^\.(?:tmp|deleting)-.+-(\d+)$")  # adapters.staging_path / adapters.delete
-_STALE_JOB_DIR = re.compile(r"^\.new-.+-(\d+)$")  # JobRegistry.prepare
-# A failed job's scratch goes too: the app resumes only interrupted jobs, so `train --resume` of a failed job by
-# hand works only until the next sweep removes the checkpoints and dataset copy it would need.
-FINISHED_STATES = ("completed", "cancelled", "failed")
+# A failed job's scratch goes too (jobs.files.FINISHED_STATES): the app resumes only interrupted jobs, so
+# `train --resume` of a failed job by hand works only until the next sweep removes the checkpoints and dataset
+# copy it would need.
 
 
 def _remove(path: Path) -> bool:
@@ -38,16 +40,17 @@ class Janitor:
 
     def __init__(self, settings: Settings, upload_dir: str | Path | None = None,
                  upload_max_age: float = 2 * 3600, zip_max_age: float = 3600) -> None:
-        self.jobs_dir = Path(settings.data_dir).resolve() / "jobs"
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.jobs_dir = self.data_dir / TRAINING.folder
         self.adapters_dir = Path(settings.adapters_dir)
         self.upload_dir = Path(upload_dir) if upload_dir else None
         self.upload_max_age, self.zip_max_age = upload_max_age, zip_max_age
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns how many things of each kind it removed."""
-        from llama_space.export.jobs import sweep_exports
+        from llama_space.export.export_jobs import sweep_exports
 
-        return {"exports": sweep_exports(self.jobs_dir.parent),
+        return {"exports": sweep_exports(self.data_dir),
                 "job_scratch": self._job_scratch(), "job_staging": self._job_staging(),
                 "staging": self._stale_staging(),
                 "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),
@@ -56,18 +59,16 @@ class Janitor:
     def _job_scratch(self) -> int:
         """A finished (completed, cancelled, failed) job keeps its status, metrics and log; its checkpoints and
         dataset copy go."""
-        from llama_space.training import jobfiles
-
         removed = 0
         if not self.jobs_dir.is_dir():
             return 0
         for job_dir in filter(Path.is_dir, self.jobs_dir.iterdir()):
             try:
-                status = jobfiles.read_json(job_dir / jobfiles.STATUS_FILE)
+                status = jobfiles.read_status(job_dir)
                 config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
             except jobfiles.DamagedJobFile:
                 continue  # its state is unknown: keep everything, as the registry's report of it promises
-            if status.get("state") not in FINISHED_STATES:
+            if status.get("state") not in jobfiles.FINISHED_STATES:
                 continue
             dataset = str(config.get("dataset", ""))
             scratch = [job_dir / jobfiles.CHECKPOINTS_DIR]
@@ -82,7 +83,7 @@ class Janitor:
 
     def _job_staging(self) -> int:
         """Job dirs being prepared (.new-JOB_ID-PID) by a process that died before putting them in place."""
-        return self._dead_staging(self.jobs_dir, _STALE_JOB_DIR)
+        return JobStore(self.data_dir, TRAINING).sweep()
 
     @staticmethod
     def _dead_staging(root: Path, pattern: re.Pattern) -> int:

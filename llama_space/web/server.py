@@ -140,7 +140,7 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     login_failures = FailureLedger()
     demo, services = build_app(settings)
     # Only launch() makes share links, so launch() creates the FastAPI app; everything of ours goes into its
-    # constructor. show_error is safe: every callback of ours raises only the gr.Error web/errors.py made
+    # constructor. show_error is safe: every callback of ours raises only the gr.Error web/error_boundary.py made
     # (no raw exception text), and Gradio's own refusals go through compat.explain.
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llama_space.web.errors import Failure
+from llama_space.web.error_boundary import Failure
 from llama_space.web.guard import VISITOR, send_failure
 
 if TYPE_CHECKING:

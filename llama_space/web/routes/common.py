@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llama_space.web.errors import RequestError
+from llama_space.web.error_boundary import RequestError
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
     from llama_space.inference.tools import ToolUse
 
 log = logging.getLogger(__name__)

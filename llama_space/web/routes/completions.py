@@ -16,14 +16,14 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llama_space.web.errors import RequestError, failure, openai_body
+from llama_space.web.error_boundary import RequestError, failure, openai_body
 from llama_space.web.routes.common import GenerationResponse, GenerationRunner, get_field, read_json_object
 from llama_space.web.routes.openai_common import bearer_check, error_response, sampling_params, sse
 from llama_space.web.routes.openai_schema import model_adapter
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
-    from llama_space.inference.params import GenerationParams
+    from llama_space.inference.generation_params import GenerationParams
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 MAX_CHOICES = 16  # prompts times n in one request

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from llama_space.inference.tools import ToolCallFailed, ToolReplyFilter
-from llama_space.web.errors import RequestError, failure, openai_body
+from llama_space.web.error_boundary import RequestError, failure, openai_body
 from llama_space.web.routes import openai_schema as schema
 from llama_space.web.routes.common import GenerationResponse, GenerationRunner, read_json_object
 from llama_space.web.routes.openai_common import bearer_check, error_response, sse

@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
-from llama_space.web.errors import RequestError, failure, openai_body
+from llama_space.inference.generation_params import GenerationParams
+from llama_space.web.error_boundary import RequestError, failure, openai_body
 from llama_space.web.routes.common import get_field
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
@@ -36,7 +36,7 @@ def bearer_check(api_key: str) -> Callable[[Request], None]:
 
 
 def error_response(exc: BaseException, what: str) -> JSONResponse:
-    """OpenAI's error response for `exc` (web/errors.py decides status and text)."""
+    """OpenAI's error response for `exc` (web/error_boundary.py decides status and text)."""
     fail = failure(exc, what)
     headers = {"WWW-Authenticate": "Bearer"} if fail.status == 401 else None
     return JSONResponse(openai_body(fail), status_code=fail.status, headers=headers)

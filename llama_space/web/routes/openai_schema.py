@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import check_ending
 from llama_space.inference.tools import ToolUse, assistant_tool_calls, tool_choice, validate_tools
-from llama_space.web.errors import RequestError
+from llama_space.web.error_boundary import RequestError
 from llama_space.web.routes.common import MAX_DEPTH, get_field, refuse_unusable
 from llama_space.web.routes.openai_common import sampling_params, sse
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
-from llama_space.web.errors import RequestError, failure, rest_body
+from llama_space.web.error_boundary import RequestError, failure, rest_body
 from llama_space.web.routes.common import GenerationRunner, get_field, read_json_object
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
     from llama_space.service.actions import Actions

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.inference.params import GenerationParams
+from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream

@@ -22,7 +22,7 @@ from gradio.utils import get_upload_folder
 from llama_space.errors import UserError
 from llama_space.service.compare import greedy
 from llama_space.service.evaluate import EvalOptions
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
     from llama_space.service.compare import Comparer, FileRun

@@ -10,7 +10,7 @@ import gradio as gr
 from llama_space.errors import UserError
 from llama_space.service.compare import MAX_ADAPTERS, greedy
 from llama_space.service.evaluate import EvalOptions
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
 
 if TYPE_CHECKING:

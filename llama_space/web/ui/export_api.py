@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
-    from llama_space.service.exports import ExportActions
+    from llama_space.service.export_actions import ExportActions
 
 
 def download_path(exports: ExportActions, export_id: str) -> str:

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.export.jobs import QTYPES
-from llama_space.web.errors import user_facing
+from llama_space.export.export_jobs import QTYPES
+from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.export_api import download_path, register_export_api
 
 if TYPE_CHECKING:
-    from llama_space.service.exports import ExportActions
+    from llama_space.service.export_actions import ExportActions
 
 POLL_SECONDS = 2.0
 KIND_LABELS = [("Merged model (safetensors, for transformers / vLLM / TGI)", "merge"),

@@ -11,7 +11,7 @@ import gradio as gr
 from llama_space.data import hub_dataset
 from llama_space.errors import UserError
 from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.jobs_view import job_view, no_job_view
 
 if TYPE_CHECKING:

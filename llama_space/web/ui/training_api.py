@@ -21,7 +21,7 @@ from gradio import FileData
 from llama_space.data import hub_dataset
 from llama_space.errors import UserError
 from llama_space.training.params import PRESETS, TrainingParams
-from llama_space.web.errors import user_facing
+from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
     from llama_space.service.actions import Actions

@@ -1,4 +1,9 @@
-"""The layout of a job directory and the atomic file writes the UI polls."""
+"""The layout of a job directory and the atomic file writes the UI polls, for every kind of background job.
+
+A job directory holds job.json (its typed configuration, written once), status.json (its state and progress,
+rewritten whole), its log, a pid file and, when asked to stop, a cancel file. A kind of job may add its own
+files (training: metrics.jsonl and checkpoints/; export: out/).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,34 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from llama_space.errors import UserError
 
 JOB_FILE = "job.json"  # the job's configuration, written once at creation
 STATUS_FILE = "status.json"  # current state and progress, rewritten atomically
 METRICS_FILE = "metrics.jsonl"  # one JSON line per logged training step or evaluation
-LOG_FILE = "train.log"  # the training process's stdout and stderr
-CANCEL_FILE = "cancel"  # its presence asks the training process to stop
-PID_FILE = "pid"  # pid of the process the runner launched
-CHECKPOINTS_DIR = "checkpoints"
+LOG_FILE = "train.log"  # a training job's stdout and stderr (each kind names its log: store.JobKind.log_file)
+CANCEL_FILE = "cancel"  # its presence asks the job to stop
+PID_FILE = "pid"  # pid of the process the launcher started
+CHECKPOINTS_DIR = "checkpoints"  # a training job's resumable state
 KEPT_ADAPTER_DIR = "adapter"  # where a trained adapter waits when its name was taken meanwhile
 
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
+FINISHED_STATES = ("completed", "failed", "cancelled")
+
+
+class JobStatus(TypedDict, total=False):
+    """The fields every job's status.json has (a kind adds its own: a training job's step and loss, an
+    export's stage and files); `read_status` checks them when read back."""
+
+    state: str  # one of STATES
+    created: float  # seconds since the epoch
+    started: float | None
+    finished: float | None
+    error: str | None  # why it failed, in words for the user
+    pid: int | None  # the process that runs it (for a job run in a thread: the app's)
 _DESCRIPTIONS = {JOB_FILE: "configuration file", STATUS_FILE: "status file"}
 
 
@@ -59,9 +78,23 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def read_status(job_dir: Path) -> JobStatus:
+    """status.json ({} when not written yet); DamagedJobFile when it is not a status (no object, an unknown
+    state, a pid or time that is not a number)."""
+    path = Path(job_dir) / STATUS_FILE
+    status = read_json(path)
+    if status.get("state", "queued") not in STATES:
+        raise DamagedJobFile(path, f"unknown state {status.get('state')!r}")
+    for key in ("created", "started", "finished", "pid"):
+        value = status.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DamagedJobFile(path, f"{key} is not a number")
+    return status
+
+
 def update_status(job_dir: Path, **changes) -> dict:
     """Merge `changes` into status.json, stamp `updated`, and return the new status."""
-    status = {**read_json(Path(job_dir) / STATUS_FILE), **changes, "updated": time.time()}
+    status = {**read_status(job_dir), **changes, "updated": time.time()}
     write_json_atomic(Path(job_dir) / STATUS_FILE, status)
     return status
 
@@ -96,10 +129,10 @@ def truncate_metrics(job_dir: Path, step: int) -> None:
     os.replace(tmp, Path(job_dir) / METRICS_FILE)
 
 
-def log_tail(job_dir: Path, lines: int = 20) -> str:
-    """The last `lines` lines of train.log (read from its end: the log of a long run is large)."""
+def log_tail(job_dir: Path, lines: int = 20, name: str = LOG_FILE) -> str:
+    """The last `lines` lines of the job's log `name` (read from its end: the log of a long run is large)."""
     try:
-        with open(Path(job_dir) / LOG_FILE, "rb") as f:
+        with open(Path(job_dir) / name, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
             tail = f.read().decode(errors="replace")
     except FileNotFoundError:

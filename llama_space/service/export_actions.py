@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.export import jobs as export_jobs
-from llama_space.export import publish
+from llama_space.export import export_jobs, publish
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

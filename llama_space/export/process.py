@@ -1,4 +1,4 @@
-"""The export process: `python -m llama_space.export.run DIR` does what DIR/job.json asks and reports in DIR.
+"""The export process: `python -m llama_space.export.process DIR` does what DIR/job.json asks and reports in DIR.
 
 kind "merge": the merged safetensors folder and a zip of it (the download); kind "gguf": the merged model in a
 scratch folder, then the GGUF file and an Ollama Modelfile (the GGUF file is the download). Progress goes into
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from llama_space.errors import UserError
 from llama_space.export import merge
-from llama_space.export.jobs import LOG_FILE, OUT_DIR, SCRATCH_DIR
+from llama_space.export.export_jobs import LOG_FILE, OUT_DIR, SCRATCH_DIR
+from llama_space.jobs import files as jobfiles
 from llama_space.model import source
-from llama_space.training import jobfiles
 
 log = logging.getLogger("llama_space.export")
 REPORT_EVERY = 0.5  # seconds between status writes

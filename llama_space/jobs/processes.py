@@ -1,4 +1,4 @@
-"""Process checks shared by the job registry and the janitor."""
+"""Telling whether a job's process runs: by pid and command line, or by pid and start time."""
 
 from __future__ import annotations
 
@@ -48,3 +48,18 @@ def _signal_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_alive(pid: int, job_dir: Path) -> bool:
+    """Whether `pid` runs and is this job's process (a recycled pid belongs to some other command line)."""
+    # The job dir's name (the job id) rather than its path: a shell user may pass a relative path.
+    return pid_alive(pid, Path(job_dir).name)
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22); None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # the fields after the parenthesised command name

@@ -1,0 +1,171 @@
+"""Export jobs: data_dir/exports/<export_id>/ holds each merge or GGUF export's config, status, log and results.
+
+An export runs as `python -m llama_space.export.process DIR` in its own session (jobs.launcher), never in a
+request thread, so a page reload or an app restart loses nothing; the store (jobs.store) says where it stands.
+One export runs at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_space import adapters
+from llama_space.errors import UserError
+from llama_space.export import base, merge
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs import launcher
+from llama_space.jobs.store import JobKind, JobStore
+from llama_space.model import source
+
+if TYPE_CHECKING:
+    from llama_space.settings import Settings
+
+LOG_FILE = "export.log"
+OUT_DIR = "out"  # the results, served for download
+SCRATCH_DIR = "scratch"  # the merged model a GGUF export converts (removed when it ends)
+PROCESS_MODULE = "llama_space.export.process"
+KINDS = ("merge", "gguf")
+QTYPES = ("f16", "bf16", "q8_0", "q4_0")
+GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # 32-weight blocks + scale
+KEEP_SECONDS = 24 * 3600  # a finished export's folder is swept this long after it ended
+# A long random part: results are served from the folder.
+EXPORT = JobKind(noun="export", folder="exports", log_file=LOG_FILE, id_key="export_id", id_hex=16)
+INTERRUPTED = "The export stopped before it finished (its process is gone); start it again."
+
+
+def is_export_id(text: str) -> bool:
+    """Whether `text` has the form of an export id (adapter names never do: they cannot be this long and random)."""
+    return isinstance(text, str) and bool(EXPORT.id_pattern().match(text))
+
+
+def exports_root(data_dir: Path) -> Path:
+    """Where export folders live."""
+    return Path(data_dir).resolve() / EXPORT.folder
+
+
+def disk_needed(plan: merge.MergePlan, kind: str, qtype: str) -> int:
+    """Disk an export takes at its peak: the merged folder and its zip, or the merged scratch and the GGUF file."""
+    if kind == "merge":
+        return 2 * plan.disk_bytes
+    return plan.disk_bytes + int(plan.parameters * GGUF_BYTES_PER_WEIGHT[qtype])
+
+
+class ExportStore(JobStore):
+    """Export folders: a stopped export's partial results go; an interrupted one is started again, not resumed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, EXPORT)
+
+    def damaged_keys(self) -> tuple[str, ...]:
+        return ("adapter", "kind", "qtype")
+
+    def clean_up(self, job_dir: Path, state: str) -> None:
+        shutil.rmtree(job_dir / SCRATCH_DIR, ignore_errors=True)
+        shutil.rmtree(job_dir / OUT_DIR, ignore_errors=True)
+
+    def interrupted_message(self) -> str:
+        return INTERRUPTED
+
+    def stopped_fields(self) -> dict:
+        return {"files": [], "download": None}
+
+    def died_message(self, job_dir: Path, code: int) -> str:
+        return (f"The export process exited with code {code} before reporting why; the export log has the "
+                "details.")
+
+
+class ExportJobs:
+    """Starts, watches and cancels export jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ExportStore(settings.data_dir)
+        self.launcher = launcher.Launcher(self.store)
+        self.root = self.store.root
+
+    def plan(self, adapter: str) -> merge.MergePlan:
+        """The merge plan of `adapter` into the app's base (the base must be on this machine already)."""
+        path = adapters.adapter_path(Path(self.settings.adapters_dir), adapter)
+        if not adapters.is_complete(path):
+            raise UserError(f"There is no adapter named {adapter!r}.")
+        base.check_same_base(adapters.read_metadata(path), self.settings.model, adapter)
+        return merge.plan_merge(source.local_dir(self.settings.model, self.settings.cache_dir), path)
+
+    def start(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> dict:
+        """Check the export fits, write its folder and launch it; return its status (with `needs`)."""
+        qtype = (qtype or "").lower()
+        if kind not in KINDS:
+            raise UserError(f"Unknown export kind {kind!r}; choose merge (safetensors) or gguf.")
+        if kind == "gguf" and qtype not in QTYPES:
+            raise UserError(f"Unknown GGUF quantization {qtype!r}; choose one of {', '.join(QTYPES)}.")
+        plan = self.plan(adapter)
+        self.root.mkdir(parents=True, exist_ok=True)
+        merge.check_fits(plan, self.root, disk_needed(plan, kind, qtype) - plan.disk_bytes)
+        with self.store.lock:
+            running = self.active()
+            if running:
+                raise UserError(f"An export is already running ({running['export_id']}); wait for it to finish "
+                                "or cancel it.")
+            qtype = qtype if kind == "gguf" else ""
+            export_id, needs = self.store.new_id(), plan.describe(disk_needed(plan, kind, qtype))
+            self.store.write_job(export_id, {
+                "export_id": export_id, "kind": kind, "qtype": qtype, "adapter": adapter,
+                "model": self.settings.model, "cache_dir": str(Path(self.settings.cache_dir).resolve()),
+                "adapter_dir": str(plan.adapter_dir.resolve()), "needs": needs, "metadata": plan.metadata},
+                {"kind": kind, "qtype": qtype, "adapter": adapter, "stage": "queued", "progress": 0.0,
+                 "needs": needs, "files": [], "download": None})
+            job_dir = self.store.job_dir(export_id)
+            self.launcher.start_process(export_id, launcher.python_module(PROCESS_MODULE, str(job_dir)), "export")
+            return self.status(export_id)
+
+    def export_dir(self, export_id: str) -> Path:
+        """The folder of export `export_id`; UserError for a malformed or unknown id."""
+        return self.store.job_dir(export_id)
+
+    def config(self, export_id: str) -> dict:
+        """The export's job.json: kind, qtype, adapter, the adapter's metadata at the start."""
+        return self.store.config(export_id)
+
+    def status(self, export_id: str) -> dict:
+        """status.json plus elapsed_seconds, after marking an export whose process is gone."""
+        return self.store.status(export_id)
+
+    def cancel(self, export_id: str) -> dict:
+        """Stop a queued or running export (its partial results are removed)."""
+        with self.store.lock:
+            status = self.status(export_id)
+            if status["state"] not in jobfiles.ACTIVE_STATES:
+                raise UserError(f"Export {export_id} is already {status['state']}; there is nothing to cancel.")
+            self.store.request_cancel(export_id)
+            self.launcher.terminate(export_id, status)  # the export process cleans up on SIGTERM
+        return status
+
+    def list_exports(self) -> list[dict]:
+        """Every export's status, newest first."""
+        return self.store.list_jobs()
+
+    def active(self) -> dict | None:
+        """The queued or running export, if any."""
+        return self.store.active()
+
+    def result(self, export_id: str) -> Path:
+        """The file to download: the merged model's zip, or the GGUF file."""
+        status = self.status(export_id)
+        if status["state"] != "completed":
+            raise UserError(f"Export {export_id} is {status['state']}; only a completed export can be downloaded.")
+        path = self.export_dir(export_id) / OUT_DIR / str(status.get("download") or "")
+        if not status.get("download") or not path.is_file():
+            raise UserError(f"The files of export {export_id} are gone; export again.")
+        return path
+
+    def wait(self, export_id: str, timeout: float, poll: float = 0.5) -> dict:
+        """The status once the export no longer queues or runs, or after `timeout` seconds."""
+        return launcher.wait(lambda: self.status(export_id), timeout, poll)
+
+
+def sweep_exports(data_dir: Path, keep_seconds: float = KEEP_SECONDS) -> int:
+    """Remove export folders that ended over `keep_seconds` ago and staging folders of dead processes (the
+    janitor calls this); returns how many went."""
+    return ExportStore(data_dir).sweep(keep_seconds)
