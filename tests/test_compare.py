@@ -183,7 +183,7 @@ def test_compare_and_evaluate_by_keyword_through_the_launched_app(tiny_model_dir
                                 api_name="/evaluate")
         assert result["state"] == "completed" and result["saved"] == ["one"] and result["examples"] == 4
         assert result["models"]["one"]["loss"] > 0
-        assert client.predict(api_name="/cancel_evaluation") == {"cancelling": False}
+        assert client.predict(api_name="/cancel_evaluation") == {"cancelling": False, "evaluation_id": ""}
         with pytest.raises(AppError, match="not a path on the server"):
             client.predict(adapters=["one"], file={"path": str(data)}, api_name="/evaluate")
         with pytest.raises(AppError, match="at most 4 adapters"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 
 import pytest
 
@@ -16,7 +15,8 @@ from llama_space.errors import UserError
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.prompting import normalize_messages
 from llama_space.service.compare import Comparer, greedy
-from llama_space.service.evaluate import EvalOptions, Evaluator, batches
+from llama_space.service.evaluate import Evaluator, batches
+from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.settings import Settings
 
 from adapterutil import random_adapter
@@ -141,25 +141,65 @@ def test_an_unreadable_metadata_file_is_left_alone(manager, tmp_path):
         meta_file.write_text(original)
 
 
-def test_cancel_stops_the_run_and_saves_nothing(manager, tmp_path):
+def loss_batch_sizes(manager, data) -> list[int]:
+    return [len(group) for group in batches(build_examples(data, manager.tokenizer, 384))]
+
+
+def test_cancel_stops_the_run_after_the_batch_under_way_and_saves_nothing(manager, tmp_path):
     data = write_alpaca(tmp_path / "many.jsonl", rows=60)
     before = {name: adapters.read_metadata(manager.settings.adapters_dir / name) for name in ("one", "two")}
     evaluator = Evaluator(Comparer(manager))
-    assert evaluator.cancel() == {"cancelling": False}
-    updates = []
+    assert evaluator.cancel() == {"cancelling": False, "evaluation_id": ""}
+    updates, cancelled_at = [], None
     for update in evaluator.run(["one", "two"], file=str(data)):
         updates.append(update)
-        if update["stage"] == "loss":
+        if update["stage"] == "loss" and cancelled_at is None:
             with pytest.raises(UserError, match="already running"):
-                next(evaluator.run(["one"], file=str(data)))
-            assert evaluator.cancel() == {"cancelling": True}
-    assert updates[-1]["state"] == "cancelled"
-    first = len(next(batches(build_examples(data, manager.tokenizer, 384))))
-    assert [u["done"] for u in updates if u["stage"] == "loss"] == [first]  # it stopped after the batch under way
+                evaluator.start(["one"], file=str(data))
+            cancelled_at = update["done"]
+            assert evaluator.cancel()["cancelling"] is True
+    assert updates[-1]["state"] == "cancelled" and updates[-1]["models"]["one"] == {}
+    status = evaluator.status(updates[-1]["evaluation_id"])
+    assert status["state"] == "cancelled" and status["result"]["state"] == "cancelled"
+    # It stopped after at most the batch under way when the cancel came.
+    sizes = loss_batch_sizes(manager, data)
+    assert status["done"] <= cancelled_at + max(sizes) < sum(sizes)
     assert {name: adapters.read_metadata(manager.settings.adapters_dir / name) for name in before} == before
-    again = evaluator.run(["one"], file=str(data))
-    assert next(again)["stage"] == "data"  # free for the next run
-    again.close()
+    assert not (evaluator.store.job_dir(status["evaluation_id"]) / "data.jsonl").exists()  # its data copy went
+    again = evaluator.start(["one"], file=str(data), options=EvalOptions(generate_answers=False))  # free again
+    assert again["stage"] == "data" and again["state"] in ("queued", "running")
+    assert evaluator.cancel(again["evaluation_id"])["cancelling"] is True
+    assert list(evaluator.follow(again["evaluation_id"]))[-1]["state"] == "cancelled"
+
+
+def test_an_evaluation_outlives_its_follower_and_a_reload_finds_it(manager, tmp_path):
+    """Closing the stream (a page reload) leaves the job running; following it again ends with its result."""
+    data = write_alpaca(tmp_path / "many.jsonl", rows=30)
+    evaluator = Evaluator(Comparer(manager))
+    follower = evaluator.run(["one"], file=str(data), options=EvalOptions(generate_answers=False))
+    first = next(follower)
+    follower.close()
+    latest = evaluator.latest()
+    assert latest["evaluation_id"] == first["evaluation_id"]
+    result = list(evaluator.follow(latest["evaluation_id"]))[-1]
+    assert result["state"] == "completed" and result["saved"] == ["one"]
+    assert evaluator.latest()["result"]["models"]["one"]["loss"] == result["models"]["one"]["loss"]
+
+
+def test_an_evaluation_the_app_end_cut_short_is_interrupted_not_running(manager, tmp_path):
+    """Another app process (a restart) finds an evaluation whose thread is gone marked interrupted, saying so."""
+    from llama_space.jobs import files as jobfiles
+
+    evaluator = Evaluator(Comparer(manager))
+    evaluation_id = evaluator.store.new_id()
+    evaluator.store.write_job(evaluation_id, {"models": ["base", "one"], "options": {}}, {"stage": "loss"})
+    job_dir = evaluator.store.job_dir(evaluation_id)
+    # As the thread of an app that has exited left it: running, in a process that is gone.
+    jobfiles.update_status(job_dir, state="running", pid=4194300, runs_in="thread", process_start=1)
+    status = evaluator.status(evaluation_id)
+    assert status["state"] == "interrupted" and "start it again" in status["error"]
+    with pytest.raises(UserError, match="start it again"):
+        list(evaluator.follow(evaluation_id))
 
 
 def test_close_stops_a_running_evaluation_and_returns_once_it_ended(manager, tmp_path):
@@ -173,16 +213,15 @@ def test_close_stops_a_running_evaluation_and_returns_once_it_ended(manager, tmp
             updates.append(update)
             if update["stage"] == "loss" and not in_loss.is_set():
                 in_loss.set()
-                time.sleep(0.5)  # the app's end begins meanwhile
 
     reader = threading.Thread(target=client)
     reader.start()
     assert in_loss.wait(60)
     evaluator.close()
-    assert updates[-1]["state"] == "cancelled"  # the run had ended when close() returned
-    first = len(next(batches(build_examples(data, manager.tokenizer, 384))))
-    assert [u["done"] for u in updates if u["stage"] == "loss"] == [first]
+    evaluation_id = updates[0]["evaluation_id"]
+    assert evaluator.status(evaluation_id)["state"] == "cancelled"  # the run had ended when close() returned
     reader.join(10)
+    assert updates[-1]["state"] == "cancelled"
 
 
 def test_evaluation_needs_an_adapter_and_data(manager):

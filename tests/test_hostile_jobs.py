@@ -112,9 +112,12 @@ def test_anonymous_visitors_get_no_job_data(exposed, job_id):
         with pytest.raises(AppError, match=PRIVATE) as refused:
             client.predict(*args, api_name=api)
         assert "plus" not in str(refused.value)  # no held-out row
-    with pytest.raises(AppError) as refused:
-        client.predict(["sums"], None, job_id, api_name="/evaluate")
-    assert "reachable by anyone without a password" in str(refused.value)
+    for api, kwargs in (("/evaluate", {"adapters": ["sums"], "job_id": job_id}),
+                        ("/start_evaluation", {"adapters": ["sums"], "job_id": job_id}),
+                        ("/evaluation_status", {})):
+        with pytest.raises(AppError) as refused:
+            client.predict(**kwargs, api_name=api)
+        assert "reachable by anyone without a password" in str(refused.value), api
 
 
 def test_anonymous_visitors_see_no_job_ids(exposed, job_id):

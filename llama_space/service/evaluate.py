@@ -1,5 +1,8 @@
 """Evaluate: loss and perplexity on the trained tokens, and answer matching, for the base and chosen adapters.
 
+Each evaluation is a job (service.evaluation_jobs): started, it runs in a thread of the app and reports through
+its folder, so a page reload follows it again and Cancel stops it after the batch under way.
+
 The loss is the mean cross-entropy over exactly the tokens training learns (assistant replies and their
 end-of-turn, as data.tokenize masks them; every other label is IGNORE_INDEX), summed over all rows and
 divided by their number, so it does not depend on how rows are batched. The model is borrowed one small
@@ -12,11 +15,14 @@ adapter's metadata under "evaluation", next to the base model's.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,15 +32,16 @@ from llama_space.errors import UserError
 from llama_space.inference import prefill
 from llama_space.inference.backend import HoldsModel
 from llama_space.inference.batching import PEFT_BASE
-from llama_space.jobs.files import write_json_atomic
+from llama_space.jobs import files as jobfiles
+from llama_space.jobs.launcher import Launcher
 from llama_space.service import eval_data
 from llama_space.service.compare import BASE, Comparer, FileRun, greedy
-from llama_space.training.params import TrainingParams
+from llama_space.service.evaluation_jobs import EvalOptions, EvaluationConfig, EvaluationStore
 
 if TYPE_CHECKING:
     from llama_space.service.eval_data import EvalSet
 
-MAX_EXAMPLES = 5000
+log = logging.getLogger(__name__)
 # Padded tokens per forward pass, which is how long one pass keeps chat waiting: no more than one prefill chunk
 # of a joining chat request does (measured: about 0.5 s a pass for the embedded model on 2 CPU cores).
 BATCH_TOKENS = prefill.PREFILL_CHUNK
@@ -42,26 +49,6 @@ BATCH_ROWS = 8
 METADATA_KEY = "evaluation"
 FIGURES = ("loss", "perplexity", "exact_match", "contains")
 CLOSE_SECONDS = 10  # how long the app's end waits for a running evaluation to stop (a batch takes about 0.5 s)
-
-
-@dataclass
-class EvalOptions:
-    """How much to evaluate and how."""
-
-    max_examples: int = 200  # rows evaluated at most (the first ones of the file or split)
-    generate_answers: bool = True  # also answer each prompt greedily and match the references
-    max_new_tokens: int = 128  # longest generated answer, in tokens
-    max_length: int = TrainingParams.max_length  # rows of a file are truncated as training with this would
-
-    def __post_init__(self) -> None:
-        for name, low, high in (("max_examples", 1, MAX_EXAMPLES), ("max_new_tokens", 1, 4096),
-                                ("max_length", 16, 131_072)):
-            value = getattr(self, name)
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-                setattr(self, name, value)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise UserError(f"{name} must be a whole number between {low} and {high}, got {value!r}")
 
 
 def batches(examples: list[dict], max_tokens: int = BATCH_TOKENS, max_rows: int = BATCH_ROWS) -> Iterator[list[dict]]:
@@ -114,51 +101,26 @@ def _finite(value):
 
 
 class Evaluator:
-    """Runs one evaluation at a time (cancellable) against the in-process model."""
+    """Starts evaluations (one at a time, each a job) against the in-process model, follows and cancels them."""
 
     def __init__(self, comparer: Comparer) -> None:
         self.comparer = comparer  # checks adapter names, reads held-out splits and answers the prompts
         self.backend = comparer.backend
         self.permissions = comparer.permissions  # who may evaluate; None: everyone (tests, scripts)
-        self._busy = threading.Lock()
-        self._cancel = threading.Event()
+        self.store = EvaluationStore(self.backend.settings.data_dir)
+        self.launcher = Launcher(self.store)
+        self._start_lock = threading.Lock()
+        self._cancel = threading.Event()  # asks the running evaluation to stop after its current batch
+        self._thread: threading.Thread | None = None
 
     def _check_allowed(self) -> None:
         if self.permissions is not None:  # it writes into the adapters' metadata
             self.permissions.require_change()
 
-    def cancel(self) -> dict:
-        """Ask the running evaluation to stop after its current batch; {"cancelling": whether one runs}."""
-        self._check_allowed()
-        running = self._busy.locked()
-        if running:
-            self._cancel.set()
-        return {"cancelling": running}
-
-    def close(self, timeout: float = CLOSE_SECONDS) -> None:
-        """Stop a running evaluation after its current batch and wait for it (at most `timeout` s), so that the
-        app's end does not close the model under it; the app itself stops it, so no permission is asked."""
-        self._cancel.set()
-        if self._busy.acquire(timeout=timeout):
-            self._busy.release()
-
-    def data(self, file: str | None, job_id: str, options: EvalOptions) -> EvalSet:
-        """The rows to evaluate on: an uploaded training-format file, else a job's held-out split."""
-        tokenizer = self.backend.tokenizer
-        if file:
-            found = eval_data.from_training_file(file, tokenizer, options.max_length,
-                                                 self.backend.settings.max_upload_mb * 2**20)
-        elif job_id:
-            found = self.comparer.held_out(job_id)
-        else:
-            raise UserError("Upload a dataset file or choose a training job whose held-out split to evaluate on.")
-        found.rows = found.rows[: options.max_examples]
-        return found
-
-    def run(self, adapter_names: list[str] | None, file: str | None = None, job_id: str = "",
-            options: EvalOptions | None = None) -> Iterator[dict]:
-        """Progress updates {"state": "running", "stage", "done", "total", "message"}; the last one is the result
-        (state "completed", or "cancelled" with nothing saved)."""
+    def start(self, adapter_names: list[str] | None, file: str | None = None, job_id: str = "",
+              options: EvalOptions | None = None) -> dict:
+        """Check the request, write the evaluation's folder (with a copy of `file`) and start it in a thread;
+        return its first status. UserError while another evaluation runs."""
         self._check_allowed()
         if not isinstance(self.backend, HoldsModel):
             raise UserError("Evaluation needs the model in this process; it is not available with a remote "
@@ -168,15 +130,136 @@ class Evaluator:
         models = self.comparer.models(adapter_names)
         if models == [BASE]:
             raise UserError("Choose at least one adapter to evaluate against the base model.")
-        if not self._busy.acquire(blocking=False):
-            raise UserError("An evaluation is already running; wait for it to finish or cancel it.")
-        self._cancel.clear()
+        if not file and not job_id:
+            raise UserError("Upload a dataset file or choose a training job whose held-out split to evaluate on.")
+        with self._start_lock:
+            running = self.store.active()
+            if running:
+                raise UserError(f"An evaluation is already running ({running['evaluation_id']}); wait for it to "
+                                "finish or cancel it.")
+            evaluation_id = self.store.new_id()
+            config = EvaluationConfig(models, options, job_id="" if file else job_id)
+            if file:
+                config = EvaluationConfig(models, options, data_file=self._copy(evaluation_id, Path(file)),
+                                          file_name=Path(file).name)
+            self.store.write_job(evaluation_id, config.to_dict(), {
+                "models": models, "stage": "data", "done": 0, "total": 0, "message": "Reading the data...",
+                "result": None})
+            self._cancel.clear()
+            self._thread = self.launcher.start_thread(evaluation_id, partial(self._run_job, evaluation_id, config))
+        return self.status(evaluation_id)
+
+    def _copy(self, evaluation_id: str, file: Path) -> str:
+        """Copy the uploaded `file` into the evaluation's staging folder; the copy's name."""
+        if not file.is_file():
+            raise UserError(f"Dataset file {file.name!r} not found; upload it again.")
+        staging, name = self.store.staging(evaluation_id), "data" + file.suffix.lower()[:9]
         try:
-            yield {"state": "running", "stage": "data", "done": 0, "total": 0, "message": "Reading the data..."}
-            found = self.data(file, job_id, options)
-            yield from self._evaluate(models, found, options)
+            staging.mkdir(parents=True)
+            shutil.copyfile(file, staging / name)
+        except OSError as exc:
+            self.store.discard(evaluation_id)
+            raise UserError(f"Could not copy the data for the evaluation ({exc.strerror or 'input/output error'})"
+                            "; nothing was started.") from exc
+        return name
+
+    def status(self, evaluation_id: str) -> dict:
+        """The evaluation's status: state, stage, done, total, message; once it ended, its result."""
+        self._check_allowed()
+        return self.store.status(evaluation_id)
+
+    def latest(self) -> dict | None:
+        """The running evaluation's status, else the newest one's; None when there has been none."""
+        self._check_allowed()
+        return self.store.latest()
+
+    def follow(self, evaluation_id: str, poll: float = 0.1) -> Iterator[dict]:
+        """Progress updates {"state": "running", "stage", "done", "total", "message", "evaluation_id"} as the
+        evaluation writes them; the last one is its result (state "completed", or "cancelled" with nothing saved).
+        UserError when it failed or was interrupted. Closing this iterator leaves the evaluation running."""
+        last = None
+        while True:
+            status = self.status(evaluation_id)
+            if status["state"] in jobfiles.ACTIVE_STATES:
+                if status.get("updated") != last:
+                    last = status.get("updated")
+                    yield _progress(status)
+                time.sleep(poll)
+                continue
+            if status["state"] in ("completed", "cancelled") and status.get("result"):
+                yield {**status["result"], "evaluation_id": evaluation_id}
+                return
+            raise UserError(status.get("error") or f"The evaluation {status['state']}.")
+
+    def run(self, adapter_names: list[str] | None, file: str | None = None, job_id: str = "",
+            options: EvalOptions | None = None) -> Iterator[dict]:
+        """Start an evaluation and follow it (see `follow`)."""
+        status = self.start(adapter_names, file, job_id, options)
+        yield from self.follow(status["evaluation_id"])
+
+    def evaluate(self, adapter_names: list[str] | None, file: str | None = None, job_id: str = "",
+                 options: EvalOptions | None = None) -> dict:
+        """The whole evaluation at once: its result."""
+        result: dict = {}
+        for result in self.run(adapter_names, file, job_id, options):
+            pass
+        return result
+
+    def cancel(self, evaluation_id: str = "") -> dict:
+        """Ask the running evaluation (or `evaluation_id`) to stop after its current batch;
+        {"cancelling": whether one runs, "evaluation_id"}."""
+        self._check_allowed()
+        status = self.store.status(evaluation_id) if evaluation_id else self.store.active()
+        if status is None or status["state"] not in jobfiles.ACTIVE_STATES:
+            return {"cancelling": False, "evaluation_id": (status or {}).get("evaluation_id", "")}
+        self.store.request_cancel(status["evaluation_id"])
+        self._cancel.set()
+        return {"cancelling": True, "evaluation_id": status["evaluation_id"]}
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop a running evaluation after its current batch and wait for it (at most `timeout` s), so that the
+        app's end does not close the model under it; the app itself stops it, so no permission is asked."""
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run_job(self, evaluation_id: str, config: EvaluationConfig) -> None:
+        """The evaluation's thread: reads the data, evaluates, records every stage and how it ended; never raises."""
+        job_dir = self.store.job_dir(evaluation_id)
+        jobfiles.update_status(job_dir, state="running", pid=os.getpid(), started=time.time())
+        try:
+            found = self._data(job_dir, config)
+            result = None
+            for update in self._evaluate(config.models, found, config.options):
+                if update["state"] == "running":
+                    jobfiles.update_status(job_dir, **{key: update[key] for key in ("stage", "done", "total",
+                                                                                     "message")})
+                else:
+                    result = update
+            jobfiles.update_status(job_dir, state=result["state"], stage=result["state"], result=result,
+                                   message=_summary(result), finished=time.time())
+        except BaseException as exc:  # the app must outlive any failure of an evaluation
+            if isinstance(exc, UserError):
+                message = str(exc)
+            else:
+                log.exception("evaluation %s failed", evaluation_id)
+                message = f"The evaluation failed ({type(exc).__name__}); the server log has the details."
+            jobfiles.update_status(job_dir, state="failed", error=message, finished=time.time())
         finally:
-            self._busy.release()
+            if config.data_file:
+                (job_dir / config.data_file).unlink(missing_ok=True)
+
+    def _data(self, job_dir: Path, config: EvaluationConfig) -> EvalSet:
+        """The rows to evaluate on: the uploaded training-format file, else a job's held-out split."""
+        options = config.options
+        if config.data_file:
+            found = eval_data.from_training_file(str(job_dir / config.data_file), self.backend.tokenizer,
+                                                 options.max_length, self.backend.settings.max_upload_mb * 2**20)
+            found.source = config.file_name or found.source
+        else:
+            found = self.comparer.held_out(config.job_id)
+        found.rows = found.rows[: options.max_examples]
+        return found
 
     def _evaluate(self, models: list[str], found: EvalSet, options: EvalOptions) -> Iterator[dict]:
         figures = {model: {} for model in models}
@@ -185,7 +268,7 @@ class Evaluator:
                 if isinstance(update, dict):
                     figures[model].update(update)
                 else:
-                    yield _progress("loss", *update, f"Loss of {model}: {update[0]}/{update[1]} rows")
+                    yield _update("loss", *update, f"Loss of {model}: {update[0]}/{update[1]} rows")
             if self._cancel.is_set():
                 yield self._result("cancelled", models, found, figures)
                 return
@@ -193,7 +276,7 @@ class Evaluator:
         if options.generate_answers and with_reference:
             run = FileRun(models, with_reference, found.source)
             for _ in self.comparer.run_rows(run, greedy(options.max_new_tokens), cancel=self._cancel):
-                yield _progress("answers", run.done, run.total, f"Answers: {run.done}/{run.total} prompts")
+                yield _update("answers", run.done, run.total, f"Answers: {run.done}/{run.total} prompts")
             if self._cancel.is_set():
                 yield self._result("cancelled", models, found, figures)
                 return
@@ -245,17 +328,21 @@ class Evaluator:
                 not_saved[model] = str(exc)
         return saved, not_saved
 
-    def evaluate(self, adapter_names: list[str] | None, file: str | None = None, job_id: str = "",
-                 options: EvalOptions | None = None) -> dict:
-        """The whole evaluation at once: its result."""
-        result: dict = {}
-        for result in self.run(adapter_names, file, job_id, options):
-            pass
-        return result
 
-
-def _progress(stage: str, done: int, total: int, message: str) -> dict:
+def _update(stage: str, done: int, total: int, message: str) -> dict:
     return {"state": "running", "stage": stage, "done": done, "total": total, "message": message}
+
+
+def _progress(status: dict) -> dict:
+    """A running evaluation's status as a progress update."""
+    return {"state": "running", "evaluation_id": status["evaluation_id"],
+            **{key: status.get(key) for key in ("stage", "done", "total", "message")}}
+
+
+def _summary(result: dict) -> str:
+    if result["state"] == "cancelled":
+        return "Cancelled; nothing was saved."
+    return f"Evaluated {result['examples']} rows of {result['source']}."
 
 
 def save_evaluation(adapters_dir: Path, name: str, evaluation: dict) -> None:
@@ -273,7 +360,7 @@ def save_evaluation(adapters_dir: Path, name: str, evaluation: dict) -> None:
         raise UserError(f"Adapter {name!r}'s metadata file cannot be read, so its evaluation was not saved "
                         "(the file was left as it is).")
     try:
-        write_json_atomic(path, {**current, METADATA_KEY: evaluation})
+        jobfiles.write_json_atomic(path, {**current, METADATA_KEY: evaluation})
     except OSError as exc:  # deleted meanwhile, disk full: nothing half-written is left
         raise UserError(f"Adapter {name!r}'s evaluation was not saved ({exc.strerror or 'input/output error'}); "
                         "was it deleted meanwhile?") from exc

@@ -49,8 +49,9 @@ class Janitor:
     def sweep(self) -> dict[str, int]:
         """One pass; returns how many things of each kind it removed."""
         from llama_space.export.export_jobs import sweep_exports
+        from llama_space.service.evaluation_jobs import sweep_evaluations
 
-        return {"exports": sweep_exports(self.data_dir),
+        return {"exports": sweep_exports(self.data_dir), "evaluations": sweep_evaluations(self.data_dir),
                 "job_scratch": self._job_scratch(), "job_staging": self._job_staging(),
                 "staging": self._stale_staging(),
                 "uploads": self._old_entries(self.upload_dir, "*", self.upload_max_age),

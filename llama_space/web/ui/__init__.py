@@ -44,10 +44,12 @@ def build_ui(services: Services) -> gr.Blocks:
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
             reload_adapters, adapter_outputs = build_adapters_tab(actions)
         adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
-        build_compare_tab(services)  # the Compare tab and its endpoints
+        follow_evaluation, evaluation_outputs = build_compare_tab(services)  # the Compare tab and its endpoints
         add_export_tab(services.exports)  # the Export tab and its endpoints
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
+        # ...and follows the running evaluation, or shows the latest result; without taking a generation slot.
+        demo.load(follow_evaluation, None, evaluation_outputs, concurrency_limit=None, **hidden)
         register_chat_api(backend)
         register_training_api(actions)
     return with_queue(demo, services.settings)

@@ -5,7 +5,8 @@
 /compare_file(file, adapters, job_id, system_prompt, max_new_tokens, temperature, top_p, include_base,
               max_prompts) -> (table, CSV file, JSONL file)
 /evaluate(adapters, file, job_id, max_examples, generate_answers, max_new_tokens) -> figures per model
-/cancel_evaluation() -> {"cancelling"}
+/start_evaluation(same as /evaluate) -> its status at once; /evaluation_status(evaluation_id="") -> status
+/cancel_evaluation(evaluation_id="") -> {"cancelling", "evaluation_id"}
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gradio.utils import get_upload_folder
 
 from llama_space.errors import UserError
 from llama_space.service.compare import greedy
-from llama_space.service.evaluate import EvalOptions
+from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.web.error_boundary import user_facing
 
 if TYPE_CHECKING:
@@ -99,12 +100,30 @@ def register_compare_api(comparer: Comparer, evaluator: Evaluator) -> None:
                               max_new_tokens=max_new_tokens)
         return evaluator.evaluate(adapters, uploaded_path(file), job_id, options)
 
-    def cancel_evaluation() -> dict:
-        """Stop the running evaluation after its current batch; {"cancelling": whether one was running}."""
-        return evaluator.cancel()
+    def start_evaluation(adapters: list[str], file: FileData | None = None, job_id: str = "",
+                         max_examples: int = 200, generate_answers: bool = True, max_new_tokens: int = 128) -> dict:
+        """Start what /evaluate does as a background job and return at once: its status (evaluation_id, state,
+        stage, done, total, message); follow it with /evaluation_status."""
+        options = EvalOptions(max_examples=max_examples, generate_answers=generate_answers,
+                              max_new_tokens=max_new_tokens)
+        return evaluator.start(adapters, uploaded_path(file), job_id, options)
+
+    def evaluation_status(evaluation_id: str = "") -> dict:
+        """An evaluation's status (the running or newest one when no id is given; {} when there has been none);
+        once it ended, "result" holds what /evaluate returns and "error" why it failed."""
+        status = evaluator.status(evaluation_id) if evaluation_id else evaluator.latest()
+        return status or {}
+
+    def cancel_evaluation(evaluation_id: str = "") -> dict:
+        """Stop the running evaluation (or `evaluation_id`) after its current batch;
+        {"cancelling": whether one was running, "evaluation_id"}."""
+        return evaluator.cancel(evaluation_id)
 
     gr.api(user_facing(compare, "comparing models"), api_name="compare")
     gr.api(user_facing(compare_stream, "comparing models"), api_name="compare_stream")
     gr.api(user_facing(compare_file, "comparing models on a file"), api_name="compare_file")
     gr.api(user_facing(evaluate, "evaluating adapters"), api_name="evaluate")
+    gr.api(user_facing(start_evaluation, "starting an evaluation"), api_name="start_evaluation", queue=False)
+    gr.api(user_facing(evaluation_status, "reading an evaluation's status"), api_name="evaluation_status",
+           queue=False)
     gr.api(user_facing(cancel_evaluation, "cancelling the evaluation"), api_name="cancel_evaluation", queue=False)

@@ -3,13 +3,14 @@ prompts (a table with CSV/JSONL downloads), and evaluated on a dataset (loss, pe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from llama_space.errors import UserError
 from llama_space.service.compare import MAX_ADAPTERS, greedy
-from llama_space.service.evaluate import EvalOptions
+from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
 
@@ -126,7 +127,8 @@ def _prompts_file(comparer: Comparer, actions: Actions, models: dict, sampling: 
     stop.click(None, None, None, cancels=[event], queue=False, **HIDDEN)
 
 
-def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
+def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> tuple[Callable, list]:
+    """The Evaluate section; returns its page-load hook and the components that hook updates."""
     allowed = actions.permissions.controls_on
     with gr.Accordion("Evaluate adapters", open=False):
         gr.Markdown("Loss and perplexity on the trained (assistant) tokens, masked as training masks them, for the "
@@ -147,27 +149,46 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list):
         table = gr.Dataframe(headers=EVAL_HEADERS, interactive=False, label="Figures", elem_id="evaluate-table")
     jobs.append(job)
 
-    def on_evaluate(adapters, file, job_id, max_examples, generate_answers, max_new_tokens):
-        options = EvalOptions(max_examples=int(max_examples), generate_answers=generate_answers,
-                              max_new_tokens=int(max_new_tokens))
-        for update in evaluator.run(adapters, file, job_id or "", options):
+    def shown(updates):
+        for update in updates:
             if update["state"] == "running":
                 yield update["message"], gr.skip()
             else:
                 yield _eval_message(update), _eval_rows(update)
 
+    def on_evaluate(adapters, file, job_id, max_examples, generate_answers, max_new_tokens):
+        options = EvalOptions(max_examples=int(max_examples), generate_answers=generate_answers,
+                              max_new_tokens=int(max_new_tokens))
+        yield from shown(evaluator.run(adapters, file, job_id or "", options))
+
     def on_cancel():
         return "Cancelling…" if evaluator.cancel()["cancelling"] else "No evaluation is running."
+
+    def on_page_load():
+        """A reloaded page follows the running evaluation again, or shows how the latest one ended."""
+        try:
+            latest = evaluator.latest()
+        except UserError:  # a visitor who may not evaluate sees none
+            latest = None
+        if not latest:
+            yield gr.skip(), gr.skip()
+            return
+        try:
+            yield from shown(evaluator.follow(latest["evaluation_id"]))
+        except UserError as exc:  # it failed or was interrupted: say so, as a click would have
+            yield str(exc), gr.skip()
 
     run.click(user_facing(on_evaluate, "evaluating adapters"),
               inputs_kwargs={"adapters": adapters, "file": file, "job_id": job, "max_examples": max_examples,
                              "generate_answers": answers, "max_new_tokens": max_new_tokens},
               outputs=[progress, table], **HIDDEN)
     cancel.click(user_facing(on_cancel, "cancelling the evaluation"), None, progress, queue=False, **HIDDEN)
+    return user_facing(on_page_load, "showing the latest evaluation"), [progress, table]
 
 
-def build_compare_tab(services: Services) -> None:
-    """The Compare tab and its endpoints (see compare_api)."""
+def build_compare_tab(services: Services) -> tuple[Callable, list]:
+    """The Compare tab and its endpoints (see compare_api); returns the evaluation's page-load hook and the
+    components it updates."""
     backend, actions = services.backend, services.actions
     with gr.Tab("Compare", id="compare") as tab:
         with gr.Row():
@@ -178,7 +199,7 @@ def build_compare_tab(services: Services) -> None:
         sampling = _side_by_side(services.comparer, models)
         jobs: list[gr.Dropdown] = []
         _prompts_file(services.comparer, actions, models, sampling, jobs)
-        _evaluate(services.evaluator, actions, adapters, jobs)
+        on_page_load, evaluation_outputs = _evaluate(services.evaluator, actions, adapters, jobs)
         # Inside the tab: gr.api adds (invisible) blocks, which between two tabs would split the tab bar in two.
         register_compare_api(services.comparer, services.evaluator)
 
@@ -186,3 +207,4 @@ def build_compare_tab(services: Services) -> None:
         return gr.Dropdown(choices=backend.list_adapters()), *(job_dropdown(actions) for _ in jobs)
 
     tab.select(user_facing(reload, "listing adapters and jobs"), None, [adapters, *jobs], queue=False, **HIDDEN)
+    return on_page_load, evaluation_outputs
