@@ -7,7 +7,9 @@ One export runs at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,36 @@ KEEP_SECONDS = 24 * 3600  # a finished export's folder is swept this long after 
 # A long random part: results are served from the folder.
 EXPORT = JobKind(noun="export", folder="exports", log_file=LOG_FILE, id_key="export_id", id_hex=16)
 INTERRUPTED = "The export stopped before it finished (its process is gone); start it again."
+
+
+@dataclass(frozen=True)
+class ExportJobConfig:
+    """What one export converts and how (job.json of its folder)."""
+
+    export_id: str
+    kind: str  # one of KINDS
+    qtype: str  # the GGUF quantization ("" for merge)
+    adapter: str  # the adapter's name
+    adapter_dir: str  # its folder
+    model: str  # the base model it merges into ("" = the embedded model)
+    cache_dir: str
+    needs: str = ""  # the memory and disk it needs, in words
+    metadata: dict = dataclasses.field(default_factory=dict)  # the adapter's metadata when the export started
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls, job_dir: Path) -> ExportJobConfig:
+        """The checked configuration in `job_dir` (DamagedJobFile saying what is wrong with a damaged one)."""
+        path = Path(job_dir) / jobfiles.JOB_FILE
+        data = jobfiles.read_json(path)
+        texts = ("export_id", "kind", "qtype", "adapter", "adapter_dir", "model", "cache_dir", "needs")
+        wrong = [key for key in texts[:-1] if not isinstance(data.get(key), str)]
+        if wrong or data["kind"] not in KINDS or not isinstance(data.get("metadata") or {}, dict):
+            raise jobfiles.DamagedJobFile(path, f"bad {', '.join(wrong) or 'kind or metadata'}")
+        return cls(**{key: data[key] for key in texts[:-1]}, needs=str(data.get("needs") or ""),
+                   metadata=data.get("metadata") or {})
 
 
 def is_export_id(text: str) -> bool:
@@ -110,10 +142,11 @@ class ExportJobs:
                                 "or cancel it.")
             qtype = qtype if kind == "gguf" else ""
             export_id, needs = self.store.new_id(), plan.describe(disk_needed(plan, kind, qtype))
-            self.store.write_job(export_id, {
-                "export_id": export_id, "kind": kind, "qtype": qtype, "adapter": adapter,
-                "model": self.settings.model, "cache_dir": str(Path(self.settings.cache_dir).resolve()),
-                "adapter_dir": str(plan.adapter_dir.resolve()), "needs": needs, "metadata": plan.metadata},
+            config = ExportJobConfig(
+                export_id=export_id, kind=kind, qtype=qtype, adapter=adapter,
+                adapter_dir=str(plan.adapter_dir.resolve()), model=self.settings.model, cache_dir=str(Path(self.settings.cache_dir).resolve()), needs=needs,
+                metadata=plan.metadata)
+            self.store.write_job(export_id, config.to_dict(),
                 {"kind": kind, "qtype": qtype, "adapter": adapter, "stage": "queued", "progress": 0.0,
                  "needs": needs, "files": [], "download": None})
             job_dir = self.store.job_dir(export_id)
@@ -124,9 +157,9 @@ class ExportJobs:
         """The folder of export `export_id`; UserError for a malformed or unknown id."""
         return self.store.job_dir(export_id)
 
-    def config(self, export_id: str) -> dict:
-        """The export's job.json: kind, qtype, adapter, the adapter's metadata at the start."""
-        return self.store.config(export_id)
+    def config(self, export_id: str) -> ExportJobConfig:
+        """The export's configuration: kind, qtype, adapter, the adapter's metadata at the start."""
+        return ExportJobConfig.read(self.export_dir(export_id))
 
     def status(self, export_id: str) -> dict:
         """status.json plus elapsed_seconds, after marking an export whose process is gone."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llama_space.errors import UserError
 from llama_space.export import merge
-from llama_space.export.export_jobs import LOG_FILE, OUT_DIR, SCRATCH_DIR
+from llama_space.export.export_jobs import LOG_FILE, OUT_DIR, SCRATCH_DIR, ExportJobConfig
 from llama_space.jobs import files as jobfiles
 from llama_space.model import source
 
@@ -66,20 +66,20 @@ def zip_folder(folder: Path, target: Path, progress: Reporter) -> Path:
     return target
 
 
-def export(job_dir: Path, config: dict) -> str:
+def export(job_dir: Path, config: ExportJobConfig) -> str:
     """Write the export's results into job_dir/out; return the name of the file to download."""
-    base_dir = source.local_dir(config["model"], Path(config["cache_dir"]), download=True)
-    plan = merge.plan_merge(base_dir, Path(config["adapter_dir"]))
+    base_dir = source.local_dir(config.model, Path(config.cache_dir), download=True)
+    plan = merge.plan_merge(base_dir, Path(config.adapter_dir))
     out = job_dir / OUT_DIR
     out.mkdir(exist_ok=True)
-    adapter = config["adapter"]
-    if config["kind"] == "merge":
+    adapter = config.adapter
+    if config.kind == "merge":
         folder = merge.merge_adapter(plan, out / f"{adapter}-merged", Reporter(job_dir, "merging", 0, 0.9))
         return zip_folder(folder, out / f"{folder.name}.zip", Reporter(job_dir, "packing the zip", 0.9, 0.1)).name
     from llama_space.export.gguf import write_gguf
     from llama_space.export.ollama import write_modelfile
 
-    qtype = config["qtype"]
+    qtype = config.qtype
     merged = merge.merge_adapter(plan, job_dir / SCRATCH_DIR / f"{adapter}-merged",
                                  Reporter(job_dir, "merging", 0, 0.5))
     gguf_file = write_gguf(merged, out / f"{adapter}-{qtype}.gguf", qtype,
@@ -97,10 +97,10 @@ def main(job_dir: Path) -> int:
     """Run the export in `job_dir`, recording how it ended in status.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     signal.signal(signal.SIGTERM, _stop)
-    config = jobfiles.read_json(job_dir / jobfiles.JOB_FILE)
     jobfiles.update_status(job_dir, state="running", stage="reading the base", pid=os.getpid(),
                            started=time.time())
     try:
+        config = ExportJobConfig.read(job_dir)
         if (job_dir / jobfiles.CANCEL_FILE).exists():
             raise Cancelled
         download = export(job_dir, config)

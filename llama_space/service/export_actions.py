@@ -98,7 +98,7 @@ class ExportActions:
             raise UserError(f"Export {export_id} is {status['state']}; only a completed export can be pushed.")
         out = self.jobs.result(export_id).parent
         config = self.jobs.config(export_id)
-        name = config["adapter"]
-        if config["kind"] == "merge":
-            return "merged", out / f"{name}-merged", name, config.get("metadata") or {}, ""
-        return "gguf", out, name, config.get("metadata") or {}, config.get("qtype", "")
+        name = config.adapter
+        if config.kind == "merge":
+            return "merged", out / f"{name}-merged", name, config.metadata, ""
+        return "gguf", out, name, config.metadata, config.qtype
