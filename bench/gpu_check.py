@@ -68,7 +68,7 @@ def build_model(tiny: bool, device: str) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from llama_space.model.source import embedded_checkpoint
-    from llama_space.training.planner import llama31_8b_config
+    from llama_space.training.memory import llama31_8b_config
 
     from llama31 import EOT, save_tokenizer
 

@@ -105,14 +105,16 @@ def build_trainer(way: str, model, tokenizer, rows: list[dict], steps: int, lr: 
     """The Trainer for `way`: ours from the product code, the tutorial's from plain transformers."""
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+    from llama_space.training.methods import get_method
     from llama_space.training.params import TrainingParams
-    from llama_space.training.trainer import build_trainer as ours
 
     accumulate = max(1, 16 // batch)  # 16 examples per optimizer step
     params = TrainingParams(max_steps=steps, learning_rate=lr, save_steps=10**6, seed=0, batch_size=batch,
                             grad_accum=accumulate)
     if way in ("ours", "unchunked"):
-        trainer = ours(model, params, out, rows, [], TrainerCallback(), activation_checkpointing=False)
+        trainer = get_method("sft").build_trainer(model, tokenizer, params, checkpoints_dir=out, train_rows=rows,
+                                                  eval_rows=[], callback=TrainerCallback(),
+                                                  activation_checkpointing=False)
         if way == "unchunked":
             trainer.logits_budget = sys.maxsize  # one chunk: every trained position's logits at once
     else:

@@ -2,8 +2,8 @@
 
 Each case runs the real job (llama_space.training.train, process placement, fp32 on CPU) for a few steps in a
 child process on rows that fill max_length, so every micro-batch holds batch_size x max_length tokens, the
-planner's worst case. The child reports its RSS once torch, transformers and peft are imported (what the
-planner's CPU_PROCESS stands for) and its peak RSS (ru_maxrss); the growth between them is compared with the
+planner's worst case. The child reports its RSS once torch, transformers and peft are imported (what
+memory.py's CPU_PROCESS stands for) and its peak RSS (ru_maxrss); the growth between them is compared with the
 estimate less CPU_PROCESS, and the peak with the whole estimate.
 
     .venv/bin/python bench/train_memory.py                      # tiny, tiny-128k and the embedded SmolLM2-135M
@@ -49,7 +49,8 @@ def child(job_dir: Path) -> None:
     import transformers  # noqa: F401
 
     from llama_space.jobs import files as jobfiles
-    from llama_space.jobs import train
+    from llama_space.training import lora, train, trainer  # noqa: F401
+    from llama_space.training.methods import sft_trainer  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING)
     baseline = rss()
@@ -73,7 +74,7 @@ def measure(model_dir: str, checkpointing: str, quantization: str, args, work: P
     """Run one case in a child process; its measured figures beside the planner's estimate."""
     from transformers import AutoConfig
 
-    from llama_space.training import TrainingParams, planner
+    from llama_space.training import TrainingParams, memory
 
     params = TrainingParams(max_steps=args.steps, batch_size=args.batch, grad_accum=1, max_length=args.max_length,
                             save_steps=10**6, gradient_checkpointing=checkpointing, placement="process",
@@ -89,11 +90,11 @@ def measure(model_dir: str, checkpointing: str, quantization: str, args, work: P
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     if measured["state"] != "completed":
         raise SystemExit(f"{model_dir}: the job ended {measured['state']}: {measured['error']}")
-    estimate = planner.estimate(AutoConfig.from_pretrained(model_dir), params, placement="process",
-                                quantization=quantization, device="cpu", served_dtype="float32",
-                                served_in_process=False, checkpointing=checkpointing == "on")
+    estimate = memory.estimate(AutoConfig.from_pretrained(model_dir), params, placement="process",
+                               quantization=quantization, device="cpu", served_dtype="float32",
+                               served_in_process=False, checkpointing=checkpointing == "on")
     growth = measured["peak"] - measured["baseline"]
-    predicted = estimate.total_bytes - planner.CPU_PROCESS
+    predicted = estimate.total_bytes - memory.CPU_PROCESS
     return {"peak": measured["peak"], "baseline": measured["baseline"], "growth": growth,
             "estimate": estimate.total_bytes, "estimated_growth": predicted,
             "growth_error": round(predicted / growth - 1, 3), "peak_error": round(estimate.total_bytes /
@@ -129,16 +130,16 @@ def run_cases(args) -> list[dict]:
 
 def gpu_table() -> None:
     """A Markdown table of where Llama-3.1-8B LoRA and QLoRA jobs fit (docs/fine-tuning.md's), from the planner."""
-    from llama_space.training import planner
+    from llama_space.training import memory
 
-    config = planner.llama31_8b_config()
+    config = memory.llama31_8b_config()
     ways = [("LoRA, own bf16 copy", {"placement": "process"}), ("LoRA on the served weights", {"placement": "shared"}),
             ("QLoRA (NF4)", {"quantization": "nf4"}), ("auto chooses", {})]
     print("| GPU | chat served by the app | " + " | ".join(name for name, _ in ways) + " |")
     print("|---" * (len(ways) + 2) + "|")
     for gpu, mib in GPUS:
         for chat in (True, False):
-            free = mib * 2**20 - (planner.served_bytes(config, "bfloat16", "cuda") if chat else 0)
+            free = mib * 2**20 - (memory.served_bytes(config, "bfloat16", "cuda") if chat else 0)
             if free < 0:
                 print(f"| {gpu} | the 8B in bf16 does not fit |" + " - |" * len(ways))
                 continue
@@ -152,7 +153,7 @@ def gpu_table() -> None:
 def table_cell(config, fields: dict, free: int, chat: bool, auto: bool) -> str:
     """One cell: the planner's estimate where the job fits, else what it would need."""
     from llama_space.errors import UserError
-    from llama_space.training import TrainingParams, planner
+    from llama_space.training import TrainingParams, memory, planner
 
     if fields.get("placement") == "shared" and not chat:
         return "n/a"
@@ -163,9 +164,9 @@ def table_cell(config, fields: dict, free: int, chat: bool, auto: bool) -> str:
     except UserError:
         if auto:
             return "nothing fits"
-        need = planner.estimate(config, params, placement=fields.get("placement", "process"),
-                                quantization=fields.get("quantization", "none"), device="cuda",
-                                served_dtype="bfloat16", served_in_process=chat)
+        need = memory.estimate(config, params, placement=fields.get("placement", "process"),
+                               quantization=fields.get("quantization", "none"), device="cuda",
+                               served_dtype="bfloat16", served_in_process=chat)
         return f"no (needs {need.total_bytes / 1e9:.1f} GB)"
     what = f"{chosen.name}, " if auto else ""
     return f"{what}{chosen.total_bytes / 1e9:.1f} GB{', ckpt' if chosen.checkpointing else ''}"

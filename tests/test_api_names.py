@@ -106,10 +106,11 @@ def test_lifecycle_endpoints_by_keyword(app, client):
                           api_name="/validate_dataset")["max_length"] == 64
     job_id = client.predict(file=handle_file(str(PERSONA)), adapter_name="by-keyword", preset="quick",
                             max_steps=1, lora_r=4, target_modules=["q_proj", "v_proj"], placement="process",
-                            api_name="/start_training")["job_id"]
+                            method="sft", api_name="/start_training")["job_id"]
     job = json.loads((Path(app.settings.data_dir) / "jobs" / job_id / "job.json").read_text())
     quick = TrainingParams.preset("quick")
-    given = {"max_steps": 1, "lora_r": 4, "target_modules": ["q_proj", "v_proj"], "placement": "process"}
+    given = {"max_steps": 1, "lora_r": 4, "target_modules": ["q_proj", "v_proj"], "placement": "process",
+             "method": "sft"}
     kept = {"learning_rate": quick.learning_rate, "max_length": quick.max_length, "lora_alpha": quick.lora_alpha}
     assert {key: job["params"][key] for key in {**given, **kept}} == {**given, **kept}
     assert client.predict(job_id=job_id, api_name="/job_status")["job_id"] == job_id
@@ -117,6 +118,9 @@ def test_lifecycle_endpoints_by_keyword(app, client):
     with pytest.raises(AppError, match="only an interrupted job can be resumed"):
         client.predict(job_id=job_id, api_name="/resume_training")
     assert client.predict(api_name="/list_adapters") == []
+    with pytest.raises(AppError, match="method must be one of sft, got 'nope'"):
+        client.predict(file=handle_file(str(PERSONA)), adapter_name="no-method", method="nope",
+                       api_name="/start_training")
     with pytest.raises(AppError, match="no adapter named 'nothing'"):
         client.predict(name="nothing", api_name="/delete_adapter")
 

@@ -61,7 +61,7 @@ def imported_modules(node: ast.Import | ast.ImportFrom, module: str, is_package:
         anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
         base = ".".join(anchor + ([base] if base else []))
     names = [f"{base}.{alias.name}" for alias in node.names]
-    # `from llama_space.jobs import files as jobfiles` names a module; `from llama_space.errors import UserError`, a
+    # `from llama_space.jobs import files` names a module; `from llama_space.errors import UserError`, a
     # name of one: either way the import reaches base's unit, and the message names the module.
     modules = [name for name in names if is_module(name)]
     yield from modules or [base]

@@ -28,7 +28,7 @@ from apputil import launched_app
 START_TRAINING = ["file", "adapter_name", "preset", "learning_rate", "num_epochs", "max_steps", "batch_size",
                   "grad_accum", "max_length", "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed",
                   "target_modules", "save_steps", "gradient_checkpointing", "placement", "quantization", "report_to",
-                  "dataset_id", "dataset_config", "dataset_split", "dataset_revision"]
+                  "method", "dataset_id", "dataset_config", "dataset_split", "dataset_revision"]
 
 
 def test_close_stops_what_borrows_the_weights_before_the_backend():

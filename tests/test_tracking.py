@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from llama_space.jobs import files as jobfiles
-from llama_space.jobs import tracking
+from llama_space.training import tracking
 from llama_space.training.params import TrainingParams
 
 from jobutil import finished, make_runner, one_thread_jobs, write_alpaca  # noqa: F401 - one_thread_jobs is autouse

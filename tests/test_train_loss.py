@@ -6,22 +6,25 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from llama_space.data import IGNORE_INDEX
 from llama_space.training.collate import packing_collator
 from llama_space.training.lora import add_lora, load_base
+from llama_space.training.methods import get_method
 from llama_space.training.params import DEFAULT_TARGETS, TrainingParams
-from llama_space.training.trainer import IGNORE_INDEX, build_trainer
 
 
 def lora_trainer(model_dir, tmp_path, targets):
-    """A JobTrainer on the tiny model with a LoRA whose B matrices are random, so every LoRA weight has a gradient."""
+    """SFT's trainer on the tiny model with a LoRA whose B matrices are random, so every LoRA weight has a gradient."""
     torch.manual_seed(0)
-    model, _tokenizer = load_base(str(model_dir), tmp_path / "cache")
+    model, tokenizer = load_base(str(model_dir), tmp_path / "cache")
     model = add_lora(model, TrainingParams(lora_dropout=0.0, target_modules=list(targets)))
     for name, param in model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(std=0.02)
-    trainer = build_trainer(model, TrainingParams(max_steps=1), tmp_path / "ckpt", [{"input_ids": [1, 2],
-                            "labels": [1, 2]}], [], TrainerCallback(), activation_checkpointing=False)
+    trainer = get_method("sft").build_trainer(model, tokenizer, TrainingParams(max_steps=1),
+                                              checkpoints_dir=tmp_path / "ckpt",
+                                              train_rows=[{"input_ids": [1, 2], "labels": [1, 2]}], eval_rows=[],
+                                              callback=TrainerCallback(), activation_checkpointing=False)
     model.train()
     return trainer
 
@@ -37,7 +40,7 @@ def packed_batch(vocab: int) -> dict:
 
 
 def loss_and_grads(trainer, batch: dict, budget: int | None):
-    """Loss and LoRA gradients from JobTrainer.compute_loss (budget None: plain cross-entropy on full logits)."""
+    """Loss and LoRA gradients from SFTTrainer.compute_loss (budget None: plain cross-entropy on full logits)."""
     model = trainer.model
     model.zero_grad()
     if budget is None:

@@ -103,13 +103,14 @@ def _trainer(tiny_model_dir, tmp_path, max_steps):
     from transformers import TrainerCallback, set_seed
 
     from llama_space.training.lora import add_lora, load_base
-    from llama_space.training.trainer import build_trainer
+    from llama_space.training.methods import get_method
 
     set_seed(0)
     model, tokenizer = load_base(str(tiny_model_dir), tmp_path)
     params = TrainingParams(max_steps=max_steps, save_steps=2, batch_size=2, grad_accum=2, learning_rate=1e-2)
-    return build_trainer(add_lora(model, params), params, tmp_path / "checkpoints", _rows(tokenizer), [],
-                         TrainerCallback(), activation_checkpointing=False)
+    return get_method("sft").build_trainer(add_lora(model, params), tokenizer, params,
+                                           checkpoints_dir=tmp_path / "checkpoints", train_rows=_rows(tokenizer),
+                                           eval_rows=[], callback=TrainerCallback(), activation_checkpointing=False)
 
 
 class SimulatedKill(Exception):

@@ -8,8 +8,12 @@ from llama_space.errors import UserError
 
 
 def split_examples(examples: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Shuffle deterministically and hold out `eval_fraction` of the examples (at least one when > 0)."""
-    rows = [{"input_ids": list(e["input_ids"]), "labels": list(e["labels"])} for e in examples]
+    """Shuffle deterministically and hold out `eval_fraction` of the examples (at least one when > 0).
+
+    The order depends on the number of examples and the seed alone, so row indices in place of the examples
+    give the indices a job held out (service/eval_data.py rebuilds a job's eval split that way).
+    """
+    rows = list(examples)
     if eval_fraction <= 0:
         return rows, []
     if len(rows) < 2:

@@ -82,15 +82,15 @@ def linear_layer_names(model: PreTrainedModel) -> list[str]:
 def wants_checkpointing(model: PreTrainedModel, params: TrainingParams) -> bool:
     """Whether to recompute activations: when asked, or (auto) when a step would not fit without it.
 
-    The planner's estimate of what a step adds to the loaded weights (LoRA state, activations, logits) is
-    compared with the memory free now; checkpointing costs ~30% speed, so it is used only when needed.
+    The estimate of what a step adds to the loaded weights (memory.step_bytes: LoRA state, activations, logits,
+    the training method's own terms) is compared with the memory free now; checkpointing costs ~30% speed, so it is used only when needed.
     """
-    from llama_space.training import planner
+    from llama_space.training import memory, planner
 
     if params.gradient_checkpointing != "auto":
         return params.gradient_checkpointing == "on"
     device = "cuda" if next(model.parameters()).is_cuda else "cpu"
-    need = planner.step_bytes(model.config, params, device=device, dtype=model.dtype, checkpointing=False)
+    need = memory.step_bytes(model.config, params, device=device, dtype=model.dtype, checkpointing=False)
     free = planner.free_memory(device)
     log.info("activation checkpointing check: a step needs ~%.1f GB without it, %.1f GB free", need / 1e9,
              free / 1e9)

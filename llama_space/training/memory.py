@@ -1,15 +1,18 @@
-"""A model's memory arithmetic from its config alone: parameter counts, Linear shapes, LoRA size, KV cache and the
-activations a Llama-style decoder keeps for backward. The module tree is built on the meta device (no weights,
-no download); importing this module loads nothing heavy. The planner (planner.py) adds these up per placement.
+"""What a LoRA job holds in memory, from the model's config alone: the model's shape (parameter counts, Linear
+shapes), then bytes per part (base weights, LoRA state, saved activations, the loss's logits, KV cache, what the
+job's training method adds) for one way of running the job. The module tree is built on the meta device (no
+weights, no download); importing this module loads nothing heavy. Figures are bytes. The planner (planner.py)
+picks the way that fits.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llama_space.training.params import TrainingParams
 
+GB = 1e9
 LOGIT_BYTES = 12  # per (token x vocab) logit at the loss's peak: saved fp32 log-softmax, its gradient in and out
 
 # Llama-3.1-8B(-Instruct)'s config, for estimates without a download (tests, docs/fine-tuning.md's table, GPU checks).
@@ -20,6 +23,22 @@ LLAMA_31_8B = {
     "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192},
     "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+NF4_BITS = 4.127  # NF4 with double quant: 4 bits, an 8-bit absmax per 64 weights, an fp32 absmax per 256 of those
+ADAMW_LORA_BYTES = 16  # per LoRA parameter: fp32 weight, gradient and AdamW's two moments
+KV_RESERVE_TOKENS = 4096  # KV cache kept free for chat beside a job: one long conversation
+CUDA_CONTEXT = int(0.5 * GB)  # a CUDA process's context and cuBLAS workspace, which torch's allocator never sees
+CPU_PROCESS = int(0.55 * GB)  # a job process's RSS before its weights: 0.50 GB of imports, data and tokenizer
+SLACK = 0.10  # allocator fragmentation on what each step allocates and frees
+# On CPU a process keeps more than its live tensors: glibc's heap holds on to freed blocks under its largest
+# mmap threshold (32 MiB), which the temporaries of matmuls on weights that small reuse and fragment (dequantized
+# NF4 weights too); larger blocks go back to the system. As multiples of those Linear weights' bytes, calibrated
+# on SmolLM2-135M (bench/train_memory.py, BENCHMARKS.md); with MALLOC_MMAP_THRESHOLD_=131072 it disappears.
+CPU_RETAINED = {"none": 2.5, "nf4": 3.9}
+HEAP_BLOCK_LIMIT = 32 * 2**20
+# (placement, quantization) -> (short name, what it is: "Training runs in ...")
+WAYS = {("process", "none"): ("process", "its own process with its own copy of the base"),
+        ("shared", "none"): ("shared", "the app process on the served weights (shared)"),
+        ("process", "nf4"): ("QLoRA", "its own process with the base in NF4 (QLoRA)")}
 
 
 @dataclass(frozen=True)
@@ -118,10 +137,10 @@ def layer_bytes(shape: Shape, params: TrainingParams, act: int, lora_act: int, c
     return norms + attention + mlp + lora
 
 
-def activation_bytes(shape: Shape, params: TrainingParams, act: int, lora_act: int, checkpointing: bool,
-                      cuda: bool) -> int:
-    """Saved activations of a micro-batch at the start of backward, plus what one layer's backward adds."""
-    tokens = params.batch_size * params.max_length  # a packed micro-batch, worst case: every row full
+def activation_bytes(shape: Shape, params: TrainingParams, tokens: int, act: int, lora_act: int, checkpointing: bool,
+                     cuda: bool) -> int:
+    """Saved activations of a packed micro-batch of `tokens` at the start of backward, plus what one layer's
+    backward adds."""
     layer = layer_bytes(shape, params, act, lora_act, cuda)
     if checkpointing:  # each layer keeps its input; one layer at a time is recomputed in full
         saved = tokens * shape.layers * shape.hidden * act + tokens * layer
@@ -138,6 +157,110 @@ def logits_bytes(shape: Shape, tokens: int, act: int, logits_budget: int | None)
     rows = min(tokens, max(1, logits_budget // shape.vocab))
     # Beside the chunk: the trained positions' final hidden states, gathered, and their gradients.
     return LOGIT_BYTES * rows * shape.vocab + tokens * shape.hidden * (3 * act + 4)
+
+
+def step_parts(shape: Shape, params: TrainingParams, *, cuda: bool, weight_bytes: int, checkpointing: bool,
+               logits_budget: int | None | str = "method") -> dict[str, int]:
+    """What a training step adds to the weights, by part: the LoRA state, the activations a forward saves for
+    backward, the loss's logits (logits_budget "method": as the job's method's loss keeps them, None: all of a
+    micro-batch at once), and whatever the job's training method adds under its own names."""
+    # Imported here: method modules build on this module's arithmetic.
+    from llama_space.training.methods import StepMemory, get_method
+
+    method = get_method(params.method)
+    if logits_budget == "method":
+        logits_budget = method.logits_budget(shape)
+    act = 2 if cuda else weight_bytes  # CUDA training runs under bf16 autocast
+    lora_act = 2 if cuda else 4
+    # A packed micro-batch at worst: every sequence of every example max_length long.
+    tokens = params.batch_size * params.max_length * method.sequences_per_row
+    parts = {"lora_state": ADAMW_LORA_BYTES * lora_parameters(shape, params),
+             "activations": activation_bytes(shape, params, tokens, act, lora_act, checkpointing, cuda),
+             "logits": logits_bytes(shape, tokens, act, logits_budget)}
+    added = method.memory_terms(StepMemory(shape, params, tokens, act, lora_act, checkpointing, cuda))
+    if taken := sorted(added.keys() & parts.keys()):
+        raise ValueError(f"training method {method.name!r} names its memory terms {taken} as the core's own")
+    return parts | added
+
+
+def step_slack(parts: dict[str, int]) -> int:
+    """Allocator fragmentation on what a step allocates and frees: every step part but the LoRA state."""
+    return int(SLACK * (sum(parts.values()) - parts["lora_state"]))
+
+
+def _cpu_retained(shape: Shape, quantization: str, weight_bytes: int) -> int:
+    """What glibc's heap keeps beside the live tensors of a CPU job (see CPU_RETAINED)."""
+    small = sum(i * o * weight_bytes for _n, i, o in shape.linears if i * o * weight_bytes <= HEAP_BLOCK_LIMIT)
+    return int(CPU_RETAINED[quantization] * small)
+
+
+def step_bytes(config, params: TrainingParams, *, device: str, dtype, checkpointing: bool,
+               logits_budget: int | None | str = "method") -> int:
+    """Memory a training step needs beside weights already loaded in `dtype` (allocator slack included)."""
+    shape, cuda = model_shape(config), device.startswith("cuda")
+    parts = step_parts(shape, params, cuda=cuda, weight_bytes=dtype_bytes(dtype), checkpointing=checkpointing,
+                       logits_budget=logits_budget)
+    retained = 0 if cuda else _cpu_retained(shape, params.quantization, dtype_bytes(dtype))
+    return sum(parts.values()) + step_slack(parts) + retained
+
+
+@dataclass
+class Estimate:
+    """Estimated peak memory of one way to run a job, on top of what the device already holds."""
+
+    placement: str  # process (own process and copy of the base) or shared (LoRA on the served weights)
+    quantization: str  # none, or nf4 (the trainer's copy of the base in 4-bit NF4: QLoRA)
+    total_bytes: int  # sum of parts: what must be free on the device
+    parts: dict[str, int] = field(default_factory=dict)  # base_weights, lora_state, activations, logits, ...
+    checkpointing: bool = False  # whether activation checkpointing is assumed (and should be used)
+
+    @property
+    def name(self) -> str:
+        """process, shared or QLoRA."""
+        return WAYS[(self.placement, self.quantization)][0]
+
+    @property
+    def label(self) -> str:
+        """Where and how the job trains, in a few words."""
+        return WAYS[(self.placement, self.quantization)][1]
+
+
+def estimate(config, params: TrainingParams, *, placement: str, quantization: str, device: str, served_dtype,
+             served_in_process: bool = True, checkpointing: bool | None = None,
+             logits_budget: int | None | str = "method") -> Estimate:
+    """Peak memory of running the job one way, on top of what the device already holds (checkpointing None: as
+    params.gradient_checkpointing says, on for auto; logits_budget as step_parts takes it)."""
+    shape = model_shape(config)
+    cuda = device.startswith("cuda")
+    if checkpointing is None:
+        checkpointing = params.gradient_checkpointing != "off"
+    trainer_bytes = 2 if cuda else 4  # lora.load_base: bf16 on CUDA, fp32 on CPU
+    if placement == "shared":
+        base = 0  # the served weights, already in memory
+    elif quantization == "nf4":  # Linear weights in NF4; embeddings, head and norms stay in the compute dtype
+        base = int(shape.quantizable * NF4_BITS / 8) + (shape.params - shape.quantizable) * trainer_bytes
+    else:
+        base = shape.params * trainer_bytes
+    weight_bytes = dtype_bytes(served_dtype) if placement == "shared" else trainer_bytes
+    step = step_parts(shape, params, cuda=cuda, weight_bytes=weight_bytes, checkpointing=checkpointing,
+                      logits_budget=logits_budget)
+    parts = {"base_weights": base, **step,
+             "kv_reserve": KV_RESERVE_TOKENS * kv_bytes_per_token(shape, served_dtype) if served_in_process else 0}
+    overhead = step_slack(step)
+    if placement == "process":
+        overhead += CUDA_CONTEXT if cuda else CPU_PROCESS
+    if quantization == "nf4":  # each 4-bit matmul dequantizes its weight into a temporary
+        overhead += shape.largest_quantizable * trainer_bytes
+    if not cuda:
+        overhead += _cpu_retained(shape, quantization, weight_bytes)
+    parts["overhead"] = overhead
+    return Estimate(placement, quantization, sum(parts.values()), parts, checkpointing)
+
+
+def served_bytes(config, served_dtype, device: str) -> int:
+    """Memory chat's model takes on a device before any request: its weights, and the CUDA context there."""
+    weights = model_shape(config).params * dtype_bytes(served_dtype)
+    return weights + (CUDA_CONTEXT if device.startswith("cuda") else 0)
 
 
 def llama31_8b_config():

@@ -36,6 +36,14 @@ QUANTIZATIONS = ("none", "nf4")
 TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")
 
 
+def method_names() -> tuple[str, ...]:
+    """The registered training methods' names (training/methods), the choices of TrainingParams.method."""
+    # Imported here: method modules build on TrainingParams, so this module cannot import them as it loads.
+    from llama_space.training.methods import METHODS
+
+    return tuple(METHODS)
+
+
 def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -66,6 +74,7 @@ class TrainingParams:
     placement: str = "auto"  # auto (the memory planner picks), process (own process and base copy) or shared
     quantization: str = "none"  # none, or nf4: the trainer's base in 4-bit NF4 with double quant (QLoRA)
     report_to: str = "none"  # experiment tracker: none, tensorboard, trackio, wandb or mlflow
+    method: str = "sft"  # training method, one of those in training/methods; sft: supervised fine-tuning
 
     def __post_init__(self) -> None:
         self.lora_r = _whole("lora_r", self.lora_r, 1, 256)
@@ -89,6 +98,7 @@ class TrainingParams:
         _choice("placement", self.placement, PLACEMENTS)
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("report_to", self.report_to, TRACKERS)
+        _choice("method", self.method, method_names())
 
     def _check_targets(self) -> None:
         if isinstance(self.target_modules, str):

@@ -1,9 +1,6 @@
-"""Where a LoRA job can run: its peak memory estimated for each placement, and the first that fits.
-
-Sizes come from the model's config alone: its module tree is built on the meta device (no weights, no
-download) for exact parameter counts and Linear shapes, and activations follow from a Llama-style decoder
-layer's arithmetic (memory.py). Figures are bytes; messages print decimal GB (1e9) as model cards do.
-Importing this module loads nothing heavy.
+"""Where a LoRA job runs: the ways its parameters allow (own process, shared weights, QLoRA), each way's peak
+memory (memory.py) against the device's free memory, and the first way that fits, with the reason in a sentence.
+Messages print decimal GB (1e9) as model cards do. Importing this module loads nothing heavy.
 """
 
 from __future__ import annotations
@@ -11,60 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llama_space.errors import UserError
-from llama_space.training.memory import (
-    LLAMA_31_8B,
-    Shape,
-    activation_bytes,
-    dtype_bytes,
-    kv_bytes_per_token,
-    llama31_8b_config,
-    logits_bytes,
-    lora_parameters,
-    model_shape,
-)
+from llama_space.training.memory import GB, Estimate, estimate
 from llama_space.training.params import TrainingParams
-
-__all__ = ["LLAMA_31_8B", "Estimate", "Plan", "estimate", "free_memory", "kv_bytes_per_token", "llama31_8b_config",
-           "lora_parameters", "model_shape", "plan", "served_bytes", "step_bytes"]
-
-GB = 1e9
-NF4_BITS = 4.127  # NF4 with double quant: 4 bits, an 8-bit absmax per 64 weights, an fp32 absmax per 256 of those
-ADAMW_LORA_BYTES = 16  # per LoRA parameter: fp32 weight, gradient and AdamW's two moments
-KV_RESERVE_TOKENS = 4096  # KV cache kept free for chat beside a job: one long conversation
-CUDA_CONTEXT = int(0.5 * GB)  # a CUDA process's context and cuBLAS workspace, which torch's allocator never sees
-CPU_PROCESS = int(0.55 * GB)  # a job process's RSS before its weights: 0.50 GB of imports, data and tokenizer
-SLACK = 0.10  # allocator fragmentation on what each step allocates and frees
-# On CPU a process keeps more than its live tensors: glibc's heap holds on to freed blocks under its largest
-# mmap threshold (32 MiB), which the temporaries of matmuls on weights that small reuse and fragment (dequantized
-# NF4 weights too); larger blocks go back to the system. As multiples of those Linear weights' bytes, calibrated
-# on SmolLM2-135M (bench/train_memory.py, BENCHMARKS.md); with MALLOC_MMAP_THRESHOLD_=131072 it disappears.
-CPU_RETAINED = {"none": 2.5, "nf4": 3.9}
-HEAP_BLOCK_LIMIT = 32 * 2**20
-# (placement, quantization) -> (short name, what it is: "Training runs in ...")
-WAYS = {("process", "none"): ("process", "its own process with its own copy of the base"),
-        ("shared", "none"): ("shared", "the app process on the served weights (shared)"),
-        ("process", "nf4"): ("QLoRA", "its own process with the base in NF4 (QLoRA)")}
-
-
-@dataclass
-class Estimate:
-    """Estimated peak memory of one way to run a job, on top of what the device already holds."""
-
-    placement: str  # process (own process and copy of the base) or shared (LoRA on the served weights)
-    quantization: str  # none, or nf4 (the trainer's copy of the base in 4-bit NF4: QLoRA)
-    total_bytes: int  # sum of parts: what must be free on the device
-    parts: dict[str, int] = field(default_factory=dict)  # base_weights, lora_state, activations, logits, ...
-    checkpointing: bool = False  # whether activation checkpointing is assumed (and should be used)
-
-    @property
-    def name(self) -> str:
-        """process, shared or QLoRA."""
-        return WAYS[(self.placement, self.quantization)][0]
-
-    @property
-    def label(self) -> str:
-        """Where and how the job trains, in a few words."""
-        return WAYS[(self.placement, self.quantization)][1]
 
 
 @dataclass
@@ -78,72 +23,6 @@ class Plan:
     device: str  # cuda or cpu
     reason: str  # one sentence for the UI: what was chosen and why, with GB figures
     candidates: list[Estimate] = field(default_factory=list)  # every way considered, in order of preference
-
-
-def default_logits_budget(shape: Shape) -> int | None:
-    """What the trainer does: a chunked loss for plain-head architectures, full logits otherwise."""
-    from llama_space.training import loss
-
-    return loss.LOGITS_BUDGET if shape.model_type in loss.PLAIN_HEAD_MODEL_TYPES else None
-
-
-def _step_parts(shape: Shape, params: TrainingParams, cuda: bool, weight_bytes: int, checkpointing: bool,
-                logits_budget: int | None | str) -> dict[str, int]:
-    """What a training step adds to the weights: LoRA state, saved activations, the loss's logits."""
-    if logits_budget == "trainer":
-        logits_budget = default_logits_budget(shape)
-    act = 2 if cuda else weight_bytes  # CUDA training runs under bf16 autocast
-    lora_act = 2 if cuda else 4
-    tokens = params.batch_size * params.max_length
-    return {"lora_state": ADAMW_LORA_BYTES * lora_parameters(shape, params),
-            "activations": activation_bytes(shape, params, act, lora_act, checkpointing, cuda),
-            "logits": logits_bytes(shape, tokens, act, logits_budget)}
-
-
-def _cpu_retained(shape: Shape, quantization: str, weight_bytes: int) -> int:
-    """What glibc's heap keeps beside the live tensors of a CPU job (see CPU_RETAINED)."""
-    small = sum(i * o * weight_bytes for _n, i, o in shape.linears if i * o * weight_bytes <= HEAP_BLOCK_LIMIT)
-    return int(CPU_RETAINED[quantization] * small)
-
-
-def step_bytes(config, params: TrainingParams, *, device: str, dtype, checkpointing: bool,
-               logits_budget: int | None | str = "trainer") -> int:
-    """Memory a training step needs beside weights already loaded in `dtype` (allocator slack included)."""
-    shape, cuda = model_shape(config), device.startswith("cuda")
-    parts = _step_parts(shape, params, cuda, dtype_bytes(dtype), checkpointing, logits_budget)
-    retained = 0 if cuda else _cpu_retained(shape, params.quantization, dtype_bytes(dtype))
-    return sum(parts.values()) + int(SLACK * (parts["activations"] + parts["logits"])) + retained
-
-
-def estimate(config, params: TrainingParams, *, placement: str, quantization: str, device: str, served_dtype,
-             served_in_process: bool = True, checkpointing: bool | None = None,
-             logits_budget: int | None | str = "trainer") -> Estimate:
-    """Peak memory of running the job one way (checkpointing None: as params.gradient_checkpointing says,
-    on for auto; logits_budget "trainer": what the trainer's loss does, None: full logits)."""
-    shape = model_shape(config)
-    cuda = device.startswith("cuda")
-    if checkpointing is None:
-        checkpointing = params.gradient_checkpointing != "off"
-    trainer_bytes = 2 if cuda else 4  # lora.load_base: bf16 on CUDA, fp32 on CPU
-    if placement == "shared":
-        base = 0  # the served weights, already in memory
-    elif quantization == "nf4":  # Linear weights in NF4; embeddings, head and norms stay in the compute dtype
-        base = int(shape.quantizable * NF4_BITS / 8) + (shape.params - shape.quantizable) * trainer_bytes
-    else:
-        base = shape.params * trainer_bytes
-    weight_bytes = dtype_bytes(served_dtype) if placement == "shared" else trainer_bytes
-    parts = {"base_weights": base,
-             **_step_parts(shape, params, cuda, weight_bytes, checkpointing, logits_budget),
-             "kv_reserve": KV_RESERVE_TOKENS * kv_bytes_per_token(shape, served_dtype) if served_in_process else 0}
-    overhead = int(SLACK * (parts["activations"] + parts["logits"]))
-    if placement == "process":
-        overhead += CUDA_CONTEXT if cuda else CPU_PROCESS
-    if quantization == "nf4":  # each 4-bit matmul dequantizes its weight into a temporary
-        overhead += shape.largest_quantizable * trainer_bytes
-    if not cuda:
-        overhead += _cpu_retained(shape, quantization, weight_bytes)
-    parts["overhead"] = overhead
-    return Estimate(placement, quantization, sum(parts.values()), parts, checkpointing)
 
 
 def _ways(params: TrainingParams, served_in_process: bool) -> list[tuple[str, str]]:
@@ -181,7 +60,7 @@ def _gb(value: float) -> str:
 
 
 def plan(config, params: TrainingParams, *, free_bytes: int, device: str, served_dtype,
-         served_in_process: bool = True, logits_budget: int | None | str = "trainer") -> Plan:
+         served_in_process: bool = True, logits_budget: int | None | str = "method") -> Plan:
     """The first way to run the job that fits in `free_bytes`; a UserError with the numbers when none does.
 
     `served_dtype` is the dtype of the weights chat serves in this process; `served_in_process` False (a
@@ -240,9 +119,3 @@ def free_memory(device: str) -> int:
     import psutil  # not Linux: no /proc
 
     return int(psutil.virtual_memory().available)
-
-
-def served_bytes(config, served_dtype, device: str) -> int:
-    """Memory chat's model takes on a device before any request: its weights, and the CUDA context there."""
-    weights = model_shape(config).params * dtype_bytes(served_dtype)
-    return weights + (CUDA_CONTEXT if device.startswith("cuda") else 0)

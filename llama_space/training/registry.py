@@ -71,7 +71,8 @@ class JobRegistry(JobStore):
         This is the slow part of a start (tokenizing, copying up to max_upload_mb), done before anything is
         locked; the folder stays out of every listing until `commit` puts it in place, or `discard` drops it.
         """
-        from llama_space.data import build_examples, dataset_fingerprint
+        from llama_space.data import dataset_fingerprint
+        from llama_space.training.methods import get_method
 
         adapters_dir = Path(self.settings.adapters_dir).resolve()
         if adapters.adapter_path(adapters_dir, adapter_name).exists():
@@ -80,7 +81,7 @@ class JobRegistry(JobStore):
         if not dataset.is_file():
             raise UserError(f"Dataset file {dataset.name!r} not found; upload it again.")
         max_bytes = self.settings.max_upload_mb * 2**20
-        examples = build_examples(dataset, self._tokenizer(), params.max_length, max_bytes=max_bytes)
+        examples = get_method(params.method).build_examples(dataset, self._tokenizer(), params, max_bytes)
         job_id, copy = self.new_id(), "dataset" + dataset.suffix.lower()
         # The dataset copy goes in before job.json: the config records the copy's fingerprint.
         staging = self.staging(job_id)

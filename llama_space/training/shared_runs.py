@@ -38,7 +38,7 @@ def plan_job(settings: Settings, manager: SharesWeights | None, params: Training
     """(params with the planner's placement, quantization and checkpointing filled in, the plan's record for
     job.json and the status); UserError with the numbers when the job fits nowhere."""
     from llama_space.model.loading import pick_device
-    from llama_space.training import planner
+    from llama_space.training import memory, planner
 
     if manager is not None:
         config, device, dtype = manager.model.config, str(manager.model.device), manager.model.dtype
@@ -52,7 +52,7 @@ def plan_job(settings: Settings, manager: SharesWeights | None, params: Training
         checkpointing = "on" if chosen.estimate.checkpointing else "off"
     resolved = dataclasses.replace(params, placement=chosen.placement, quantization=chosen.quantization,
                                    gradient_checkpointing=checkpointing)
-    return resolved, plan_record(chosen, params, planner.kv_bytes_per_token(planner.model_shape(config), dtype))
+    return resolved, plan_record(chosen, params, memory.kv_bytes_per_token(memory.model_shape(config), dtype))
 
 
 def _config(settings: Settings):

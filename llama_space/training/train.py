@@ -168,32 +168,30 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     return {"state": "completed", "eta_seconds": 0, "eval_loss": eval_loss}
 
 
-def prepare_trainer(job_dir: Path, config: TrainingJobConfig, params: TrainingParams,
-                    base: SharedBase | None = None):
-    """Load the base model (or take the shared `base`) and data, add LoRA, and build the Trainer with our
-    progress callback."""
+def prepare_trainer(job_dir: Path, config: TrainingJobConfig, params: TrainingParams, base: SharedBase | None = None):
+    """Load the base model (or take the shared `base`), add LoRA, and have the job's training method read the
+    data, split it and build its Trainer with our progress callback."""
     from transformers import set_seed
 
-    from llama_space.data import build_examples
     from llama_space.training import lora
-    from llama_space.training.collate import split_examples
+    from llama_space.training.methods import get_method
     from llama_space.training.progress import JobProgress
-    from llama_space.training.trainer import build_trainer
 
+    method = get_method(params.method)
     set_seed(params.seed)
     if base is None:
         model, tokenizer = lora.load_base(config.model, Path(config.cache_dir), params.quantization)
     else:
         model, tokenizer = base.model, base.tokenizer
         model.config.use_cache = False  # the tree's own config (see lora.load_base for why)
-    examples = build_examples(config.dataset_path(job_dir), tokenizer, params.max_length,
-                              max_bytes=config.max_bytes)
-    train_rows, eval_rows = split_examples(examples, params.eval_fraction, params.seed)
-    log.info("%d training / %d eval examples", len(train_rows), len(eval_rows))
+    examples = method.build_examples(config.dataset_path(job_dir), tokenizer, params, config.max_bytes)
+    train_rows, eval_rows = method.split(examples, params)
+    log.info("%s: %d training / %d eval examples", method.name, len(train_rows), len(eval_rows))
     checkpointing = lora.wants_checkpointing(model, params)
     progress = JobProgress(job_dir)
-    trainer = build_trainer(lora.add_lora(model, params), params, job_dir / jobfiles.CHECKPOINTS_DIR,
-                            train_rows, eval_rows, progress, checkpointing)
+    trainer = method.build_trainer(lora.add_lora(model, params), tokenizer, params,
+                                   checkpoints_dir=job_dir / jobfiles.CHECKPOINTS_DIR, train_rows=train_rows,
+                                   eval_rows=eval_rows, callback=progress, activation_checkpointing=checkpointing)
     for callback in base.callbacks() if base is not None else []:
         trainer.add_callback(callback)
     return trainer, progress

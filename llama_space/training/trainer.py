@@ -1,8 +1,10 @@
-"""transformers Trainer set up for our jobs: atomic checkpoints, packed batches, a chunked loss where trained."""
+"""transformers Trainer set up for our jobs, whatever their method: atomic checkpoints, a resumable sample order,
+our progress callback and the job's tracker, ranks that stop together."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,11 +14,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llama_space.jobs import files as jobfiles
 from llama_space.training import checkpoints, tracking
-from llama_space.training.collate import packing_collator
-from llama_space.training.loss import LOGITS_BUDGET, PLAIN_HEAD_MODEL_TYPES, token_nll_sum
 from llama_space.training.params import TrainingParams
-
-IGNORE_INDEX = -100
 
 
 class EpochSeededLengthSampler(LengthGroupedSampler):
@@ -63,67 +61,19 @@ class StopTogether(TrainerCallback):
 
 
 class JobTrainer(Trainer):
-    """A Trainer whose checkpoints appear all at once, and whose loss projects only trained positions, in chunks."""
+    """A Trainer whose checkpoints appear all at once and whose length-grouped order survives a resume.
+
+    Every method's Trainer is one: a subclass of it, or a class naming it before another Trainer subclass
+    (`class X(JobTrainer, SomeTrainer)`); each override here calls super(), so it wraps whichever comes next.
+    """
 
     _staging: Path | None = None
-    logits_budget: int = LOGITS_BUDGET  # most logit elements alive at once in the training loss
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:  # resumable: the same batches after a kill and resume
             return EpochSeededLengthSampler(sampler.lengths, sampler.batch_size, self.args.seed)
         return sampler
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Sum of token cross-entropies over the labelled tokens, divided by the labelled tokens of the step.
-
-        Only positions that predict a labelled (assistant) token go through the LM head: with prompts
-        masked that skips about half of the (batch tokens x vocabulary) logits and their gradients; those
-        are taken a chunk at a time (loss.py), so the full set of logits never exists.
-        """
-        labels = inputs.pop("labels")
-        targets = labels[:, 1:]  # the logits at position i predict token i + 1
-        if self._lean_loss(model):
-            loss, outputs = self._chunked_loss(model, inputs, targets)
-        else:
-            keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-            outputs = model(**inputs, logits_to_keep=keep)
-            loss = torch.nn.functional.cross_entropy(outputs.logits.flatten(0, 1).float(),
-                                                     targets[:, keep].flatten(), ignore_index=IGNORE_INDEX,
-                                                     reduction="sum")
-        # Trainer counts the labelled tokens of all micro-batches of a step, so the loss is a true mean
-        # over the step; without that count (evaluation) it is the mean over this batch.
-        self.loss_is_scaled_for_ga = num_items_in_batch is not None
-        if num_items_in_batch is None:
-            loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
-        else:
-            loss = loss / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                loss = loss * self.args.world_size  # DDP averages gradients; the count covers every rank
-        return (loss, outputs) if return_outputs else loss
-
-    def _lean_loss(self, model) -> bool:
-        """Whether the loss may run the LM head itself, in chunks, on the final hidden states.
-
-        Sharded weights (FSDP, ZeRO-3) are whole only inside the model's forward, and some architectures
-        scale or cap their logits after the head: those keep the loss on the forward's own logits.
-        """
-        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
-        model_type = getattr(self.accelerator.unwrap_model(model).config, "model_type", None)
-        return not sharded and model_type in PLAIN_HEAD_MODEL_TYPES
-
-    def _chunked_loss(self, model, inputs, targets):
-        """Summed loss from the final hidden states at the labelled positions, the LM head applied per chunk."""
-        no_positions = torch.empty(0, dtype=torch.long, device=targets.device)
-        # The forward's own LM head sees no position; only the last hidden state (after the norm) is kept.
-        outputs = model(**inputs, logits_to_keep=no_positions, output_hidden_states=[-1])
-        trained = targets != IGNORE_INDEX
-        hidden = outputs.hidden_states[-1][:, :-1][trained]  # (labelled tokens, hidden size)
-        outputs.hidden_states = None
-        unwrapped = self.accelerator.unwrap_model(model)
-        summed = token_nll_sum(unwrapped.get_output_embeddings(), hidden, targets[trained],
-                               unwrapped.config.vocab_size, self.logits_budget)
-        return summed, outputs
 
     def _get_output_dir(self, trial) -> str:
         # Trainer saves `<output dir>/checkpoint-<step>`; while saving, that output dir is our temp dir.
@@ -148,10 +98,12 @@ class JobTrainer(Trainer):
 
 
 def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluate: bool,
-                       activation_checkpointing: bool) -> TrainingArguments:
-    """TrainingArguments for a job: log every step, checkpoint (and evaluate) every save_steps."""
+                       activation_checkpointing: bool,
+                       make_arguments: Callable[..., TrainingArguments] = TrainingArguments) -> TrainingArguments:
+    """A job's arguments: log every step, checkpoint (and evaluate) every save_steps. `make_arguments` builds them:
+    a method's own TrainingArguments subclass, with its extra settings bound (functools.partial) where it has some."""
     cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    return make_arguments(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=params.batch_size,
         per_device_eval_batch_size=params.batch_size,
@@ -178,7 +130,8 @@ def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluat
         # Under DDP: every LoRA weight gets a gradient each step, so skip the per-step search for unused ones
         # (Trainer would turn it on for a PEFT model, and it fails with reentrant activation checkpointing).
         ddp_find_unused_parameters=False,
-        # Keys are input_ids/labels/position_ids already; skip signature inspection of the PEFT wrapper.
+        # The method's collator takes the examples as its build_examples made them; skip the signature inspection
+        # of the PEFT wrapper that would drop keys its forward does not name.
         remove_unused_columns=False,
         dataloader_pin_memory=cuda,
         disable_tqdm=True,
@@ -188,18 +141,21 @@ def training_arguments(params: TrainingParams, checkpoints_dir: Path, *, evaluat
     )
 
 
-def build_trainer(model, params: TrainingParams, checkpoints_dir: Path, train_rows: list[dict],
-                  eval_rows: list[dict], callback: TrainerCallback, activation_checkpointing: bool
-                  ) -> JobTrainer:
-    """The Trainer for one job: packed batches, our progress callback instead of Trainer's log printing, and
-    the job's experiment tracker writing into <job>/logs (UserError before anything trains if not installed)."""
+def build_job_trainer(trainer_class: type[JobTrainer], model, params: TrainingParams, checkpoints_dir: Path, *,
+                      train_rows: list[dict], eval_rows: list[dict], callback: TrainerCallback,
+                      activation_checkpointing: bool,
+                      make_arguments: Callable[..., TrainingArguments] = TrainingArguments,
+                      **trainer_kwargs) -> JobTrainer:
+    """A method's Trainer for one job: `trainer_class` built on the job's arguments (see training_arguments) and the method's own `trainer_kwargs` (its collator, say), with our progress callback
+    instead of Trainer's log printing and the job's experiment tracker writing into <job>/logs (UserError before
+    anything trains if it is not installed)."""
     job_dir = checkpoints_dir.parent
     tracking.set_up(params.report_to, job_dir)
     args = training_arguments(params, checkpoints_dir, evaluate=bool(eval_rows),
-                              activation_checkpointing=activation_checkpointing)
+                              activation_checkpointing=activation_checkpointing, make_arguments=make_arguments)
     callbacks = [callback, StopTogether()] if args.world_size > 1 else [callback]
-    trainer = JobTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
-                         data_collator=packing_collator(), callbacks=callbacks)
+    trainer = trainer_class(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
+                            callbacks=callbacks, **trainer_kwargs)
     trainer.remove_callback(PrinterCallback)  # our callback logs each step in a readable line
     for each in trainer.callback_handler.callbacks:
         if isinstance(each, TensorBoardCallback):  # set here, not by environment: a shared job shares the app's

@@ -10,7 +10,8 @@ import gradio as gr
 
 from llama_space.data import hub_dataset
 from llama_space.errors import UserError
-from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams
+from llama_space.training.methods import METHODS
+from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams, method_names
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.jobs_view import job_view, no_job_view
 
@@ -25,7 +26,8 @@ NOT_IN_FORM = ("target_modules", "save_steps", "gradient_checkpointing")
 # others are numbers.
 CHOICE_FIELDS = {"placement": (PLACEMENTS, "Placement (auto: the memory planner picks)"),
                  "quantization": (QUANTIZATIONS, "Base quantization (nf4 = QLoRA)"),
-                 "report_to": (TRACKERS, "Experiment tracking")}
+                 "report_to": (TRACKERS, "Experiment tracking"),
+                 "method": (method_names(), "Training method")}
 
 
 def _report_markdown(report: dict) -> str:
@@ -54,6 +56,11 @@ def form_values(preset: str) -> dict[str, Any]:
             for f in fields(TrainingParams) if f.name not in NOT_IN_FORM}
 
 
+def _methods_info() -> str:
+    """What each training method does and trains on, for the method list's help line."""
+    return " · ".join(f"{m.name}: {m.description}; trains on {m.accepts}" for m in METHODS.values())
+
+
 def _training_form() -> dict[str, gr.Component]:
     """A field per form value, by TrainingParams name: the numbers three to a row, then the lists in one row."""
     values = form_values("standard")
@@ -65,7 +72,8 @@ def _training_form() -> dict[str, gr.Component]:
                                      min_width=100) for name in numbers[row:row + 3]}
     with gr.Row():
         form |= {name: gr.Dropdown(list(CHOICE_FIELDS[name][0]), value=values[name], label=CHOICE_FIELDS[name][1],
-                                   elem_id=f"param-{name}", min_width=100)
+                                   info=_methods_info() if name == "method" else None, elem_id=f"param-{name}",
+                                   min_width=100)
                  for name in values if name in CHOICE_FIELDS}
     return form
 
