@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TypedDict
@@ -40,6 +41,8 @@ class JobStatus(TypedDict, total=False):
     finished: float | None
     error: str | None  # why it failed, in words for the user
     pid: int | None  # the process that runs it (for a job run in a thread: the app's)
+
+
 _DESCRIPTIONS = {JOB_FILE: "configuration file", STATUS_FILE: "status file"}
 
 
@@ -59,7 +62,8 @@ def _finite_or_none(value):
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temp file and rename it over `path`, so a reader never sees a partial file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # One temp name per writing thread: a job's thread and a status read in another may both write the file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     clean = {key: _finite_or_none(value) for key, value in data.items()}
     tmp.write_text(json.dumps(clean, indent=1, sort_keys=True))
     os.replace(tmp, path)
@@ -124,7 +128,7 @@ def read_metrics(job_dir: Path) -> list[dict]:
 def truncate_metrics(job_dir: Path, step: int) -> None:
     """Drop records after `step`: on resume those steps are trained (and logged) again."""
     kept = [r for r in read_metrics(job_dir) if r.get("step", 0) <= step]
-    tmp = Path(job_dir) / f".{METRICS_FILE}.tmp-{os.getpid()}"
+    tmp = Path(job_dir) / f".{METRICS_FILE}.tmp-{os.getpid()}-{threading.get_ident()}"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     os.replace(tmp, Path(job_dir) / METRICS_FILE)
 
