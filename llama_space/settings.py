@@ -19,7 +19,8 @@ class Settings:
     """Everything the app needs to start; each field has a flag and an environment variable."""
 
     model: str = field(default="", metadata=_opt(
-        "MODEL_ID", "Hub id or local path of the base model; empty = embedded SmolLM2-135M-Instruct"))
+        "MODEL_ID", "Hub id, modelscope:<owner>/<name> (downloaded from ModelScope) or local path of the base "
+        "model; empty = embedded SmolLM2-135M-Instruct"))
     device: str = field(default="auto", metadata=_opt("LLAMA_SPACE_DEVICE", "auto, cpu, cuda or cuda:N"))
     dtype: str = field(default="auto", metadata=_opt(
         "LLAMA_SPACE_DTYPE", "auto, float32, bfloat16 or float16 (auto: bf16 on CUDA, the faster one on CPU)"))

@@ -1,9 +1,13 @@
-"""Instruction data from the Hugging Face Hub: one split loaded with `datasets.load_dataset` and written as a
-JSONL file, which is then validated, previewed and copied into a job exactly like an uploaded file.
+"""Instruction data from the Hugging Face Hub or ModelScope: one split loaded with `datasets.load_dataset` and
+written as a JSONL file, which is then validated, previewed and copied into a job exactly like an uploaded file.
 
-The split is streamed, so a huge dataset is refused at the upload size limit instead of being downloaded
+A Hub split is streamed, so a huge dataset is refused at the upload size limit instead of being downloaded
 whole. `HF_TOKEN` (read by huggingface_hub itself) opens private and gated datasets. A folder
 `<local_root>/<owner>/<name>` holding data files stands in for that Hub dataset (an offline machine's copy).
+
+A ModelScope dataset, `modelscope:<owner>/<name>`, is a repository of data files: its data files are downloaded
+into the app's cache (model/modelscope.py; refused before anything is fetched when together they pass the upload
+size limit) and that folder is read like a stand-in folder. A copy already in the cache is read offline.
 
 Only `owner/name` ids are taken. `load_dataset` reads a name without an owner that is one of its packaged
 builders ("json", "csv", "text", "parquet", "imagefolder", ...) as that builder over the data files of the
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llama_space.errors import UserError
+from llama_space.model import modelscope
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +32,30 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _NAME = re.compile(r"^[\w.-]{1,128}$")
 _REVISION = re.compile(r"^[\w.-]+(/[\w.-]+)*$")
 PRIVATE_HINT = "if it is private or gated, the server needs an HF_TOKEN that may read it"
+# The files of a ModelScope dataset that hold data (and the README.md whose front matter may name configurations
+# and splits); ModelScope's own configuration.json would be read as a data file.
+MODELSCOPE_DATA_FILES = ["README.md", "*.json", "*.jsonl", "*.csv", "*.parquet"]
+MODELSCOPE_NOT_DATA = ["configuration.json", "*/configuration.json"]
 
 
 @dataclass(frozen=True)
 class HubDataset:
     """Which data to read: a Hub dataset id, its configuration (subset), split and revision."""
 
-    dataset_id: str  # "owner/name"
+    dataset_id: str  # "owner/name" on the Hub, "modelscope:owner/name" on ModelScope
     config: str = ""  # the configuration (subset); empty = the dataset's default
     split: str = "train"  # the split to read
-    revision: str = ""  # branch, tag or commit; empty = main
+    revision: str = ""  # branch, tag or commit; empty = main (master on ModelScope)
 
     def __post_init__(self) -> None:
         for name in ("dataset_id", "config", "split", "revision"):
             object.__setattr__(self, name, (getattr(self, name) or "").strip())
-        if not _REPO_ID.match(self.dataset_id) or ".." in self.dataset_id:
+        if self.on_modelscope:
+            modelscope.repo_id(self.dataset_id, "dataset")
+        elif not _REPO_ID.match(self.dataset_id) or ".." in self.dataset_id:
             raise UserError(f"dataset_id must be a Hub dataset id such as 'owner/name', owner included (a name "
-                            "alone, such as 'json', is a loader of files on this server, not a Hub dataset), got "
-                            f"{self.dataset_id!r}")
+                            "alone, such as 'json', is a loader of files on this server, not a Hub dataset), or "
+                            f"modelscope:owner/name for ModelScope; got {self.dataset_id!r}")
         if self.config and not _NAME.match(self.config):
             raise UserError(f"dataset_config must be a configuration name (letters, digits, '_', '-', '.'), "
                             f"got {self.config!r}")
@@ -56,6 +67,10 @@ class HubDataset:
     def __str__(self) -> str:
         config = f" ({self.config})" if self.config else ""
         return f"{self.dataset_id}{config}, split {self.split}" + (f" @ {self.revision}" if self.revision else "")
+
+    @property
+    def on_modelscope(self) -> bool:
+        return modelscope.is_modelscope(self.dataset_id)
 
     @property
     def file_name(self) -> str:
@@ -71,8 +86,11 @@ def hub_dataset(dataset_id: str | None, config: str = "", split: str = "train",
     return HubDataset(dataset_id, config or "", split or "train", revision or "")
 
 
-def _location(source: HubDataset, local_root: Path | None) -> str:
-    """What load_dataset reads: the local stand-in folder if there is one, else the Hub id."""
+def _location(source: HubDataset, local_root: Path | None, cache_dir: Path | None, max_bytes: int) -> str:
+    """What load_dataset reads: the local stand-in folder if there is one, the ModelScope dataset's folder in the
+    cache (fetched first if it is not there), else the Hub id."""
+    if source.on_modelscope:
+        return str(_modelscope_folder(source, cache_dir, max_bytes))
     if local_root is not None and (local := Path(local_root) / source.dataset_id).is_dir():
         return str(local.resolve())
     if Path(source.dataset_id).exists():
@@ -81,6 +99,30 @@ def _location(source: HubDataset, local_root: Path | None) -> str:
         raise UserError(f"{source.dataset_id!r} cannot be read from the Hub on this server; use another id "
                         "or upload the data as a file.")
     return source.dataset_id
+
+
+def _modelscope_folder(source: HubDataset, cache_dir: Path | None, max_bytes: int) -> Path:
+    """The snapshot folder of a ModelScope dataset in the app's cache, downloaded when it is not there yet."""
+    if cache_dir is None:
+        raise UserError("ModelScope datasets are not available here (the app has no cache folder).")
+    repo = modelscope.repo_id(source.dataset_id, "dataset")
+    folder = modelscope.cached(repo, "dataset", cache_dir, source.revision)
+    if folder is not None:
+        return folder
+
+    def within_limit(files: list[tuple[str, int]]) -> list[str]:
+        from fnmatch import fnmatch
+
+        data = [(path, size) for path, size in files if any(fnmatch(path, p) for p in MODELSCOPE_DATA_FILES)
+                and not any(fnmatch(path, p) for p in MODELSCOPE_NOT_DATA)]
+        if sum(size for _, size in data) > max_bytes:
+            raise UserError(f"Dataset {source.dataset_id!r} holds more than the {max_bytes // 2**20} MB limit for "
+                            "training data in data files; choose a smaller dataset or upload a file.")
+        if not any(path.endswith((".json", ".jsonl", ".csv", ".parquet")) for path, _ in data):
+            raise UserError(f"Dataset {source.dataset_id!r} has no JSON, JSONL, CSV or Parquet data files.")
+        return [path for path, _ in data]
+
+    return modelscope.download(repo, "dataset", cache_dir, revision=source.revision, select=within_limit)
 
 
 def _failure(source: HubDataset, exc: Exception) -> UserError:
@@ -100,19 +142,26 @@ def _failure(source: HubDataset, exc: Exception) -> UserError:
         return UserError(f"Dataset {source.dataset_id!r} has no split {source.split!r}{where}; check "
                          "dataset_config and dataset_split.")
     if isinstance(exc, FileNotFoundError):
-        return UserError(f"Dataset {source.dataset_id!r} (revision {source.revision or 'main'!r}) has no data "
+        default = "master" if source.on_modelscope else "main"
+        return UserError(f"Dataset {source.dataset_id!r} (revision {source.revision or default!r}) has no data "
                          f"files for {source.config or 'its default configuration'}, split {source.split!r}.")
     return UserError(f"Dataset {source.dataset_id!r} could not be read ({type(exc).__name__}); "
                      f"check the id, configuration and split ({PRIVATE_HINT}).")
 
 
-def load_split(source: HubDataset, dest_dir: str | Path, max_bytes: int, local_root: Path | None = None) -> Path:
-    """Write the rows of `source`'s split to a JSONL file in `dest_dir`; refused past `max_bytes`."""
+def load_split(source: HubDataset, dest_dir: str | Path, max_bytes: int, local_root: Path | None = None,
+               cache_dir: Path | None = None) -> Path:
+    """Write the rows of `source`'s split to a JSONL file in `dest_dir`; refused past `max_bytes`.
+
+    `local_root` holds stand-in folders of Hub datasets; `cache_dir` is the app's cache, where ModelScope datasets
+    are downloaded.
+    """
     import datasets
 
+    revision = None if source.on_modelscope else source.revision or None  # the folder is that revision already
     try:
-        rows = datasets.load_dataset(_location(source, local_root), source.config or None, split=source.split,
-                                     revision=source.revision or None, streaming=True)
+        rows = datasets.load_dataset(_location(source, local_root, cache_dir, max_bytes), source.config or None,
+                                     split=source.split, revision=revision, streaming=True)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes a message that says what to fix

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from llama_space.model import modelscope
+
 KINDS = ("adapter", "merged", "gguf")
 _LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 _TRAINING_ROWS = [("dataset_name", "Dataset"), ("dataset_fingerprint", "Dataset fingerprint (SHA-256)"),
@@ -25,7 +27,9 @@ def model_card(kind: str, name: str, metadata: dict, repo_id: str, qtype: str = 
 
 def _front_matter(kind: str, base: str, qtype: str) -> str:
     tags = ["llama-space", "lora", "text-generation"] + (["gguf", qtype] if kind == "gguf" else [])
-    lines = ["---", f"base_model: {json.dumps(base)}", f"library_name: {_LIBRARY[kind]}",
+    # The Hub reads base_model as the id of a Hub model; a ModelScope base is named in the text only.
+    named = [] if modelscope.is_modelscope(base) else [f"base_model: {json.dumps(base)}"]
+    lines = ["---", *named, f"library_name: {_LIBRARY[kind]}",
              "pipeline_tag: text-generation", "tags:", *[f"- {tag}" for tag in tags], "---", ""]
     return "\n".join(lines)
 
@@ -81,8 +85,13 @@ def _cell(value) -> str:
 
 
 def _usage(kind: str, name: str, base: str, repo_id: str, gguf_file: str) -> str:
-    return "## How to use it\n\n" + {"adapter": _adapter_usage, "merged": _merged_usage,
-                                      "gguf": _gguf_usage}[kind](name, base, repo_id, gguf_file)
+    fetch = ""
+    if modelscope.is_modelscope(base):  # the commands below take a folder in place of the ModelScope id
+        repo, base = base.removeprefix(modelscope.PREFIX), "./base-model"
+        fetch = (f"The base model is `{repo}` on ModelScope: `modelscope download {repo} --local-dir base-model` "
+                 f"(`pip install modelscope`) puts it in the folder `{base}` that the commands below load.\n\n")
+    return "## How to use it\n\n" + fetch + {"adapter": _adapter_usage, "merged": _merged_usage,
+                                               "gguf": _gguf_usage}[kind](name, base, repo_id, gguf_file)
 
 
 def _adapter_usage(name: str, base: str, repo_id: str, _gguf: str) -> str:

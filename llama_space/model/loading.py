@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_space.errors import ModelLoadError
+from llama_space.errors import ModelLoadError, UserError
 from llama_space.model.source import EMBEDDED_HUB_ID, INSTALL_HINT, resolve_model
 
 if TYPE_CHECKING:
@@ -121,7 +121,10 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(model, cache_dir)
+    try:
+        source = resolve_model(model, cache_dir)
+    except UserError as exc:  # a ModelScope id that is malformed, unknown, gated or not reachable
+        raise ModelLoadError(str(exc)) from exc
     device = pick_device(device)
     token = os.environ.get("HF_TOKEN") or None
     kwargs: dict = {"token": token, "trust_remote_code": False}

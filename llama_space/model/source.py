@@ -1,15 +1,18 @@
-"""Which base model a setting names and where its files are: the embedded SmolLM2 default, a local path or a
-Hub id (downloaded from the Hub when asked), and the name adapters record for it."""
+"""Which base model a setting names and where its files are: the embedded SmolLM2 default, a local path, a Hub id
+(downloaded from the Hub when asked) or a ModelScope id, `modelscope:<owner>/<name>` (downloaded into the app's
+cache), and the name adapters record for it."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from llama_space.errors import UserError
+from llama_space.model import modelscope
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +67,86 @@ def embedded_checkpoint(cache_dir: Path) -> str:
 
 
 def base_model_name(model: str) -> str:
-    """The name adapters record as their base: the Hub id or path given, or the embedded model's Hub id."""
+    """The name adapters record as their base: the Hub id, ModelScope id or path given, or the embedded model's
+    Hub id."""
     return model or EMBEDDED_HUB_ID
 
 
+def model_key(name: str) -> str:
+    """What `same_base` compares: the name of the model's repository in lower case, wherever its files come from.
+
+    A Hub id and a ModelScope id count by their name, not their owner (LLM-Research mirrors meta-llama's models on
+    ModelScope); a local folder by its name; a folder inside a Hub or ModelScope cache
+    (`.../<owner>--<name>/snapshots/<revision>`) by the repository it holds. ModelScope's older cache spells the
+    dots of a name as "___", and Meta dropped the "Meta-" of its Llama repositories on the Hub
+    (Meta-Llama-3.1-8B-Instruct is now Llama-3.1-8B-Instruct, the same weights): both are undone.
+    """
+    path = Path(name.removeprefix(modelscope.PREFIX).rstrip("/"))
+    folder = path.parent.parent.name.rpartition("--")[2] if path.parent.name == "snapshots" else path.name
+    key = folder.replace("___", ".").lower()
+    return key.removeprefix("meta-") if key.startswith("meta-llama-") else key
+
+
 def same_base(a: str, b: str) -> bool:
-    """Whether two base-model names denote the same model (a local copy matches its Hub id by folder name)."""
-    return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
+    """Whether two base-model names denote the same model (see model_key: the same repository name)."""
+    return model_key(a) == model_key(b)
+
+
+# What a local copy of a Hub or ModelScope model needs (a merge reads it): weights, configs, tokenizer and chat
+# template; not the original/ consolidated checkpoints that Llama repositories carry beside them.
+SNAPSHOT_FILES = ["*.safetensors", "*.json", "*.jinja", "tokenizer*", "*.model", "*.txt"]
 
 
 def resolve_model(model: str, cache_dir: Path) -> str:
-    """The path or Hub id to load for the `model` setting ("" = embedded default)."""
-    return model if model else embedded_checkpoint(cache_dir)
+    """The path or Hub id to load for the `model` setting ("" = embedded default; a ModelScope model is
+    downloaded into the app's cache unless it is there)."""
+    if not model:
+        return embedded_checkpoint(cache_dir)
+    if modelscope.is_modelscope(model):
+        return str(modelscope_dir(model, Path(cache_dir), download=True))
+    return model
 
 
-# What a local copy of a Hub model needs (a merge reads it): weights, configs, tokenizer and chat template.
-SNAPSHOT_FILES = ["*.safetensors", "*.json", "*.jinja", "tokenizer*", "*.model", "*.txt"]
+def modelscope_dir(model: str, cache_dir: Path, download: bool) -> Path:
+    """The folder of ModelScope model `model` in the app's cache; fetched when it is missing, if `download`."""
+    repo = modelscope.repo_id(model, "model")
+    folder = modelscope.cached(repo, "model", cache_dir)
+    if folder is not None and _complete(folder):
+        return folder
+    if not download:
+        raise UserError(f"The base model {model!r} is not downloaded on this machine; start the app once with "
+                        f"--model {model} (which downloads it) and try again.")
+    log.info("Downloading %s from ModelScope into %s", repo, modelscope.cache_root(cache_dir))
+    folder = modelscope.download(repo, "model", cache_dir, allow_patterns=SNAPSHOT_FILES)
+    if not _complete(folder):
+        raise UserError(f"ModelScope model {model!r} has no config.json with safetensors weights; Llama Space "
+                        "loads safetensors checkpoints.")
+    return folder
+
+
+def _complete(folder: Path) -> bool:
+    """Whether a snapshot holds a whole checkpoint: a download cut short leaves files out (each file it wrote is
+    whole), so the config and every weight file the index lists must be there."""
+    if not (folder / "config.json").is_file():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return (folder / "model.safetensors").is_file()
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all((folder / shard).is_file() for shard in shards)
 
 
 def local_dir(model: str, cache_dir: Path, download: bool = False) -> Path:
     """The local folder of the `model` setting's checkpoint ("" = the embedded model's converted copy).
 
-    A Hub id is looked up in the Hugging Face cache (where loading it for chat put it); `download` fetches what
-    is missing (only a background job does, never a request).
+    A Hub id is looked up in the Hugging Face cache (where loading it for chat put it), a ModelScope id in the
+    app's cache; `download` fetches what is missing (only a background job does, never a request).
     """
+    if modelscope.is_modelscope(model):
+        return modelscope_dir(model, Path(cache_dir), download)
     source = resolve_model(model, Path(cache_dir))
     if Path(source).is_dir():
         return Path(source)

@@ -46,8 +46,9 @@ class Actions:
 
     @contextmanager
     def dataset_file(self, file: str | None, hub: HubDataset | None = None) -> Iterator[str]:
-        """The path of the training data: the uploaded file, or the Hub split written to a temporary JSONL file
-        (a folder under data_dir/datasets/<owner>/<name> stands in for that Hub dataset)."""
+        """The path of the training data: the uploaded file, or the Hub or ModelScope split written to a temporary
+        JSONL file (a folder under data_dir/datasets/<owner>/<name> stands in for that Hub dataset; ModelScope
+        datasets are downloaded into the app's cache)."""
         if file and hub:
             raise UserError(BOTH_SOURCES)
         if not hub:
@@ -57,7 +58,8 @@ class Actions:
             return
         scratch = Path(tempfile.mkdtemp(prefix="llama-space-hub-"))
         try:
-            yield str(load_split(hub, scratch, self.max_bytes, Path(self.settings.data_dir) / "datasets"))
+            yield str(load_split(hub, scratch, self.max_bytes, Path(self.settings.data_dir) / "datasets",
+                                 self.settings.cache_dir))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

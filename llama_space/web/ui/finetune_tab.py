@@ -81,7 +81,7 @@ def _training_form() -> dict[str, gr.Component]:
 def _hub_fields() -> dict[str, gr.Textbox]:
     """Dataset id, configuration, split and revision of a Hub dataset, named as the API's dataset_* parameters."""
     with gr.Row():
-        named = {"dataset_id": gr.Textbox(label="Hub dataset id", placeholder="owner/name",
+        named = {"dataset_id": gr.Textbox(label="Dataset id", placeholder="owner/name or modelscope:owner/name",
                                           elem_id="hub-dataset-id", scale=2),
                  "dataset_config": gr.Textbox(label="Configuration", placeholder="default",
                                               elem_id="hub-dataset-config")}
@@ -101,7 +101,7 @@ def build_finetune_tab(actions: Actions):
         with gr.Column():
             upload = gr.File(label="Instruction data (JSON, JSONL, CSV or Parquet)", file_types=[
                 ".json", ".jsonl", ".csv", ".parquet"], elem_id="dataset-upload")
-            with gr.Accordion("…or a dataset from the Hugging Face Hub", open=False):
+            with gr.Accordion("…or a dataset from the Hugging Face Hub or ModelScope", open=False):
                 hub = _hub_fields()
                 load_hub = gr.Button("Check the Hub dataset", elem_id="hub-dataset-load")
             report_md = gr.Markdown(elem_id="dataset-report")

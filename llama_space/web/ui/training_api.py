@@ -30,10 +30,10 @@ FILE_HELP = ("the instruction data (JSON, JSONL, CSV or Parquet), sent with grad
              "None when dataset_id names a Hub dataset")
 DATASET_HELP = {
     "dataset_id": "a Hugging Face Hub dataset to use instead of a file, e.g. 'user/name' (HF_TOKEN on the "
-                  "server opens private ones)",
+                  "server opens private ones), or a ModelScope one, 'modelscope:user/name'",
     "dataset_config": "the Hub dataset's configuration (subset); empty for its default",
     "dataset_split": "the split to read, e.g. 'train' or 'test'",
-    "dataset_revision": "a branch, tag or commit of the Hub dataset; empty for the main branch",
+    "dataset_revision": "a branch, tag or commit of the dataset; empty for the main branch (master on ModelScope)",
 }
 NOT_UPLOADED = "Send the dataset file with gradio_client.handle_file(path) (a plain path string is not accepted)."
 
@@ -116,10 +116,10 @@ def register_training_api(actions: Actions) -> None:
         Args:
             file: the instruction data (JSON, JSONL, CSV or Parquet), sent with gradio_client.handle_file(path); None when dataset_id names a Hub dataset
             max_length: the token length rows are measured against (longer ones are truncated in training)
-            dataset_id: a Hugging Face Hub dataset to check instead of a file, e.g. 'user/name'
+            dataset_id: a Hugging Face Hub dataset to check instead of a file, e.g. 'user/name', or a ModelScope one, 'modelscope:user/name'
             dataset_config: the Hub dataset's configuration (subset); empty for its default
             dataset_split: the split to read, e.g. 'train' or 'test'
-            dataset_revision: a branch, tag or commit of the Hub dataset; empty for the main branch
+            dataset_revision: a branch, tag or commit of the dataset; empty for the main branch (master on ModelScope)
         """
         source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
         return actions.validate(uploaded_path(file), max_length, source)
