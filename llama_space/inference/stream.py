@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from llama_space.errors import UserError
+from llama_space.inference.detokenize import ReplyStreamer
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids, penalty_processors
@@ -36,17 +36,14 @@ class GenerationStream(ReplyStats):
     def __init__(self, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], params: GenerationParams,
                  on_end: Callable[[], None] = lambda: None, dropped_messages: int = 0) -> None:
         """A stream waiting for its decoder; `on_end` runs once when decoding ends (however it ends)."""
-        from transformers import TextIteratorStreamer
-
         super().__init__(prompt_tokens=len(input_ids), dropped_messages=dropped_messages)
+        self.tokenizer = tokenizer
         self.input_ids = input_ids
         self.params = params
         self._stop = threading.Event()
         self._done = threading.Event()
         self._on_end = on_end
-        # The timeout makes iteration yield "" while waiting, so consumers can be cancelled meanwhile.
-        self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                             timeout=HEARTBEAT_SECONDS)
+        self.streamer = ReplyStreamer(tokenizer, timeout=HEARTBEAT_SECONDS)
         self._error: BaseException | None = None
         self.ended_by_eos = False  # the decoder's last token ended the turn (then a full budget is no "length")
 
@@ -74,28 +71,34 @@ class GenerationStream(ReplyStats):
             return
         self._error = error
         self.finished()
-        self.streamer.end()  # a second end after generate's own is harmless: iteration stops at the first
+        self.streamer.end()  # after generate's own end, if it ran: the streamer takes the first only
         try:
             self._on_end()
         finally:
             self._done.set()
 
     def __iter__(self) -> Iterator[str]:
-        """Text deltas; "" every HEARTBEAT_SECONDS while no text comes (waiting for the model)."""
-        text, completed = "", False
+        """Text deltas in whole characters; "" every HEARTBEAT_SECONDS while no text comes (waiting for the model).
+
+        Text that may be the start of a stop string is held back until the string is complete (then it and
+        everything after it is left out) or cannot be any more.
+        """
+        text, sent, completed = "", 0, False
         try:
-            for delta in self._deltas():
-                if delta:
-                    self.first_text()
+            for delta in self.streamer:
                 text += delta
-                cut = _find_stop(text, self.params.stop)
+                cut = _find_stop(text, self.params.stop, sent)
                 if cut is not None:
-                    if cut > len(text) - len(delta):
-                        yield delta[:cut - (len(text) - len(delta))]
+                    if cut > sent:
+                        yield self._sent(text[sent:cut])
                     self.close()
                     self.finish_reason = "stop"
                     return
-                yield delta
+                safe = len(text) - _stop_prefix(text, self.params.stop, sent)
+                yield self._sent(text[sent:safe])
+                sent = safe
+            if sent < len(text):  # the start of a stop string that never came
+                yield self._sent(text[sent:])
             completed = True
         finally:
             # Leaving the loop early (client gone, generator closed) stops the model as well.
@@ -108,14 +111,10 @@ class GenerationStream(ReplyStats):
         if self.completion_tokens >= self.params.max_new_tokens and not self.ended_by_eos:
             self.finish_reason = "length"
 
-    def _deltas(self) -> Iterator[str]:
-        while True:
-            try:
-                yield next(self.streamer)
-            except StopIteration:
-                return
-            except queue.Empty:
-                yield ""
+    def _sent(self, delta: str) -> str:
+        if delta:
+            self.first_text()
+        return delta
 
     def close(self) -> None:
         """Stop generating (if still running) and wait for the decoder to finish its current step."""
@@ -169,10 +168,10 @@ def _generate(stream: GenerationStream, begin, release) -> None:
                 out = model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
                     stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
-                    pad_token_id=stream.streamer.tokenizer.pad_token_id,
+                    pad_token_id=stream.tokenizer.pad_token_id,
                     logits_processor=LogitsProcessorList(penalty_processors(stream.params, ids.shape[1])),
                     **stream.params.generate_kwargs(), **generate_overrides(model))
-            stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.streamer.tokenizer)
+            stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.tokenizer)
         finally:
             release()
     except RuntimeError as exc:  # re-raised in the consuming thread
@@ -184,6 +183,18 @@ def _generate(stream: GenerationStream, begin, release) -> None:
         stream.end(error)
 
 
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(s) for s in stops if s in text]
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    """Where the first stop string in `text[start:]` begins (text before `start` holds none), or None."""
+    positions = [found for found in (text.find(stop, start) for stop in stops) if found >= 0]
     return min(positions) if positions else None
+
+
+def _stop_prefix(text: str, stops: list[str], start: int) -> int:
+    """The length of the longest end of `text[start:]` that begins a stop string."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text) - start), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
