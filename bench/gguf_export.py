@@ -3,7 +3,7 @@
 Each type is exported from the embedded SmolLM2-135M (fp32 safetensors checkpoint) in its own process, so its
 peak RSS is its own; the baseline is that process's RSS after its imports (torch, transformers, gguf).
 
-    .venv/bin/python bench/gguf_export.py                    # f16, bf16, q8_0, q4_0
+    .venv/bin/python bench/gguf_export.py                    # f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k
     .venv/bin/python bench/gguf_export.py --qtypes q8_0 --model path/to/merged
 
 Peak memory is anonymous memory (RssAnon, sampled every 5 ms): RSS also counts the checkpoint's memory-mapped
@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Llama-3.1-8B (DESIGN.md): the largest tensors are the 128256 x 4096 embedding and output head.
 LLAMA_8B = {"params": 8.03e9, "largest": 128256 * 4096}
-BYTES_PER_PARAM = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def _rss_mib() -> float:
@@ -100,28 +99,25 @@ def child(model: str, qtype: str, out_dir: str) -> None:
 def estimate_8b(row: dict) -> dict:
     """Time at the measured rate; anonymous peak = baseline + the vocabulary's share scaled to Llama 3's
     (128k tokens, 280k merges vs SmolLM2's 49k and 49k) + the largest tensor read in bf16 + encoded."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf_kquants import llama_8b_shapes
+
+    from llama_space.export.gguf_types import mix_bytes, tensor_type
+
     rate = row["params"] / row["seconds"]
     largest = LLAMA_8B["largest"]
-    encoded = largest * BYTES_PER_PARAM["q8_0" if row["qtype"] == "q4_0" else row["qtype"]]  # Q4_0 keeps it Q8_0
+    block, size = GGML_QUANT_SIZES[tensor_type("token_embd.weight", (128256, 4096), row["qtype"], 32, tied=False)]
     vocab = row["vocab_mib"] * (128256 + 280147) / (49152 + 48900)
-    peak = row["baseline_mib"] + vocab + (largest * 2 + encoded) / 2**20
+    peak = row["baseline_mib"] + vocab + (largest * 2 + largest // block * size) / 2**20
     return {"qtype": row["qtype"], "minutes": round(LLAMA_8B["params"] / rate / 60, 1),
             "peak_anon_gib": round(peak / 1024, 1),
-            "file_gib": round(_file_bytes_8b(row["qtype"]) / 2**30, 1)}
-
-
-def _file_bytes_8b(qtype: str) -> float:
-    """In a Q4_0 file the embedding and the head (128256 x 4096 each) stay Q8_0."""
-    heads = 2 * LLAMA_8B["largest"]
-    if qtype != "q4_0":
-        return LLAMA_8B["params"] * BYTES_PER_PARAM[qtype]
-    return (LLAMA_8B["params"] - heads) * BYTES_PER_PARAM["q4_0"] + heads * BYTES_PER_PARAM["q8_0"]
+            "file_gib": round(mix_bytes(llama_8b_shapes(), row["qtype"], 32, tied=False) / 2**30, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", help="merged model folder (default: the embedded checkpoint)")
-    parser.add_argument("--qtypes", default="f16,bf16,q8_0,q4_0")
+    parser.add_argument("--qtypes", default="f16,bf16,q8_0,q4_0,q4_k_m,q5_k_m,q6_k")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "QTYPE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from llama_space import adapters
 from llama_space.errors import UserError
 from llama_space.export import base, merge
+from llama_space.export.gguf_types import QTYPES
 from llama_space.jobs import files as jobfiles
 from llama_space.jobs import launcher
 from llama_space.jobs.store import JobKind, JobStore
@@ -29,8 +30,10 @@ OUT_DIR = "out"  # the results, served for download
 SCRATCH_DIR = "scratch"  # the merged model a GGUF export converts (removed when it ends)
 PROCESS_MODULE = "llama_space.export.process"
 KINDS = ("merge", "gguf")
-QTYPES = ("f16", "bf16", "q8_0", "q4_0")
-GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # 32-weight blocks + scale
+# Bytes per weight of each GGUF type: 32-weight blocks plus their scale; the K-quant mixes' averages on
+# Llama-3.1-8B (gguf_types: 4.89 and 5.70 bits a weight with their Q6_K tensors; Q6_K is 210 bytes per 256).
+GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k_m": 4.89 / 8,
+                         "q5_k_m": 5.70 / 8, "q6_k": 210 / 256}
 KEEP_SECONDS = 24 * 3600  # a finished export's folder is swept this long after it ended
 # A long random part: results are served from the folder.
 EXPORT = JobKind(noun="export", folder="exports", log_file=LOG_FILE, id_key="export_id", id_hex=16)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_space.errors import UserError
+from llama_space.export.gguf_types import FILE_TYPES, QTYPES, tensor_type
 from llama_space.export.gguf_vocab import read_vocab
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QTYPES = ("f16", "bf16", "q8_0", "q4_0")
 DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # safetensors' names -> torch's
 QUANT_CHUNK_ROWS = 1024  # rows quantized at a time, so only that many rows are ever held as float32
 
@@ -153,28 +153,15 @@ def _plan(config: Any, sources: dict[str, SourceTensor], qtype: str) -> list[Pla
         if name is None:
             raise UserError(f"The checkpoint holds a tensor a Llama GGUF has no place for ({source}); "
                             "export a merged model, not an adapter folder.")
-        shape = info.shape
-        plan.append(PlannedTensor(f"{name}.{suffix}", source, shape, _tensor_type(name, shape, qtype),
+        full = f"{name}.{suffix}"
+        plan.append(PlannedTensor(full, source, info.shape,
+                                  tensor_type(full, info.shape, qtype, config.num_hidden_layers,
+                                              config.tie_word_embeddings),
                                   heads=heads.get(name.rsplit(".", 1)[-1], 0)))
     if not config.tie_word_embeddings and not any(t.name == "output.weight" for t in plan):
         raise UserError("The config says the output layer is not tied to the embeddings, but the checkpoint "
                         "has no lm_head.weight.")
     return plan
-
-
-def _tensor_type(name: str, shape: tuple[int, ...], qtype: str) -> Any:
-    from gguf import GGML_QUANT_SIZES
-
-    if len(shape) < 2:
-        return _ggml("f32")  # norms: llama.cpp computes them in float32
-    if qtype == "q4_0" and name in ("token_embd", "output"):
-        # llama.cpp's own quantizer keeps these two at 6 bits (Q6_K), which the gguf package cannot
-        # write; Q8_0 is the nearest type it can.
-        qtype = "q8_0"
-    ggml_type = _ggml(qtype)
-    if shape[-1] % GGML_QUANT_SIZES[ggml_type][0]:
-        return _ggml("f16")  # rows that do not split into whole blocks
-    return ggml_type
 
 
 def _rope_freqs(config: Any) -> np.ndarray | None:
@@ -199,8 +186,6 @@ def _add_hyperparameters(writer: GGUFWriter, config: Any, qtype: str, name: str)
     from gguf import GGML_QUANT_VERSION, LlamaFileType
 
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    file_types = {"f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
-                  "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
     writer.add_type("model")
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
@@ -211,13 +196,13 @@ def _add_hyperparameters(writer: GGUFWriter, config: Any, qtype: str, name: str)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_file_type(file_types[qtype])
+    writer.add_file_type(LlamaFileType[FILE_TYPES[qtype]])
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(head_dim)
     if head_dim != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    if qtype in ("q8_0", "q4_0"):
+    if qtype not in ("f16", "bf16"):
         writer.add_quantization_version(GGML_QUANT_VERSION)
 
 
@@ -241,6 +226,8 @@ def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
     from gguf import GGMLQuantizationType as T
     from gguf.quants import quantize
 
+    from llama_space.export import kquants
+
     if tensor.heads:
         weights = _permute(weights, tensor.heads)
     kind = tensor.ggml_type
@@ -250,10 +237,11 @@ def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
         return weights.to(torch.float16).contiguous().numpy()
     if kind == T.BF16:
         return weights.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint8)
+    encode = kquants.quantize if kind.name in kquants.TYPES else quantize
     out = np.empty(_byte_shape(tensor), dtype=np.uint8)
     for start in range(0, weights.shape[0], QUANT_CHUNK_ROWS):
         rows = weights[start:start + QUANT_CHUNK_ROWS].to(torch.float32).numpy()
-        out[start:start + QUANT_CHUNK_ROWS] = quantize(rows, kind)
+        out[start:start + QUANT_CHUNK_ROWS] = encode(rows, kind)
     return out
 
 

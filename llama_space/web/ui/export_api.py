@@ -29,7 +29,7 @@ def register_export_api(exports: ExportActions) -> None:
 
     def export_adapter(adapter: str, kind: str = "merge", quantization: str = "q8_0") -> dict:
         """Start merging `adapter` into the base (kind "merge": safetensors) or converting it to GGUF (kind "gguf",
-        quantization f16, bf16, q8_0 or q4_0) as a job; returns its status with export_id."""
+        quantization f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m or q6_k) as a job; returns its status with export_id."""
         return exports.start_export(adapter, kind, quantization)
 
     def export_status(export_id: str) -> dict:

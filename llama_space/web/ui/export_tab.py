@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space.export.export_jobs import QTYPES
+from llama_space.export.gguf_types import QTYPES
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.export_api import download_path, register_export_api
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 POLL_SECONDS = 2.0
 KIND_LABELS = [("Merged model (safetensors, for transformers / vLLM / TGI)", "merge"),
                ("GGUF + Ollama Modelfile (for llama.cpp / Ollama)", "gguf")]
+# Bits a weight on Llama-3.1-8B (the K-quant mixes keep some tensors at Q6_K).
+QTYPE_NOTES = {"f16": "16 bits", "bf16": "16 bits", "q8_0": "8.5 bits", "q4_0": "5.0 bits",
+               "q4_k_m": "4.9 bits, Ollama's default", "q5_k_m": "5.7 bits", "q6_k": "6.6 bits"}
 
 
 def status_markdown(status: dict | None) -> str:
@@ -51,7 +54,8 @@ def build_export_tab(exports: ExportActions) -> None:
     with gr.Row():
         adapter = gr.Dropdown(exports.adapter_names(), label="Adapter", elem_id="export-adapter")
         kind = gr.Radio(KIND_LABELS, value="merge", label="Export as", elem_id="export-kind")
-        quantization = gr.Dropdown(list(QTYPES), value="q8_0", label="GGUF quantization", visible=False,
+        quantization = gr.Dropdown([(f"{q} ({QTYPE_NOTES[q]})", q) for q in QTYPES], value="q8_0",
+                                   label="GGUF quantization", visible=False,
                                    elem_id="export-quantization")
     with gr.Row():
         start = gr.Button("Start export", variant="primary", interactive=allow, elem_id="export-start")
