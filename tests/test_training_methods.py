@@ -176,15 +176,17 @@ def test_a_method_may_not_rename_the_core_s_terms(config, monkeypatch):
 
 
 def test_a_job_reads_and_splits_its_data_through_its_method(tiny_model_dir, tmp_path, monkeypatch, tokenizer):
-    from llama_space.training import jobfiles
+    from llama_space.jobs import files as jobfiles
+    from llama_space.training.job_config import TrainingJobConfig
     from llama_space.training.train import prepare_trainer
 
     monkeypatch.setitem(METHODS, FirstRowsToy.name, FirstRowsToy())
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    config = {"model": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache"), "dataset": PERSONA,
-              "max_bytes": 2**20}
     params = TrainingParams(method=FirstRowsToy.name, max_length=64, max_steps=1)
+    config = TrainingJobConfig(adapter="toy", dataset=str(PERSONA), adapters_dir=str(tmp_path / "adapters"),
+                               cache_dir=str(tmp_path / "cache"), model=str(tiny_model_dir), max_bytes=2**20,
+                               params=params)
     trainer, _progress = prepare_trainer(job_dir, config, params)
     first = build_examples(PERSONA, tokenizer, 64)[:3]
     assert list(trainer.train_dataset) == first[:2] and list(trainer.eval_dataset) == first[2:]
