@@ -1,4 +1,4 @@
-"""Named Gradio endpoints for exports, each one call into service.exports.ExportActions.
+"""Named Gradio endpoints for exports, each one call into service.export_actions.ExportActions.
 
 /export_adapter(adapter, kind="merge", quantization="q8_0"), /export_status(export_id), /cancel_export(export_id),
 /list_exports(), /push_to_hub(source, repo_id, private=True) and /download_export(export_id) -> the file.
