@@ -259,6 +259,31 @@ def test_a_process_that_dies_silently_is_reaped_and_reported(settings, tmp_path,
     assert not Path(f"/proc/{pid}").exists()  # reaped: no zombie left behind
 
 
+def test_a_status_read_before_the_reaper_records_the_exit_waits_for_it(settings, tmp_path, monkeypatch):
+    """On a busy machine the reaper may record an exit late: a status read after the process exited but before
+    that must not take the job for interrupted (it failed, with its exit code)."""
+    from llama_space.jobs import launcher
+    from llama_space.training import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "train_command",
+                        lambda job_dir, resume: [sys.executable, "-c", "import sys; sys.exit(3)", str(job_dir)])
+    reaped, wait = threading.Event(), subprocess.Popen.wait
+
+    def late_wait(process, *args, **kwargs):
+        code = wait(process, *args, **kwargs)
+        reaped.set()
+        time.sleep(0.5)  # exited and reaped, its exit not yet recorded
+        return code
+
+    monkeypatch.setattr(launcher.subprocess.Popen, "wait", late_wait)
+    runner = JobRunner(settings)
+    job_id = runner.start(write_alpaca(tmp_path / "d.jsonl"), "late", {"max_steps": 2})
+    assert reaped.wait(30)
+    assert runner.status(job_id)["state"] in jobfiles.ACTIVE_STATES
+    status = runner.wait(job_id, timeout=30, poll=0.05)
+    assert status["state"] == "failed" and "exited with code 3" in status["error"]
+
+
 def test_a_late_reaper_of_a_killed_run_leaves_the_resumed_launch_alone(settings, tmp_path, monkeypatch):
     """After an app restart, the old runner's reaper of a killed run may wake only while the new runner is
     launching the resumed job (status queued, process not started yet): it must not mark that job stopped."""

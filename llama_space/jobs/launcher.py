@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 # runner) in the same process must not take a running job for an interrupted one.
 _IN_THREADS: set[Path] = set()
 _IN_THREADS_LOCK = threading.Lock()
+# Folders of the jobs whose process this process started and has not yet reaped: until its reaper has recorded
+# how the process ended, the job counts as running (an exited, unreaped process looks gone, and a status read
+# in that moment would take a job that failed with its exit code for an interrupted one).
+_REAPING: set[tuple[Path, int]] = set()  # (job folder, pid)
 
 
 def job_pid(job_dir: Path, status: dict) -> int | None:
@@ -52,6 +56,10 @@ def runs(job_dir: Path, status: dict, in_thread: bool) -> bool:
         # Another app process runs it: the app's command line has no job id, so its start time tells a recycled
         # pid (containers restart the app under the same few pids) from the app that took the job.
         return pid_alive(pid) and process_start(pid) == status.get("process_start")
+    folder = Path(job_dir).resolve()
+    with _IN_THREADS_LOCK:
+        if any(reaped == folder for reaped, _ in _REAPING):
+            return True
     pid = job_pid(job_dir, status)
     return pid is not None and process_alive(pid, job_dir)
 
@@ -97,6 +105,8 @@ class Launcher:
             store.mark_stopped(job_id, message)
             raise UserError(message) from exc
         (job_dir / files.PID_FILE).write_text(str(process.pid))
+        with _IN_THREADS_LOCK:
+            _REAPING.add((job_dir.resolve(), process.pid))
         threading.Thread(target=self._reap, args=(job_id, job_dir, process), daemon=True,
                          name=f"reap-{job_id}").start()
         return process.pid
@@ -106,20 +116,28 @@ class Launcher:
         code = process.wait()
         with self.store.lock:
             try:
-                status = files.read_status(job_dir)
-            except files.DamagedJobFile:
-                return  # nothing to add: the store reports such a job failed, saying why
-            # A late reaper must leave a relaunched job alone: the status then belongs to a newer launch (whose pid
-            # file is gone or names another process; {}: ask the pid file, not the status).
-            if status.get("state") not in files.ACTIVE_STATES or job_pid(job_dir, {}) != process.pid:
-                return
-            # A launcher (`accelerate launch`) may start the processes that do the work in sessions of their own,
-            # which outlive it: while the one that reported its pid lives, the job runs.
-            reported = status.get("pid")
-            if reported and reported != process.pid and process_alive(reported, job_dir):
-                return
-            # Killed by a signal: interrupted (a training job resumes from its last checkpoint).
-            self.store.mark_stopped(job_id, None if code < 0 else self.store.died_message(job_dir, code))
+                self._record_end(job_id, job_dir, process, code)
+            finally:
+                with _IN_THREADS_LOCK:
+                    _REAPING.discard((job_dir.resolve(), process.pid))
+
+    def _record_end(self, job_id: str, job_dir: Path, process: subprocess.Popen, code: int) -> None:
+        """Record how the reaped `process` ended, unless the job reported it or belongs to a newer launch."""
+        try:
+            status = files.read_status(job_dir)
+        except files.DamagedJobFile:
+            return  # nothing to add: the store reports such a job failed, saying why
+        # A late reaper must leave a relaunched job alone: the status then belongs to a newer launch (whose pid
+        # file is gone or names another process; {}: ask the pid file, not the status).
+        if status.get("state") not in files.ACTIVE_STATES or job_pid(job_dir, {}) != process.pid:
+            return
+        # A launcher (`accelerate launch`) may start the processes that do the work in sessions of their own,
+        # which outlive it: while the one that reported its pid lives, the job runs.
+        reported = status.get("pid")
+        if reported and reported != process.pid and process_alive(reported, job_dir):
+            return
+        # Killed by a signal: interrupted (a training job resumes from its last checkpoint).
+        self.store.mark_stopped(job_id, None if code < 0 else self.store.died_message(job_dir, code))
 
     def start_thread(self, job_id: str, target: Callable[[], None], **status) -> threading.Thread:
         """Run `target` for job `job_id` in a thread of this process; `status` fields are recorded with it."""
