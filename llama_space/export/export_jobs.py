@@ -1,5 +1,9 @@
 """Export jobs: data_dir/exports/<export_id>/ holds each merge or GGUF export's config, status, log and results.
 
+Kinds: "merge" (a safetensors folder), "gguf" (the merged model as one GGUF file) and "gguf_adapter" (the adapter as
+a llama.cpp LoRA GGUF beside its base's GGUF, which is written once per base and quantization and then reused:
+export.gguf_base).
+
 An export runs as `python -m llama_space.export.process DIR` in its own session (jobs.launcher), never in a
 request thread, so a page reload or an app restart loses nothing; the store (jobs.store) says where it stands.
 One export runs at a time.
@@ -15,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from llama_space import adapters
 from llama_space.errors import UserError
-from llama_space.export import base, merge
+from llama_space.export import base, gguf_adapter, gguf_base, merge
 from llama_space.export.gguf_types import QTYPES
+from llama_space.export.resources import require_disk, require_memory
 from llama_space.jobs import files as jobfiles
 from llama_space.jobs import launcher
 from llama_space.jobs.store import JobKind, JobStore
@@ -29,7 +34,8 @@ LOG_FILE = "export.log"
 OUT_DIR = "out"  # the results, served for download
 SCRATCH_DIR = "scratch"  # the merged model a GGUF export converts (removed when it ends)
 PROCESS_MODULE = "llama_space.export.process"
-KINDS = ("merge", "gguf")
+KINDS = ("merge", "gguf", "gguf_adapter")
+GGUF_KINDS = ("gguf", "gguf_adapter")  # those that take a quantization: the merged model's, or the base's
 # Bytes per weight of each GGUF type: 32-weight blocks plus their scale; the K-quant mixes' averages on
 # Llama-3.1-8B (gguf_types: 4.89 and 5.70 bits a weight with their Q6_K tensors; Q6_K is 210 bytes per 256).
 GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k_m": 4.89 / 8,
@@ -46,7 +52,7 @@ class ExportJobConfig:
 
     export_id: str
     kind: str  # one of KINDS
-    qtype: str  # the GGUF quantization ("" for merge)
+    qtype: str  # the GGUF quantization of the model, or of the base for gguf_adapter ("" for merge)
     adapter: str  # the adapter's name
     adapter_dir: str  # its folder
     model: str  # the base model it merges into ("" = the embedded model)
@@ -80,11 +86,18 @@ def exports_root(data_dir: Path) -> Path:
     return Path(data_dir).resolve() / EXPORT.folder
 
 
-def disk_needed(plan: merge.MergePlan, kind: str, qtype: str) -> int:
-    """Disk an export takes at its peak: the merged folder and its zip, or the merged scratch and the GGUF file."""
+def needs(plan: merge.MergePlan, kind: str, qtype: str, base_cached: bool = False) -> tuple[int, int]:
+    """(memory, disk) an export takes at its peak: the merged folder and its zip; the merged scratch and the GGUF
+    file; or the adapter GGUF and, unless `base_cached`, the base's GGUF (the export folder links to the cache's)."""
     if kind == "merge":
-        return 2 * plan.disk_bytes
-    return plan.disk_bytes + int(plan.parameters * GGUF_BYTES_PER_WEIGHT[qtype])
+        return plan.memory_bytes, 2 * plan.disk_bytes
+    model_bytes = int(plan.parameters * GGUF_BYTES_PER_WEIGHT[qtype])
+    if kind == "gguf":
+        return plan.memory_bytes, plan.disk_bytes + model_bytes
+    adapter_bytes = gguf_adapter.adapter_gguf_bytes(plan.adapter_dir)
+    if base_cached:
+        return merge.PROCESS_BYTES + 2 * adapter_bytes, adapter_bytes
+    return plan.memory_bytes, adapter_bytes + model_bytes
 
 
 class ExportStore(JobStore):
@@ -120,38 +133,57 @@ class ExportJobs:
         self.launcher = launcher.Launcher(self.store)
         self.root = self.store.root
 
-    def plan(self, adapter: str) -> merge.MergePlan:
-        """The merge plan of `adapter` into the app's base (the base must be on this machine already)."""
+    def plan(self, adapter: str, kind: str = "merge") -> merge.MergePlan:
+        """The merge plan of `adapter` into the app's base (the base must be on this machine already); for
+        gguf_adapter, refused first when llama.cpp could not apply the adapter."""
         path = adapters.adapter_path(Path(self.settings.adapters_dir), adapter)
         if not adapters.is_complete(path):
             raise UserError(f"There is no adapter named {adapter!r}.")
         base.check_same_base(adapters.read_metadata(path), self.settings.model, adapter)
-        return merge.plan_merge(source.local_dir(self.settings.model, self.settings.cache_dir), path)
+        base_dir = source.local_dir(self.settings.model, self.settings.cache_dir)
+        if kind == "gguf_adapter":
+            gguf_adapter.plan_pairs(path, base_dir)
+        return merge.plan_merge(base_dir, path)
+
+    def _needs(self, plan: merge.MergePlan, kind: str, qtype: str) -> str:
+        """Refuse an export that would not fit in memory or on disk; else what it needs, in words."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if kind != "gguf_adapter":
+            _, disk = needs(plan, kind, qtype)
+            merge.check_fits(plan, self.root, disk - plan.disk_bytes)
+            return plan.describe(disk)
+        cached = gguf_base.cached_path(self.settings.cache_dir, self.settings.model, plan.base_dir, qtype).is_file()
+        memory, disk = needs(plan, kind, qtype, cached)
+        require_memory(memory, "The adapter GGUF export")
+        require_disk(self.root, disk, "The adapter GGUF export")
+        base_note = (f" The base's {qtype} GGUF is cached already." if cached else
+                     f" The base's {qtype} GGUF is written once, then reused by its other adapters.")
+        return plan.describe(disk, memory) + base_note
 
     def start(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> dict:
         """Check the export fits, write its folder and launch it; return its status (with `needs`)."""
         qtype = (qtype or "").lower()
         if kind not in KINDS:
-            raise UserError(f"Unknown export kind {kind!r}; choose merge (safetensors) or gguf.")
-        if kind == "gguf" and qtype not in QTYPES:
+            raise UserError(f"Unknown export kind {kind!r}; choose merge (safetensors), gguf (the merged model) or "
+                            "gguf_adapter (the adapter beside its base).")
+        if kind in GGUF_KINDS and qtype not in QTYPES:
             raise UserError(f"Unknown GGUF quantization {qtype!r}; choose one of {', '.join(QTYPES)}.")
-        plan = self.plan(adapter)
-        self.root.mkdir(parents=True, exist_ok=True)
-        merge.check_fits(plan, self.root, disk_needed(plan, kind, qtype) - plan.disk_bytes)
+        qtype = qtype if kind in GGUF_KINDS else ""
+        plan = self.plan(adapter, kind)
+        described = self._needs(plan, kind, qtype)
         with self.store.lock:
             running = self.active()
             if running:
                 raise UserError(f"An export is already running ({running['export_id']}); wait for it to finish "
                                 "or cancel it.")
-            qtype = qtype if kind == "gguf" else ""
-            export_id, needs = self.store.new_id(), plan.describe(disk_needed(plan, kind, qtype))
+            export_id = self.store.new_id()
             config = ExportJobConfig(
                 export_id=export_id, kind=kind, qtype=qtype, adapter=adapter,
-                adapter_dir=str(plan.adapter_dir.resolve()), model=self.settings.model, cache_dir=str(Path(self.settings.cache_dir).resolve()), needs=needs,
-                metadata=plan.metadata)
+                adapter_dir=str(plan.adapter_dir.resolve()), model=self.settings.model,
+                cache_dir=str(Path(self.settings.cache_dir).resolve()), needs=described, metadata=plan.metadata)
             self.store.write_job(export_id, config.to_dict(),
                 {"kind": kind, "qtype": qtype, "adapter": adapter, "stage": "queued", "progress": 0.0,
-                 "needs": needs, "files": [], "download": None})
+                 "needs": described, "files": [], "download": None})
             job_dir = self.store.job_dir(export_id)
             self.launcher.start_process(export_id, launcher.python_module(PROCESS_MODULE, str(job_dir)), "export")
             return self.status(export_id)
@@ -186,13 +218,18 @@ class ExportJobs:
         """The queued or running export, if any."""
         return self.store.active()
 
-    def result(self, export_id: str) -> Path:
-        """The file to download: the merged model's zip, or the GGUF file."""
+    def result(self, export_id: str, file: str = "") -> Path:
+        """The file to download: the merged model's zip, the GGUF file or the adapter GGUF; or `file`, another file
+        the export wrote (the base GGUF, the Modelfile, the README)."""
         status = self.status(export_id)
         if status["state"] != "completed":
             raise UserError(f"Export {export_id} is {status['state']}; only a completed export can be downloaded.")
-        path = self.export_dir(export_id) / OUT_DIR / str(status.get("download") or "")
-        if not status.get("download") or not path.is_file():
+        files = [name for name in status.get("files") or [] if not name.endswith("/")]
+        if file and file not in files:
+            raise UserError(f"Export {export_id} has no file {file!r}; its files are {', '.join(files)}.")
+        name = file or str(status.get("download") or "")
+        path = self.export_dir(export_id) / OUT_DIR / name
+        if not name or not path.is_file():
             raise UserError(f"The files of export {export_id} are gone; export again.")
         return path
 

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,19 +42,14 @@ class PlannedTensor:
 def write_gguf(model_dir: Path, out_file: Path, qtype: str,
                progress: Callable[[float], None] | None = None) -> Path:
     """Write the model in `model_dir` as one GGUF file `out_file` in `qtype`, a tensor at a time."""
-    from gguf import GGUFWriter
-
     if qtype not in QTYPES:
         raise UserError(f"Unknown GGUF type {qtype!r}; choose one of {', '.join(QTYPES)}.")
     model_dir, out_file = Path(model_dir), Path(out_file)
-    config = _read_config(model_dir)
+    config = read_config(model_dir)
     vocab = read_vocab(model_dir, config.vocab_size)
     sources = _tensor_files(model_dir)
     plan = _plan(config, sources, qtype)
-    partial = out_file.with_name(out_file.name + ".partial")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    writer = GGUFWriter(partial, "llama")
-    try:
+    with gguf_file_writer(out_file, "the GGUF file") as writer:
         _add_hyperparameters(writer, config, qtype, model_dir.name)
         vocab.add_to(writer)
         for tensor in plan:
@@ -63,18 +59,33 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str,
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         _write_tensors(writer, plan, sources, progress)
+    return out_file
+
+
+@contextmanager
+def gguf_file_writer(out_file: Path, what: str) -> Iterator[GGUFWriter]:
+    """A GGUFWriter (architecture llama) on `out_file`.partial, renamed to `out_file` when the block ends without
+    an error: a reader never sees half a file. The partial file goes either way; an OSError (a full disk, mostly)
+    becomes a UserError naming `what` was being written, without the path."""
+    from gguf import GGUFWriter
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_file.with_name(out_file.name + ".partial")
+    writer = GGUFWriter(partial, "llama")
+    try:
+        yield writer
         writer.close()
         os.replace(partial, out_file)
-    except OSError as exc:  # a full disk, mostly: say so without the path
-        raise UserError(f"Writing the GGUF file failed ({exc.strerror or type(exc).__name__}); "
+    except OSError as exc:
+        raise UserError(f"Writing {what} failed ({exc.strerror or type(exc).__name__}); "
                         "free disk space and export again.") from exc
     finally:
         writer.close()
         partial.unlink(missing_ok=True)
-    return out_file
 
 
-def _read_config(model_dir: Path) -> Any:
+def read_config(model_dir: Path) -> Any:
+    """The transformers config of a Llama model folder; UserError for any other architecture or biases."""
     from transformers import AutoConfig
 
     if not (model_dir / "config.json").is_file():
@@ -229,7 +240,7 @@ def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
     from llama_space.export import kquants
 
     if tensor.heads:
-        weights = _permute(weights, tensor.heads)
+        weights = permute_rotary(weights, tensor.heads)
     kind = tensor.ggml_type
     if kind == T.F32:
         return weights.to(torch.float32).contiguous().numpy()
@@ -245,7 +256,7 @@ def _encode(weights: torch.Tensor, tensor: PlannedTensor) -> np.ndarray:
     return out
 
 
-def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
+def permute_rotary(weights: torch.Tensor, heads: int) -> torch.Tensor:
     """Each head's rows from transformers' half-split rotary order to llama.cpp's interleaved pairs.
 
     transformers rotates dimension i with i + head_dim/2; llama.cpp rotates 2i with 2i+1. Its GGUF

@@ -62,11 +62,13 @@ class MergePlan:
         """Disk the merged folder takes (weights, plus a margin for tokenizer and config files)."""
         return self.weight_bytes + 64 * 2**20
 
-    def describe(self, disk_bytes: int | None = None) -> str:
-        """One line for the UI: what it needs (`disk_bytes` when an export needs more disk than the merge)."""
+    def describe(self, disk_bytes: int | None = None, memory_bytes: int | None = None) -> str:
+        """One line for the UI: what it needs (`disk_bytes`, `memory_bytes` when an export needs other figures
+        than the merge)."""
         disk = self.disk_bytes if disk_bytes is None else disk_bytes
+        memory = self.memory_bytes if memory_bytes is None else memory_bytes
         size = f"{self.parameters / 1e9:.2f}B" if self.parameters >= 1e9 else f"{self.parameters / 1e6:.1f}M"
-        return (f"About {gib(self.memory_bytes)} of memory and {gib(disk)} of disk "
+        return (f"About {gib(memory)} of memory and {gib(disk)} of disk "
                 f"({size} parameters in {self.dtype}, {len(self.deltas)} LoRA weights).")
 
 

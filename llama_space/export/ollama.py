@@ -57,17 +57,19 @@ def template_family(jinja: str | None) -> str | None:
     return None
 
 
-def write_modelfile(gguf_file: Path, model_dir: Path, out_dir: Path) -> Path:
-    """Write `out_dir`/Modelfile (FROM the GGUF, TEMPLATE, stops) and README.md; returns the Modelfile."""
+def write_modelfile(gguf_file: Path, model_dir: Path, out_dir: Path, adapter_file: Path | None = None) -> Path:
+    """Write `out_dir`/Modelfile (FROM the GGUF, ADAPTER the LoRA adapter GGUF if any, TEMPLATE, stops) and
+    README.md; returns the Modelfile."""
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
-    if not gguf_file.is_file():
-        raise UserError("Export the GGUF file first; the Modelfile points at it.")
+    if not gguf_file.is_file() or (adapter_file is not None and not Path(adapter_file).is_file()):
+        raise UserError("Export the GGUF file first; the Modelfile points at it (and at the adapter GGUF, if any).")
     jinja, add_bos, stops = _chat_facts(Path(model_dir))
     chat = chat_format(jinja, add_bos, stops)
     out_dir.mkdir(parents=True, exist_ok=True)
-    relative = Path(os.path.relpath(gguf_file, out_dir)).as_posix()
-    source = relative if relative.startswith("..") else f"./{relative}"
-    lines = [f"FROM {source}", ""]
+    lines = [f"FROM {_relative(gguf_file, out_dir)}"]
+    if adapter_file is not None:
+        lines.append(f"ADAPTER {_relative(Path(adapter_file), out_dir)}")
+    lines.append("")
     if chat.template is None:
         note = ("The model's chat template is neither ChatML nor Llama 3, so this Modelfile has no TEMPLATE: "
                 "Ollama will use the template stored in the GGUF's metadata if it recognises it. Write a "
@@ -81,8 +83,14 @@ def write_modelfile(gguf_file: Path, model_dir: Path, out_dir: Path) -> Path:
     lines += [f'PARAMETER stop "{stop}"' for stop in chat.stops]
     modelfile = out_dir / "Modelfile"
     modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out_dir / "README.md").write_text(_readme(gguf_file.name, chat), encoding="utf-8")
+    adapter_name = Path(adapter_file).name if adapter_file is not None else None
+    (out_dir / "README.md").write_text(_readme(gguf_file.name, chat, adapter_name), encoding="utf-8")
     return modelfile
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    relative = Path(os.path.relpath(path, out_dir)).as_posix()
+    return relative if relative.startswith("..") else f"./{relative}"
 
 
 def chat_format(jinja: str | None, add_bos: bool, stops: list[str]) -> ChatFormat:
@@ -139,16 +147,24 @@ def ollama_name(gguf_name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", Path(gguf_name).stem.lower()).strip("-.") or "llama-space-model"
 
 
-def _readme(gguf_name: str, chat: ChatFormat) -> str:
-    name = ollama_name(gguf_name)
+def _readme(gguf_name: str, chat: ChatFormat, adapter_name: str | None = None) -> str:
+    name = ollama_name(adapter_name or gguf_name)
     template_note = (f"The Modelfile's TEMPLATE is the model's {chat.family} chat format in Ollama's syntax."
                      if chat.family else
                      "The model's chat template is neither ChatML nor Llama 3, so the Modelfile has no TEMPLATE; "
                      "Ollama falls back to the template in the GGUF's metadata. Add one by hand if needed.")
-    return f"""# {gguf_name}
+    if adapter_name:
+        what = (f"`{adapter_name}` (a llama.cpp LoRA adapter GGUF), its base model `{gguf_name}` (GGUF, with the "
+                "tokenizer and chat template in its metadata; every adapter of this base uses the same file) and an "
+                "Ollama `Modelfile` that applies the adapter to the base (`FROM` the base, `ADAPTER` the adapter).")
+        serve = f"llama-server -m {shlex.quote(gguf_name)} --lora {shlex.quote(adapter_name)} --port 8080"
+    else:
+        what = (f"`{gguf_name}` (GGUF, with the tokenizer and chat template in its metadata) and an Ollama "
+                "`Modelfile`.")
+        serve = f"llama-server -m {shlex.quote(gguf_name)} --port 8080"
+    return f"""# {adapter_name or gguf_name}
 
-Exported by Llama Space: `{gguf_name}` (GGUF, with the tokenizer and chat template in its metadata) and an
-Ollama `Modelfile`. {template_note}
+Exported by Llama Space: {what} {template_note}
 
 ## Ollama
 
@@ -160,7 +176,7 @@ ollama run {name}
 ## llama.cpp, and chatting through Llama Space
 
 ```bash
-llama-server -m {shlex.quote(gguf_name)} --port 8080
+{serve}
 python app.py --backend-url http://127.0.0.1:8080/v1
 ```
 

@@ -1,7 +1,9 @@
 """The export process: `python -m llama_space.export.process DIR` does what DIR/job.json asks and reports in DIR.
 
 kind "merge": the merged safetensors folder and a zip of it (the download); kind "gguf": the merged model in a
-scratch folder, then the GGUF file and an Ollama Modelfile (the GGUF file is the download). Progress goes into
+scratch folder, then the GGUF file and an Ollama Modelfile (the GGUF file is the download); kind "gguf_adapter":
+the base's GGUF from the app's cache (written there first if missing) linked into the results, the adapter as a
+llama.cpp LoRA GGUF (the download) and a Modelfile with FROM the base and ADAPTER the adapter. Progress goes into
 status.json; SIGTERM or the cancel file stops it, and whatever it had written goes.
 """
 
@@ -73,6 +75,8 @@ def export(job_dir: Path, config: ExportJobConfig) -> str:
     out = job_dir / OUT_DIR
     out.mkdir(exist_ok=True)
     adapter = config.adapter
+    if config.kind == "gguf_adapter":
+        return adapter_gguf(job_dir, config, base_dir, out)
     if config.kind == "merge":
         folder = merge.merge_adapter(plan, out / f"{adapter}-merged", Reporter(job_dir, "merging", 0, 0.9))
         return zip_folder(folder, out / f"{folder.name}.zip", Reporter(job_dir, "packing the zip", 0.9, 0.1)).name
@@ -87,6 +91,21 @@ def export(job_dir: Path, config: ExportJobConfig) -> str:
     write_modelfile(gguf_file, merged, out)
     shutil.rmtree(job_dir / SCRATCH_DIR, ignore_errors=True)
     return Path(gguf_file).name
+
+
+def adapter_gguf(job_dir: Path, config: ExportJobConfig, base_dir: Path, out: Path) -> str:
+    """The base's GGUF (cached once per base and quantization), the adapter GGUF and the Modelfile in `out`."""
+    from llama_space.export import gguf_base
+    from llama_space.export.gguf_adapter import write_adapter_gguf
+    from llama_space.export.ollama import write_modelfile
+
+    cached, written = gguf_base.base_gguf(Path(config.cache_dir), config.model, base_dir, config.qtype,
+                                          progress=Reporter(job_dir, "writing the base GGUF", 0, 0.9))
+    log.info("base GGUF %s: %s", "written" if written else "reused from the cache", cached)
+    Reporter(job_dir, "writing the adapter GGUF", 0.9, 0.1)
+    adapter_file = write_adapter_gguf(Path(config.adapter_dir), base_dir, out / f"{config.adapter}-lora-f16.gguf")
+    write_modelfile(gguf_base.link_into(cached, out), base_dir, out, adapter_file=adapter_file)
+    return adapter_file.name
 
 
 def _stop(signum, frame):

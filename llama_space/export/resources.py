@@ -48,3 +48,11 @@ def require_disk(path: Path, needed: int, what: str) -> None:
     if needed > free:
         raise UserError(f"{what} needs about {gib(needed)} of disk but only {gib(free)} is free there; "
                         "delete old exports or other files and try again.")
+
+
+def require_memory(needed: int, what: str) -> None:
+    """UserError saying how much is needed and available when `needed` bytes of memory are not available."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise UserError(f"{what} needs about {gib(needed)} of memory but only {gib(free)} is available; stop other "
+                        "work (a training job, the chat model on CPU) and try again.")
