@@ -12,7 +12,7 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space.export import export_jobs, merge
+from llama_space.export import export_jobs, gguf_base, merge
 from llama_space.jobs import files as jobfiles
 from llama_space.service.export_actions import ExportActions
 from llama_space.service.permissions import Permissions
@@ -24,13 +24,14 @@ from jobutil import poll
 
 ENDPOINTS = {"/export_adapter": ["adapter", "kind", "quantization"], "/export_status": ["export_id"],
              "/cancel_export": ["export_id"], "/push_to_hub": ["source", "repo_id", "private"],
-             "/list_exports": [], "/download_export": ["export_id"]}
+             "/list_exports": [], "/download_export": ["export_id", "file"]}
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-app")
     random_adapter(tiny_model_dir, root / "adapters" / "pirate", seed=4, targets=("q_proj", "v_proj", "down_proj"))
+    random_adapter(tiny_model_dir, root / "adapters" / "parrot", seed=5, targets=("k_proj", "o_proj"))
     settings = Settings(model=str(tiny_model_dir), adapters_dir=root / "adapters", data_dir=root / "data")
     with launched_app(settings) as launched:
         yield launched
@@ -57,6 +58,8 @@ def test_endpoints_have_named_typed_parameters_with_defaults(client):
     defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/export_adapter"]["parameters"]
                 if p["parameter_has_default"]}
     assert defaults == {"kind": "merge", "quantization": "q8_0"}
+    download = endpoints["/download_export"]["parameters"][1]
+    assert download["parameter_has_default"] and download["parameter_default"] == ""
     assert [p["parameter_default"] for p in endpoints["/push_to_hub"]["parameters"]][2] is True
 
 
@@ -108,6 +111,31 @@ def test_gguf_job_writes_the_file_and_a_modelfile(client):
     assert downloaded.name == "pirate-q8_0.gguf" and downloaded.read_bytes()[:4] == b"GGUF"
 
 
+def test_adapter_gguf_jobs_share_one_base_file(app, client, tiny_model_dir):
+    settings = app.settings
+    cached = gguf_base.cached_path(settings.cache_dir, settings.model, tiny_model_dir, "q8_0")
+    stats = []
+    for adapter, note in (("pirate", "written once, then reused"), ("parrot", "cached already")):
+        started = client.predict(adapter=adapter, kind="gguf_adapter", quantization="q8_0",
+                                 api_name="/export_adapter")
+        assert started["kind"] == "gguf_adapter" and note in started["needs"], started
+        status = ended(client, started["export_id"])
+        assert status["state"] == "completed", status
+        assert status["files"] == sorted(["Modelfile", "README.md", cached.name, f"{adapter}-lora-f16.gguf"])
+        stats.append((cached.stat().st_ino, cached.stat().st_mtime_ns))
+        downloaded = Path(client.predict(export_id=started["export_id"], api_name="/download_export"))
+        assert downloaded.name == f"{adapter}-lora-f16.gguf" and downloaded.read_bytes()[:4] == b"GGUF"
+        base = Path(client.predict(export_id=started["export_id"], file=cached.name, api_name="/download_export"))
+        assert base.read_bytes() == cached.read_bytes()
+        modelfile = Path(client.predict(export_id=started["export_id"], file="Modelfile", api_name="/download_export"))
+        assert modelfile.read_text().startswith(f"FROM ./{cached.name}\nADAPTER ./{adapter}-lora-f16.gguf\n")
+    assert stats[0] == stats[1]  # the second export reused the first one's base file
+    with pytest.raises(AppError, match="has no file 'job.json'"):
+        client.predict(export_id=started["export_id"], file="job.json", api_name="/download_export")
+    with pytest.raises(AppError, match="push the adapter itself"):
+        client.predict(source=started["export_id"], repo_id="me/parrot", api_name="/push_to_hub")
+
+
 def test_cancel_stops_the_export_and_removes_its_files(app, client):
     started = client.predict(adapter="pirate", kind="merge", api_name="/export_adapter")
     with pytest.raises(AppError, match="already running"):
@@ -127,7 +155,8 @@ def test_bad_requests_say_what_to_fix(client):
     for kwargs, message in (({"adapter": "nobody"}, "no adapter named 'nobody'"),
                             ({"adapter": ""}, "Choose an adapter"),
                             ({"adapter": "pirate", "kind": "onnx"}, "Unknown export kind"),
-                            ({"adapter": "pirate", "kind": "gguf", "quantization": "q3_k"}, "Unknown GGUF")):
+                            ({"adapter": "pirate", "kind": "gguf", "quantization": "q3_k"}, "Unknown GGUF"),
+                            ({"adapter": "pirate", "kind": "gguf_adapter", "quantization": "q3_k"}, "Unknown GGUF")):
         with pytest.raises(AppError, match=message):
             client.predict(**kwargs, api_name="/export_adapter")
     with pytest.raises(AppError, match="There is no export '../etc'"):

@@ -1,4 +1,5 @@
-"""Export actions: merge or convert an adapter to GGUF as a job, watch and cancel it, download it, push to the Hub.
+"""Export actions: merge or convert an adapter to GGUF (merged, or adapter-only beside its base) as a job, watch
+and cancel it, download it, push to the Hub.
 
 The same for the Export tab and the named Gradio endpoints. Starting, cancelling, downloading and pushing change
 what the app holds or hand out weights, so they pass `permissions` first (refused on an exposed app without auth).
@@ -43,7 +44,8 @@ class ExportActions:
         return adapters.list_names(self.settings.adapters_dir)
 
     def start_export(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> dict:
-        """Start merging `adapter` into the base (kind merge) or converting it to GGUF at `qtype` (kind gguf)."""
+        """Start merging `adapter` into the base (kind merge), converting the merged model to GGUF at `qtype` (kind
+        gguf), or writing the adapter as a llama.cpp LoRA GGUF beside its base's GGUF at `qtype` (kind gguf_adapter)."""
         self.permissions.require_change()
         if not adapter or adapter in adapters.BASE_NAMES:
             raise UserError("Choose an adapter to export (the base model has nothing to merge).")
@@ -70,12 +72,20 @@ class ExportActions:
         """Every export, newest first."""
         return [self._public(status) for status in self.jobs.list_exports()]
 
-    def download(self, export_id: str) -> Path:
-        """The file of a completed export: the merged model's zip, or the GGUF file."""
+    def download(self, export_id: str, file: str = "") -> Path:
+        """The file of a completed export (the merged model's zip, the GGUF file, or the adapter GGUF), or `file`,
+        another of its files by name (the base GGUF of an adapter export, the Modelfile, the README)."""
         self.permissions.require_change()
         if not export_id:
             raise UserError("Choose a completed export to download.")
-        return self.jobs.result(export_id)
+        return self.jobs.result(export_id, file)
+
+    def download_all(self, export_id: str) -> list[Path]:
+        """Every file of a completed export, its main download first (a merge export's folder comes as its zip)."""
+        main = self.download(export_id)
+        others = [name for name in self.jobs.status(export_id).get("files") or []
+                  if not name.endswith("/") and name != main.name]
+        return [main, *(self.jobs.result(export_id, name) for name in others)]
 
     def push(self, source: str, repo_id: str, private: bool = True) -> dict:
         """Push `source` (an export id: its merged model or GGUF file; else an adapter name) to `repo_id`."""
@@ -99,6 +109,9 @@ class ExportActions:
         out = self.jobs.result(export_id).parent
         config = self.jobs.config(export_id)
         name = config.adapter
+        if config.kind == "gguf_adapter":
+            raise UserError("An adapter GGUF export is not pushed as such: push the adapter itself (its name), or "
+                            "export the merged model as GGUF (kind gguf) and push that.")
         if config.kind == "merge":
             return "merged", out / f"{name}-merged", name, config.metadata, ""
         return "gguf", out, name, config.metadata, config.qtype

@@ -1,4 +1,5 @@
-"""The Export tab: merge an adapter into its base or convert it to GGUF as a job, watch it, download it, push it."""
+"""The Export tab: merge an adapter into its base or convert it to GGUF (merged, or the adapter beside its base's
+GGUF) as a job, watch it, download it, push it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import gradio as gr
 
 from llama_space.export.gguf_types import QTYPES
 from llama_space.web.error_boundary import user_facing
-from llama_space.web.ui.export_api import download_path, register_export_api
+from llama_space.web.ui.export_api import download_paths, register_export_api
 
 if TYPE_CHECKING:
     from llama_space.service.export_actions import ExportActions
 
 POLL_SECONDS = 2.0
 KIND_LABELS = [("Merged model (safetensors, for transformers / vLLM / TGI)", "merge"),
-               ("GGUF + Ollama Modelfile (for llama.cpp / Ollama)", "gguf")]
+               ("GGUF + Ollama Modelfile (for llama.cpp / Ollama)", "gguf"),
+               ("Adapter GGUF + base GGUF + Modelfile (llama.cpp --lora / Ollama ADAPTER; the base file is reused)",
+                "gguf_adapter")]
+GGUF_KINDS = ("gguf", "gguf_adapter")
 # Bits a weight on Llama-3.1-8B (the K-quant mixes keep some tensors at Q6_K).
 QTYPE_NOTES = {"f16": "16 bits", "bf16": "16 bits", "q8_0": "8.5 bits", "q4_0": "5.0 bits",
                "q4_k_m": "4.9 bits, Ollama's default", "q5_k_m": "5.7 bits", "q6_k": "6.6 bits"}
@@ -56,6 +60,7 @@ def build_export_tab(exports: ExportActions) -> None:
         kind = gr.Radio(KIND_LABELS, value="merge", label="Export as", elem_id="export-kind")
         quantization = gr.Dropdown([(f"{q} ({QTYPE_NOTES[q]})", q) for q in QTYPES], value="q8_0",
                                    label="GGUF quantization", visible=False,
+                                   info="The model's; for an adapter GGUF, its base's (the adapter itself is F16)",
                                    elem_id="export-quantization")
     with gr.Row():
         start = gr.Button("Start export", variant="primary", interactive=allow, elem_id="export-start")
@@ -63,7 +68,7 @@ def build_export_tab(exports: ExportActions) -> None:
         download = gr.Button("Download", interactive=allow, elem_id="export-download")
     export_id = gr.State("")
     status_md = gr.Markdown(status_markdown(None), elem_id="export-status")
-    file = gr.File(label="Download", interactive=False, elem_id="export-file")
+    file = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="export-file")
     with gr.Row():
         repo_id = gr.Textbox(label="Hub repository (user/name)", placeholder="your-name/my-model")
         private = gr.Checkbox(True, label="Private")
@@ -86,13 +91,13 @@ def build_export_tab(exports: ExportActions) -> None:
         return f"Pushed to {exports.push(source, repo, is_private)['url']}"
 
     adapter.focus(lambda: gr.Dropdown(choices=exports.adapter_names()), None, adapter, queue=False, **hidden)
-    kind.change(lambda value: gr.Dropdown(visible=value == "gguf"), kind, quantization, queue=False, **hidden)
+    kind.change(lambda value: gr.Dropdown(visible=value in GGUF_KINDS), kind, quantization, queue=False, **hidden)
     start.click(user_facing(on_start, "starting the export"),
                 inputs_kwargs={"adapter_name": adapter, "export_kind": kind, "qtype": quantization},
                 outputs=[export_id, status_md], **hidden)
     cancel.click(user_facing(lambda current: status_markdown(exports.cancel_export(current)), "cancelling"),
                  export_id, status_md, **hidden)
-    download.click(user_facing(lambda current: download_path(exports, current), "preparing the download"),
+    download.click(user_facing(lambda current: download_paths(exports, current), "preparing the download"),
                    export_id, file, **hidden)
     push.click(user_facing(on_push, "pushing to the Hub"),
                inputs_kwargs={"current": export_id, "adapter_name": adapter, "what": push_what, "repo": repo_id,
