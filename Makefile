@@ -27,8 +27,13 @@ $(VENV)/.installed: requirements.txt
 
 setup-test: setup browser $(VENV)/.installed-dev
 
+# llama-cpp-python (the tests load every exported GGUF in llama.cpp) builds from source, about 13 minutes on 2 cores,
+# once per virtual environment; built portable, since a -march=native build crashed at its first decode on an AMX CPU.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+	-DGGML_AMX_BF16=OFF
+
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
-	$(PY) -m pip install -r requirements-dev.txt
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
 # Browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser.

@@ -1,4 +1,7 @@
-"""The remote backend against a stand-in for llama.cpp's `llama-server`, speaking its wire format.
+"""The remote backend against a stand-in for llama.cpp's C++ `llama-server`, speaking its wire format.
+
+The app chatting through a real llama.cpp server (llama-cpp-python's) is tests/test_llamacpp_server.py; this
+stand-in keeps the C++ server's own stream shapes, which llama-cpp-python's server does not send:
 
 llama-server (serving an exported GGUF) lists one model in /v1/models with `owned_by: llamacpp` and a
 `meta` block, opens a stream with a role-only chunk whose content is null, sends a chunk per token (a
@@ -19,9 +22,9 @@ import pytest
 from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.inference.remote import RemoteBackend
-from llama_space.settings import Settings, load_settings
+from llama_space.settings import Settings
 
-from apputil import LOOPBACK, launched_app
+from apputil import LOOPBACK
 
 MODEL_ID = "smollm2-135m-instruct-q8_0.gguf"  # llama-server names the model after the file it loaded
 # The reply the stand-in streams, token by token; the wave is two tokens sent as one chunk.
@@ -122,32 +125,3 @@ def test_backend_reads_llamacpp_models_and_stream(standin):
         assert "".join(cut) == "Hello from llama" and cut.finish_reason == "length" and cut.completion_tokens == 3
     finally:
         backend.close()
-
-
-def test_app_started_with_backend_url_chats_through_llamacpp(standin, tmp_path):
-    """`python app.py --backend-url http://127.0.0.1:8080/v1`, as docs/deployment.md says, with gradio_client and /v1."""
-    import openai
-    from gradio_client import Client
-
-    settings = load_settings(["--backend-url", standin + "/v1", "--adapters-dir", str(tmp_path / "adapters"),
-                              "--data-dir", str(tmp_path / "data")], environ={})
-    with launched_app(settings) as app:
-        assert isinstance(app.backend, RemoteBackend)
-        client = Client(app.url, verbose=False)
-        updates = list(client.submit(message="Hi there", history=[], system_prompt="Be brief.", adapter="",
-                                     max_new_tokens=32, temperature=0, top_p=1.0, api_name="/chat"))
-        assert updates[-1] == "".join(TOKENS)
-        assert len(updates) > 1  # it streamed
-        sent = LlamaCppStandIn.requests[-1]
-        assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
-        assert sent["messages"][-1] == {"role": "user", "content": "Hi there"} and sent["max_tokens"] == 32
-
-        sdk = openai.OpenAI(base_url=app.url + "/v1", api_key="unused")
-        assert [m.id for m in sdk.models.list()] == [MODEL_ID]
-        chunks = sdk.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=32, temperature=0, stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(TOKENS)
-        reply = sdk.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hi"}],
-                                            max_tokens=4, temperature=0)
-        assert reply.choices[0].message.content == "Hello from llama.cpp"
-        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
