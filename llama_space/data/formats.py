@@ -154,3 +154,10 @@ def to_messages(data_format: str, record: dict) -> list[dict]:
     if data_format == "chat":
         return _turns(record.get("messages"), "messages", "role", "content", CHAT_ROLES)
     return _turns(record.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
+    """`messages` with `system_prompt` first when they have no system message of their own."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]

@@ -77,6 +77,8 @@ class JobRegistry(JobStore):
         adapters_dir = Path(self.settings.adapters_dir).resolve()
         if adapters.adapter_path(adapters_dir, adapter_name).exists():
             raise UserError(adapters.exists_message(adapter_name))
+        if params.from_adapter:  # before tokenizing: a missing parent or one of another base is refused at once
+            adapters.lineage_of(adapters_dir, params.from_adapter, base_model_name(self.settings.model))
         dataset = Path(dataset_path)
         if not dataset.is_file():
             raise UserError(f"Dataset file {dataset.name!r} not found; upload it again.")
