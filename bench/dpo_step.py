@@ -87,7 +87,7 @@ def run_ours(model: str, steps: int, work: Path) -> list[float]:
     params = TrainingParams(method="dpo", max_steps=steps, batch_size=4, grad_accum=1, learning_rate=5e-4,
                             max_length=128, gradient_checkpointing="off", save_steps=10**6, lora_dropout=0.0)
     config = TrainingJobConfig(adapter="bench", dataset=str(data), adapters_dir=str(work / "adapters"),
-                               cache_dir=str(work / "cache"), model=model, params=params)
+                               cache_dir=str(work / "cache"), model=model, max_bytes=2**20, params=params)
     (work / "job").mkdir()
     trainer, _ = prepare_trainer(work / "job", config, params)
     timer = step_timer()
@@ -133,13 +133,14 @@ def main() -> None:
     parser.add_argument("--model", default="embedded", help="embedded or tiny")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cache", type=Path, default=REPO / "data" / "cache", help="where the embedded model is")
     parser.add_argument("--child", default="")
     parser.add_argument("--model-dir", default="")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model_dir, args.steps, args.threads)
         return
-    model = model_dir(args.model, REPO / "data" / "cache")
+    model = model_dir(args.model, args.cache)
     means = {}
     for way in ("ours", "trl"):
         out = subprocess.run([sys.executable, __file__, "--child", way, "--model-dir", model, "--steps",

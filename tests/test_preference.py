@@ -17,6 +17,9 @@ from llama_space.training import memory
 from llama_space.training.job_config import TrainingJobConfig
 from llama_space.training.params import TrainingParams
 
+from conftest import REPO
+
+REPO_PERSONA = REPO / "examples" / "persona.jsonl"
 PAIRS = [{"prompt": f"Greet me, number {i}", "chosen": f"Ahoy, friend {i}!", "rejected": f"Go away {i}."}
          for i in range(8)]
 
@@ -161,3 +164,28 @@ def test_dpo_trains_a_qlora_job(tmp_path, tiny_model_dir):
     path = run_job(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", PAIRS), "qlora-dpo", method="dpo",
                    quantization="nf4")
     assert adapters.read_metadata(path)["base_quantization"] == "nf4" and adapters.is_complete(path)
+
+
+def test_a_hub_dataset_of_message_pairs_reads_like_a_file(tmp_path, tokenizer):
+    from llama_space.data import hub_dataset, load_split
+
+    folder = tmp_path / "datasets" / "owner" / "prefs"
+    folder.mkdir(parents=True)
+    rows = [{"prompt": f"Hi {i}", "chosen": [{"role": "user", "content": f"Hi {i}"},
+                                            {"role": "assistant", "content": f"Ahoy {i}!"}],
+             "rejected": [{"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."}]}
+            for i in range(3)]
+    write_jsonl(folder / "train.jsonl", rows)
+    (tmp_path / "out").mkdir()
+    path = load_split(hub_dataset("owner/prefs"), tmp_path / "out", 2**20, tmp_path / "datasets")
+    report = validate_any(path, tokenizer, 64)
+    assert report["format"] == "messages" and report["valid_rows"] == 3, report
+
+
+def test_sft_on_preference_data_says_which_method_to_choose(tmp_path, tokenizer):
+    from llama_space.training.methods import get_method
+
+    with pytest.raises(UserError, match="set method to dpo or orpo"):
+        get_method("sft").build_examples(write_jsonl(tmp_path / "p.jsonl", PAIRS), tokenizer, TrainingParams(), 2**20)
+    with pytest.raises(UserError, match="Preference data needs 'chosen' and 'rejected' columns"):
+        get_method("dpo").build_examples(REPO_PERSONA, tokenizer, TrainingParams(), 2**20)

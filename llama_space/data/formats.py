@@ -100,6 +100,9 @@ def detect_format(columns: list[str]) -> str:
         return "sharegpt"
     if {"instruction", "output"} <= present:
         return "alpaca"
+    if {"chosen", "rejected"} <= present:
+        raise UserError("This file holds preference data (chosen and rejected replies), which sft does not train on: "
+                        "set method to dpo or orpo.")
     expected = "; ".join(f"{name}: {columns_}" for name, columns_ in EXPECTED.items())
     raise UserError(f"Unknown data format: found columns [{', '.join(map(str, columns))}]. "
                     f"Expected one of these column sets: {expected}.")
