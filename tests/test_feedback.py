@@ -73,3 +73,21 @@ def test_marks_are_refused_on_an_exposed_app_and_tagged_on_a_space(tmp_path, mon
     feedback.record("up", ASKED, "x")
     assert [mark["user"] for mark in feedback.marks()] == ["owner"]
     assert json.loads(next(feedback.root.glob("*.json")).read_text())["user"] == "owner"
+
+
+def test_an_adapter_s_trained_prompt_is_used_when_the_caller_gives_none(tmp_path):
+    from llama_space import adapters
+    from llama_space.web.ui.feedback import prompt_in_force
+
+    (tmp_path / "pirate").mkdir()
+    adapters.write_metadata(tmp_path / "pirate", {"system_prompt": "You are a pirate."})
+    asked = [{"role": "user", "content": "Hi"}]
+    assert adapters.with_trained_prompt(asked, tmp_path, "pirate") == [
+        {"role": "system", "content": "You are a pirate."}, *asked]
+    own = [{"role": "system", "content": "Be brief."}, *asked]
+    assert adapters.with_trained_prompt(own, tmp_path, "pirate") == own
+    assert adapters.with_trained_prompt(asked, tmp_path, "") == asked
+    assert adapters.with_trained_prompt("raw text", tmp_path, "pirate") == "raw text"
+    assert "You are a pirate." in prompt_in_force(tmp_path, "pirate", "")
+    assert prompt_in_force(tmp_path, "pirate", "Be brief.") == "System prompt: yours."
+    assert prompt_in_force(tmp_path, "base", "") == "System prompt: none."
