@@ -10,6 +10,10 @@ CPU, no activation checkpointing. Each runs in its own process; the first step (
 
     .venv/bin/python bench/dpo_step.py                 # the embedded SmolLM2-135M
     .venv/bin/python bench/dpo_step.py --model tiny    # smoke run on a 2-layer random Llama
+    .venv/bin/python bench/dpo_step.py --threads 1 --ways trl,ours   # fairer on a machine shared with other work
+
+Measured on 2 shared CPU cores, embedded model, --threads 1 --steps 4: ours 14.59 s, trl 13.83 s per step, ratio
+1.05 (BENCHMARKS.md, "DPO step").
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--cache", type=Path, default=REPO / "data" / "cache", help="where the embedded model is")
+    parser.add_argument("--ways", default="ours,trl", help="the order to run them in")
     parser.add_argument("--child", default="")
     parser.add_argument("--model-dir", default="")
     args = parser.parse_args()
@@ -142,7 +147,7 @@ def main() -> None:
         return
     model = model_dir(args.model, args.cache)
     means = {}
-    for way in ("ours", "trl"):
+    for way in args.ways.split(","):
         out = subprocess.run([sys.executable, __file__, "--child", way, "--model-dir", model, "--steps",
                               str(args.steps), "--threads", str(args.threads)], capture_output=True, text=True,
                              check=True).stdout

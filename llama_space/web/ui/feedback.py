@@ -54,10 +54,11 @@ def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[st
         return {key: values[key] for key in GENERATION_KEYS if key in values}
 
     def on_like(data: gr.LikeData, history, system_prompt, adapter, **values):
-        if data.liked is None or not isinstance(data.index, int):
+        if data.liked is None:  # a mark taken back
             return
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
         kind = "up" if data.liked else "down"
-        feedback.record(kind, _before(history, data.index, system_prompt), _content(history[data.index]),
+        feedback.record(kind, _before(history, index, system_prompt), _content(history[index]),
                         "" if adapter == "base" else adapter, generation=settings(values))
         gr.Info("Feedback saved.")
 
