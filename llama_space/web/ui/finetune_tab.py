@@ -38,7 +38,7 @@ TEXT_FIELDS = {"system_prompt": "System prompt for rows without one (chat with t
 def _report_markdown(report: dict) -> str:
     stats = report.get("token_stats") or {}
     lines = [f"**{'✅' if report['ok'] else '❌'} {report['summary']}**", "",
-             (f"Format: `{report['format']}` · rows: {report['rows']} · trained: {report['valid_rows']} · "
+             (f"Format: `{report['format']}` ({report.get('kind', 'instruction')} data) · rows: {report['rows']} · trained: {report['valid_rows']} · "
               f"skipped: {report['skipped_rows']} · duplicates: {report['duplicates']} · "
               f"longer than max length ({report['max_length']}): {report['too_long']}")]
     if stats:
@@ -109,7 +109,7 @@ def build_finetune_tab(actions: Actions, feedback=None):
         gr.Markdown(f"⚠️ {actions.permissions.disabled_reason}", elem_id="training-disabled")
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label="Instruction data (JSON, JSONL, CSV or Parquet)", file_types=[
+            upload = gr.File(label="Instruction or preference data (JSON, JSONL, CSV or Parquet)", file_types=[
                 ".json", ".jsonl", ".csv", ".parquet"], elem_id="dataset-upload")
             with gr.Accordion("…or a dataset from the Hugging Face Hub or ModelScope", open=False):
                 hub = _hub_fields()
