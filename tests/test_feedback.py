@@ -91,3 +91,12 @@ def test_an_adapter_s_trained_prompt_is_used_when_the_caller_gives_none(tmp_path
     assert "You are a pirate." in prompt_in_force(tmp_path, "pirate", "")
     assert prompt_in_force(tmp_path, "pirate", "Be brief.") == "System prompt: yours."
     assert prompt_in_force(tmp_path, "base", "") == "System prompt: none."
+
+
+def test_a_mark_is_bounded(feedback):
+    with pytest.raises(UserError, match="at most 256"):
+        feedback.record("up", ASKED * 300, "x")
+    with pytest.raises(UserError, match="more than 524288 characters"):
+        feedback.record("up", [{"role": "user", "content": "x" * 600_000}], "x")
+    with pytest.raises(UserError, match="at most 65536 characters"):
+        feedback.record("up", ASKED, "x" * 70_000)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
+from llama_space.data.limits import MAX_TURNS
 from llama_space.errors import UserError
 from llama_space.inference.prompting import normalize_messages
 from llama_space.service.permissions import oauth_enabled
@@ -31,6 +32,7 @@ KINDS = {"up": "thumbs up", "down": "thumbs down", "edit": "the reply it should 
 DATASETS = ("preference", "sft")
 MAX_MARKS = 100_000  # marks kept; past it a new one is refused until the feedback is cleared
 MAX_TEXT = 64 * 1024  # characters of one reply
+MAX_CONVERSATION = 512 * 1024  # characters of the conversation a reply answers
 
 
 class Feedback:
@@ -56,7 +58,11 @@ class Feedback:
     def _checked(self, kind, conversation, reply, adapter, edited, others, generation) -> dict:
         if kind not in KINDS:
             raise UserError(f"kind must be one of {', '.join(KINDS)} ({'; '.join(f'{k}: {v}' for k, v in KINDS.items())})")
+        if not isinstance(conversation, list) or len(conversation) > MAX_TURNS:
+            raise UserError(f"conversation must be a list of at most {MAX_TURNS} {{role, content}} messages")
         prompt = normalize_messages(conversation)  # ends with the user turn the reply answers
+        if sum(len(m["content"]) for m in prompt) > MAX_CONVERSATION:
+            raise UserError(f"conversation holds more than {MAX_CONVERSATION} characters: mark a shorter one")
         texts = [reply, edited, *others]
         if not all(isinstance(t, str) and len(t) <= MAX_TEXT for t in texts):
             raise UserError(f"reply, edited and other_replies must be text of at most {MAX_TEXT} characters")
