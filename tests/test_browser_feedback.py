@@ -69,11 +69,15 @@ def test_thumbs_edit_and_pick_are_saved(app):
         page.locator("#compare-run").click()
         poll("both replies", lambda: page.locator("#compare-reply-1 textarea").input_value() or None)
         page.locator("#compare-pick-1").click()
-        [pick] = poll("the pick", lambda: [m for m in marks(app) if m["kind"] == "pick"] or None)
+        # The pick waits in the queue behind the compare's replies (256 tokens each by default).
+        [pick] = poll("the pick", lambda: [m for m in marks(app) if m["kind"] == "pick"] or None, timeout=600)
         assert pick["adapter"] == "pirate" and len(pick["other_replies"]) == 1
 
         page.get_by_role("tab", name="Fine-tune").click()
         page.get_by_text("Feedback collected in Chat and Compare").click()
         page.locator("#feedback-refresh").click()
         playwright_api.expect(page.locator("#feedback-counts")).to_contain_text("2 preference pairs")
+        page.locator("#feedback-use-pairs").click()  # the pairs become the data to train on, checked at once
+        playwright_api.expect(page.locator("#dataset-report")).to_contain_text("2 of 2 preference pairs")
+        assert page.locator("#param-method input").input_value() == "dpo"
         browser.close()

@@ -103,8 +103,9 @@ def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox
                      **HIDDEN)
 
 
-def build_feedback_panel(feedback: Feedback) -> None:
-    """Fine-tune: the collected feedback's counts, downloads as JSONL (to train on) and Clear."""
+def build_feedback_panel(feedback: Feedback, upload: gr.File, method: gr.Dropdown):
+    """Fine-tune: the collected feedback's counts, downloads as JSONL, "train on it" (the file goes into `upload`
+    with a method that trains on it) and Clear; returns the "train on it" events, for the data check to follow."""
     with gr.Accordion("Feedback collected in Chat and Compare", open=False):
         counts = gr.Markdown(elem_id="feedback-counts")
         with gr.Row():
@@ -112,6 +113,9 @@ def build_feedback_panel(feedback: Feedback) -> None:
             pairs = gr.DownloadButton("Preference pairs (JSONL, for dpo/orpo)", elem_id="feedback-pairs")
             rows = gr.DownloadButton("SFT rows (JSONL)", elem_id="feedback-sft")
             clear = gr.Button("Clear feedback", variant="stop", elem_id="feedback-clear")
+        with gr.Row():
+            use_pairs = gr.Button("Train on the preference pairs (dpo)", elem_id="feedback-use-pairs")
+            use_rows = gr.Button("Train on the SFT rows (sft)", elem_id="feedback-use-sft")
 
     def on_refresh():
         found = feedback.private_dataset("preference")["counts"]
@@ -124,3 +128,9 @@ def build_feedback_panel(feedback: Feedback) -> None:
     refresh.click(user_facing(on_refresh, "reading the feedback"), None, outputs, **HIDDEN)
     clear.click(user_facing(lambda: feedback.clear() and None, "clearing the feedback"), None, None,
                 **HIDDEN).then(user_facing(on_refresh, "reading the feedback"), None, outputs, **HIDDEN)
+
+    def use(kind: str, method_name: str):
+        return user_facing(lambda: (str(feedback.jsonl(kind)), method_name), "taking the feedback as training data")
+
+    return [use_pairs.click(use("preference", "dpo"), None, [upload, method], **HIDDEN),
+            use_rows.click(use("sft", "sft"), None, [upload, method], **HIDDEN)]

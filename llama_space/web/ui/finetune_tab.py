@@ -132,8 +132,7 @@ def build_finetune_tab(actions: Actions, feedback=None):
     loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="loss-plot", height=260,
                             visible=False)
     log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
-    if feedback is not None:
-        build_feedback_panel(feedback)
+    used = build_feedback_panel(feedback, upload, form["method"]) if feedback is not None else []
     hidden = {"api_visibility": "private"}
     max_length = form["max_length"]
 
@@ -173,6 +172,9 @@ def build_finetune_tab(actions: Actions, feedback=None):
     report_outputs = [report_md, problems, preview]
     for event in (upload.upload, max_length.submit):
         event(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs, **hidden)
+    for event in used:  # the feedback put into the upload: checked like an uploaded file
+        event.then(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs,
+                   **hidden)
     load_hub.click(on_check, inputs_kwargs={"max_length": max_length, **hub}, outputs=report_outputs, **hidden)
     preset.change(on_preset, preset, list(form.values()), queue=False, **hidden)
     form["from_adapter"].focus(lambda: gr.Dropdown(choices=["", *actions.adapter_names()]), None,
