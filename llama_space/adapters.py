@@ -151,3 +151,35 @@ def zip_adapter(adapters_dir: Path, name: str, out_dir: Path) -> Path:
     os.replace(tmp, target)
     return target
 
+
+
+def lineage_of(adapters_dir: Path, parent: str, base_model: str) -> list[dict]:
+    """The ancestry of an adapter trained on from `parent`, oldest first: the parent's own lineage, then the parent
+    ({"adapter", "method", "dataset_fingerprint", "dataset_name"}); UserError when there is no such adapter or it
+    was trained on another base model."""
+    path = _existing(adapters_dir, parent)
+    meta = read_metadata(path)
+    if meta.get("base_model") and base_model and meta["base_model"] != base_model:
+        raise UserError(f"Adapter {parent!r} was trained on {meta['base_model']}, not on {base_model}: a job can only "
+                        "continue an adapter of the model this app serves.")
+    own = {"adapter": parent, "method": meta.get("method") or "sft",
+           "dataset_fingerprint": meta.get("dataset_fingerprint", ""), "dataset_name": meta.get("dataset_name", "")}
+    earlier = meta.get("lineage") if isinstance(meta.get("lineage"), list) else []
+    return [*earlier, own]
+
+
+def trained_system_prompt(adapters_dir: Path, name: str) -> str:
+    """The system prompt adapter `name` was trained with ("" for the base, an unknown adapter or none)."""
+    if name in BASE_NAMES or not isinstance(name, str) or not _NAME.fullmatch(name):
+        return ""
+    prompt = read_metadata(Path(adapters_dir) / name).get("system_prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def with_trained_prompt(messages: list[dict] | str, adapters_dir: Path, name: str) -> list[dict] | str:
+    """`messages` with adapter `name`'s trained system prompt first when the caller gave none (a raw prompt string
+    and a conversation with its own system message are left as they are)."""
+    if isinstance(messages, str) or (messages and messages[0].get("role") == "system"):
+        return messages
+    prompt = trained_system_prompt(adapters_dir, name)
+    return [{"role": "system", "content": prompt}, *messages] if prompt else messages

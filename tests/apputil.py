@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,3 +92,14 @@ def running_app(settings: Settings) -> Iterator[str]:
     """Serve `settings` on loopback and a free port until the block ends; yields the base URL."""
     with launched_app(settings) as launched:
         yield launched.url
+
+
+def wait_for_job(client, job_id: str, timeout: float = 600) -> dict:
+    """Poll /job_status until the job is neither queued nor running; its last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.predict(job_id=job_id, api_name="/job_status")
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")

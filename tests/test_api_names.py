@@ -118,7 +118,7 @@ def test_lifecycle_endpoints_by_keyword(app, client):
     with pytest.raises(AppError, match="only an interrupted job can be resumed"):
         client.predict(job_id=job_id, api_name="/resume_training")
     assert client.predict(api_name="/list_adapters") == []
-    with pytest.raises(AppError, match="method must be one of sft, got 'nope'"):
+    with pytest.raises(AppError, match="method must be one of sft, dpo, orpo, got 'nope'"):
         client.predict(file=handle_file(str(PERSONA)), adapter_name="no-method", method="nope",
                        api_name="/start_training")
     with pytest.raises(AppError, match="no adapter named 'nothing'"):

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from gradio_client.exceptions import AppError
 
 from llama_space.settings import Settings
 
-from apputil import running_app
+from apputil import running_app, wait_for_job
 from conftest import MODEL_CACHE, REPO
 
 pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
@@ -31,14 +30,7 @@ def generate(client: Client, adapter: str) -> str:
     return client.predict(prompt=QUESTION, adapter=adapter, **GREEDY, api_name="/generate")
 
 
-def wait_for(client: Client, job_id: str, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.predict(job_id=job_id, api_name="/job_status")
-        if status["state"] not in ("queued", "running"):
-            return status
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+wait_for = wait_for_job
 
 
 @pytest.fixture(scope="module")

@@ -68,15 +68,15 @@ def tokenizer(tiny_model_dir):
 
 
 def test_sft_is_registered_and_the_default():
-    assert list(METHODS) == ["sft"] and isinstance(METHODS["sft"], TrainingMethod)
+    assert list(METHODS) == ["sft", "dpo", "orpo"] and isinstance(METHODS["sft"], TrainingMethod)
     assert get_method("sft") is METHODS["sft"] and TrainingParams().method == "sft"
     assert all(method.name == name and method.description and method.accepts for name, method in METHODS.items())
 
 
 def test_an_unknown_method_is_refused_by_name():
-    with pytest.raises(UserError, match=r"Unknown training method 'nope'; the known methods are: sft\."):
+    with pytest.raises(UserError, match=r"Unknown training method 'nope'; the known methods are: sft, dpo, orpo\."):
         get_method("nope")
-    with pytest.raises(UserError, match=r"method must be one of sft, got 'nope'"):
+    with pytest.raises(UserError, match=r"method must be one of sft, dpo, orpo, got 'nope'"):
         TrainingParams(method="nope")
     with pytest.raises(UserError, match="method must be one of sft"):
         TrainingParams.from_dict({"method": ["sft"]})
@@ -85,8 +85,8 @@ def test_an_unknown_method_is_refused_by_name():
 def test_a_registered_method_is_a_choice_of_training_params(monkeypatch):
     monkeypatch.setitem(METHODS, PairwiseToy.name, PairwiseToy())
     assert TrainingParams(method=PairwiseToy.name).method == PairwiseToy.name
-    with pytest.raises(UserError, match=f"one of sft, {PairwiseToy.name}, got"):
-        TrainingParams(method="dpo")
+    with pytest.raises(UserError, match=f"one of sft, dpo, orpo, {PairwiseToy.name}, got"):
+        TrainingParams(method="kto")
 
 
 def test_sft_reads_splits_and_collates_as_the_data_and_batch_modules_do(tokenizer):

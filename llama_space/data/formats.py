@@ -100,6 +100,9 @@ def detect_format(columns: list[str]) -> str:
         return "sharegpt"
     if {"instruction", "output"} <= present:
         return "alpaca"
+    if {"chosen", "rejected"} <= present:
+        raise UserError("This file holds preference data (chosen and rejected replies), which sft does not train on: "
+                        "set method to dpo or orpo.")
     expected = "; ".join(f"{name}: {columns_}" for name, columns_ in EXPECTED.items())
     raise UserError(f"Unknown data format: found columns [{', '.join(map(str, columns))}]. "
                     f"Expected one of these column sets: {expected}.")
@@ -154,3 +157,10 @@ def to_messages(data_format: str, record: dict) -> list[dict]:
     if data_format == "chat":
         return _turns(record.get("messages"), "messages", "role", "content", CHAT_ROLES)
     return _turns(record.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
+    """`messages` with `system_prompt` first when they have no system message of their own."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]

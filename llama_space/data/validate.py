@@ -18,6 +18,7 @@ from llama_space.data.formats import (
     detect_format,
     open_records,
     to_messages,
+    with_system_prompt,
 )
 from llama_space.data.limits import VALIDATION_BUDGET, TokenBudget
 from llama_space.data.preview import preview_html
@@ -152,7 +153,8 @@ def _trained_tokens(encoded: Encoded, max_length: int) -> int:
 
 
 def analyse(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
-            max_bytes: int = DEFAULT_MAX_BYTES, keep: int | None = None, budget: TokenBudget | None = None) -> Analysis:
+            max_bytes: int = DEFAULT_MAX_BYTES, keep: int | None = None, budget: TokenBudget | None = None,
+            system_prompt: str = "") -> Analysis:
     """Scan the file and tokenize its usable rows with the model's chat template, a row at a time.
 
     keep: how many trained rows' encodings `kept` holds (None: all, and `scan.rows` holds every usable row);
@@ -166,6 +168,7 @@ def analyse(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: in
     scan, rows = scan_rows(path, max_bytes)
     analysis = Analysis(scan)
     for number, messages in rows:
+        messages = with_system_prompt(messages, system_prompt)  # the job's prompt, for rows without their own
         if keep is None:
             scan.rows.append((number, messages))
         if budget is not None and budget.spent(analysis.tokenized, masker.work):
@@ -243,7 +246,7 @@ def _budget_warning(analysis: Analysis, budget: TokenBudget) -> dict:
 
 def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
                   max_bytes: int = DEFAULT_MAX_BYTES, preview_rows: int = 3,
-                  budget: TokenBudget = VALIDATION_BUDGET) -> dict:
+                  budget: TokenBudget = VALIDATION_BUDGET, system_prompt: str = "") -> dict:
     """JSON-able report on a training file; raises UserError only when the file as a whole is unusable.
 
     Every row is read and checked for format; the usable rows are tokenized within `budget` (see
@@ -260,7 +263,8 @@ def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_leng
     with a loss after truncation), token_stats ({"min", "median", "p95", "max"} of full token lengths, or
     None); max_length, preview (HTML of the first `preview_rows` trained rows).
     """
-    analysis = analyse(path, tokenizer, max_length, max_bytes, keep=preview_rows, budget=budget)
+    analysis = analyse(path, tokenizer, max_length, max_bytes, keep=preview_rows, budget=budget,
+                       system_prompt=system_prompt)
     scan = analysis.scan
     warnings = list(scan.warnings)
     if analysis.too_long:
@@ -293,9 +297,10 @@ def validate_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_leng
 
 
 def build_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> list[dict]:
-    """Training rows {"input_ids", "labels"} of the file's valid rows; UserError if nothing is trainable."""
-    analysis = analyse(path, tokenizer, max_length, max_bytes)
+                   max_bytes: int = DEFAULT_MAX_BYTES, system_prompt: str = "") -> list[dict]:
+    """Training rows {"input_ids", "labels"} of the file's valid rows (`system_prompt` given to those without one);
+    UserError if nothing is trainable."""
+    analysis = analyse(path, tokenizer, max_length, max_bytes, system_prompt=system_prompt)
     if not analysis.trained:
         details = f" First problems: {_first_errors(analysis.scan)}." if analysis.scan.errors else ""
         raise UserError(_summary(analysis, max_length) + details)

@@ -51,7 +51,7 @@ def _hyperparameters(hyper: dict) -> str:
     return "## Hyperparameters\n\n" + _table(("Parameter", "Value"), rows) if rows else ""
 
 
-_EVAL_FIGURES = ("loss", "perplexity", "exact_match", "contains")
+_EVAL_FIGURES = ("loss", "perplexity", "exact_match", "contains", "reward_accuracy", "reward_margin")
 _EVAL_CONTEXT = (("source", "Evaluated on"), ("examples", "Examples"), ("references", "Reference answers"),
                  ("dataset_fingerprint", "Evaluation data fingerprint (SHA-256)"), ("created", "Evaluated"))
 

@@ -202,6 +202,7 @@ class ModelManager(HoldsModel, SharesWeights):
         adapter = adapter or ""
         if adapter not in adapters.BASE_NAMES:
             self._check_adapter(adapter)  # fail fast, before queueing
+            messages = adapters.with_trained_prompt(messages, self.settings.adapters_dir, adapter)
         if isinstance(messages, str):
             prompt = build_raw_prompt(self.tokenizer, messages, self.context_window, params.max_new_tokens)
         else:

@@ -131,6 +131,7 @@ class RemoteBackend:
         if tools is not None or (not isinstance(messages, str) and uses_tools(messages)):
             raise UserError("Tool calling is not supported with a remote chat backend; call the backend's own "
                             "/v1/chat/completions for tools, or serve the model in-process.")
+        messages = adapters.with_trained_prompt(messages, self.settings.adapters_dir, adapter or "")
         body = wire.request_body(self._model_id(adapter or ""), messages, params)
         # No KV cache here to bound (tokens 0): the remote's memory is its own.
         return self.admission.admit(0, lambda leave: RemoteStream(self, body, on_end=leave))

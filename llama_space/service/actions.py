@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_space import adapters
-from llama_space.data import HubDataset, load_split, validate_file
+from llama_space.data import HubDataset, load_split, validate_any
 from llama_space.errors import UserError
 from llama_space.export import publish
 from llama_space.inference import zerogpu
@@ -65,9 +65,10 @@ class Actions:
 
     def validate(self, file: str | None, max_length: int = TrainingParams.max_length,
                  hub: HubDataset | None = None) -> dict:
-        """The validation report of an uploaded file or a Hub dataset (see llama_space.data.validate_file)."""
+        """The validation report of an uploaded file or a Hub dataset: instruction or preference data (see
+        llama_space.data.validate_any)."""
         with self.dataset_file(file, hub) as path:
-            return validate_file(path, self.backend.tokenizer, int(max_length), max_bytes=self.max_bytes)
+            return validate_any(path, self.backend.tokenizer, int(max_length), max_bytes=self.max_bytes)
 
     @staticmethod
     def params(preset: str, values: dict) -> TrainingParams:

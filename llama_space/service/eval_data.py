@@ -13,6 +13,8 @@ from llama_space.data.formats import (
     open_records,
     to_messages,
 )
+from llama_space.data.preference_report import is_preference_file
+from llama_space.data.tokenize import IGNORE_INDEX
 from llama_space.data.validate import LONE_SURROGATE, Analysis, analyse, check_conversation, has_lone_surrogate
 from llama_space.errors import UserError
 from llama_space.model.source import same_base
@@ -38,6 +40,7 @@ class EvalRow:
     prompt: list[dict]  # {role, content} messages ending with the user turn to answer
     reference: str | None = None  # the expected answer, when the data has one
     example: dict | None = None  # {"input_ids", "labels"} as training builds it, when the row is trainable
+    pair: dict | None = None  # {"prompt_ids", "chosen_ids", "rejected_ids"} of a preference row
 
 
 @dataclass
@@ -80,9 +83,32 @@ def _trainable_rows(analysis: Analysis, max_length: int) -> list[EvalRow]:
     return rows
 
 
+def preference_rows(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int, max_bytes: int,
+                    system_prompt: str = "") -> tuple[list[EvalRow], int]:
+    """(a row per usable pair of a preference file, tokenized as training tokenizes it, rows skipped): its loss is
+    the chosen reply's, its reference the chosen reply."""
+    from llama_space.data.preference import scan_preferences, tokenize_pair
+
+    scan, rows = scan_preferences(path, max_bytes), []
+    for _number, pair in scan.pairs:
+        try:
+            ids = tokenize_pair(tokenizer, pair, max_length, system_prompt)
+        except RowError:
+            continue
+        example = {"input_ids": ids["prompt_ids"] + ids["chosen_ids"],
+                   "labels": [IGNORE_INDEX] * len(ids["prompt_ids"]) + ids["chosen_ids"]}
+        rows.append(EvalRow(pair.prompt, pair.chosen, example, ids))
+    if not rows:
+        raise UserError(f"None of the {scan.total} preference rows of {Path(path).name} is usable.")
+    return rows, scan.total - len(rows)
+
+
 def from_training_file(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int,
                        max_bytes: int) -> EvalSet:
-    """Every trainable row of a training-format file, masked as training masks it."""
+    """Every trainable row of a training-format file, masked as training masks it (a preference file: its pairs)."""
+    if is_preference_file(path, max_bytes):
+        rows, skipped = preference_rows(path, tokenizer, max_length, max_bytes)
+        return EvalSet(rows, dataset_fingerprint(path), Path(path).name, skipped)
     analysis = analyse(path, tokenizer, max_length, max_bytes)
     if not analysis.kept:
         raise UserError(f"None of the {analysis.scan.total} rows of {Path(path).name} has an assistant reply to "
@@ -105,8 +131,11 @@ def from_job(runner: JobRunner, job_id: str, tokenizer: PreTrainedTokenizerBase,
     dataset = config.dataset_path(registry.job_dir(job_id))
     if not dataset.is_file():
         raise UserError(f"Job {job_id}'s copy of its data is gone (cleaned up); upload the file instead.")
-    analysis = analyse(dataset, tokenizer, params.max_length, config.max_bytes)
-    rows = _trainable_rows(analysis, params.max_length)
+    if is_preference_file(dataset, config.max_bytes):
+        rows, _ = preference_rows(dataset, tokenizer, params.max_length, config.max_bytes, params.system_prompt)
+    else:
+        analysis = analyse(dataset, tokenizer, params.max_length, config.max_bytes, system_prompt=params.system_prompt)
+        rows = _trainable_rows(analysis, params.max_length)
     # The same shuffle as training's split: row indices in place of the rows give the indices it held out.
     _, held_out = split_examples([{"input_ids": [i], "labels": [i]} for i in range(len(rows))],
                                  params.eval_fraction, params.seed)

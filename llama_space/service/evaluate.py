@@ -48,6 +48,7 @@ BATCH_TOKENS = prefill.PREFILL_CHUNK
 BATCH_ROWS = 8
 METADATA_KEY = "evaluation"
 FIGURES = ("loss", "perplexity", "exact_match", "contains")
+PREFERENCE_FIGURES = ("reward_accuracy", "reward_margin")  # saved only for preference data
 CLOSE_SECONDS = 10  # how long the app's end waits for a running evaluation to stop (a batch takes about 0.5 s)
 
 
@@ -64,8 +65,8 @@ def batches(examples: list[dict], max_tokens: int = BATCH_TOKENS, max_rows: int 
         yield group
 
 
-def masked_nll(model, group: list[dict], pad_id: int, adapter_names: list[str] | None = None) -> tuple[float, int]:
-    """(summed cross-entropy, tokens counted) over the non-IGNORE_INDEX labels of `group`, right-padded."""
+def padded(group: list[dict], pad_id: int):
+    """(input ids, labels, attention mask) of `group`, right-padded to its longest example."""
     import torch
 
     width = max(len(e["input_ids"]) for e in group)
@@ -76,6 +77,14 @@ def masked_nll(model, group: list[dict], pad_id: int, adapter_names: list[str] |
         n = len(example["input_ids"])
         ids[row, :n], labels[row, :n], mask[row, :n] = (torch.tensor(example["input_ids"]),
                                                         torch.tensor(example["labels"]), 1)
+    return ids, labels, mask
+
+
+def masked_nll(model, group: list[dict], pad_id: int, adapter_names: list[str] | None = None) -> tuple[float, int]:
+    """(summed cross-entropy, tokens counted) over the non-IGNORE_INDEX labels of `group`, right-padded."""
+    import torch
+
+    ids, labels, mask = padded(group, pad_id)
     kwargs = {"adapter_names": adapter_names} if adapter_names else {}
     with torch.inference_mode():
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
@@ -84,6 +93,27 @@ def masked_nll(model, group: list[dict], pad_id: int, adapter_names: list[str] |
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), shifted.flatten(),
                                                 ignore_index=IGNORE_INDEX, reduction="sum")
     return float(nll), int((shifted != IGNORE_INDEX).sum())
+
+
+def sequence_logps(model, group: list[dict], pad_id: int, adapter_names: list[str] | None = None) -> list[float]:
+    """Each example's summed log-probability of its labelled tokens (the reply given the prompt)."""
+    import torch
+
+    ids, labels, mask = padded(group, pad_id)
+    kwargs = {"adapter_names": adapter_names} if adapter_names else {}
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
+        shifted = labels[:, 1:].to(logits.device)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), shifted,
+                                                ignore_index=IGNORE_INDEX, reduction="none")
+    return (-nll.sum(dim=1)).tolist()
+
+
+def pair_examples(pair: dict) -> list[dict]:
+    """The chosen and the rejected sequence of a tokenized pair, the prompt masked."""
+    prompt = pair["prompt_ids"]
+    return [{"input_ids": prompt + pair[side], "labels": [IGNORE_INDEX] * len(prompt) + pair[side]}
+            for side in ("chosen_ids", "rejected_ids")]
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -269,6 +299,11 @@ class Evaluator:
                     figures[model].update(update)
                 else:
                     yield _update("loss", *update, f"Loss of {model}: {update[0]}/{update[1]} rows")
+            for update in self._preference(model, found):
+                if isinstance(update, dict):
+                    figures[model].update(update)
+                else:
+                    yield _update("preference", *update, f"Preference of {model}: {update[0]}/{update[1]} pairs")
             if self._cancel.is_set():
                 yield self._result("cancelled", models, found, figures)
                 return
@@ -305,6 +340,27 @@ class Evaluator:
         loss = total_nll / total_tokens if total_tokens else None
         yield {"loss": loss, "perplexity": perplexity(loss), "tokens": total_tokens}
 
+    def _preference(self, model: str, found: EvalSet) -> Iterator[tuple[int, int] | dict]:
+        """On preference rows: (pairs done, pairs) per batch, then {"reward_accuracy", "reward_margin", "pairs"}:
+        the share of pairs whose chosen reply the model gives a higher log-probability than the rejected one, and
+        the mean of that difference in nats (the implicit reward DPO raises)."""
+        pairs = [row.pair for row in found.rows if row.pair is not None]
+        if not pairs:
+            return
+        pad_id = self.backend.tokenizer.pad_token_id or 0
+        adapter, margins = ("" if model == BASE else model), []
+        for start in range(0, len(pairs), BATCH_ROWS // 2):
+            if self._cancel.is_set():
+                return
+            group = [example for pair in pairs[start:start + BATCH_ROWS // 2] for example in pair_examples(pair)]
+            with self.backend.holding_model(adapter) as (served, is_peft):
+                names = [PEFT_BASE if model == BASE else model] * len(group) if is_peft else None
+                logps = sequence_logps(served, group, pad_id, names)
+            margins += [chosen - rejected for chosen, rejected in zip(logps[0::2], logps[1::2])]
+            yield len(margins), len(pairs)
+        yield {"reward_accuracy": sum(m > 0 for m in margins) / len(margins),
+               "reward_margin": sum(margins) / len(margins), "pairs": len(margins)}
+
     def _result(self, state: str, models: list[str], found: EvalSet, figures: dict) -> dict:
         return {"state": state, "stage": state, "source": found.source, "dataset_fingerprint": found.fingerprint,
                 "examples": len(found.rows), "skipped_rows": found.skipped,
@@ -315,12 +371,13 @@ class Evaluator:
 
     def _save(self, models: list[str], result: dict) -> tuple[list[str], dict[str, str]]:
         """Write each adapter's figures, with the base's beside them, into its metadata; (saved, why not)."""
-        base = {key: result["models"][BASE].get(key) for key in FIGURES}
+        figures = (*FIGURES, *(key for key in PREFERENCE_FIGURES if result["models"][BASE].get(key) is not None))
+        base = {key: result["models"][BASE].get(key) for key in figures}
         saved, not_saved = [], {}
         for model in models[1:]:
             evaluation = {**{key: result[key] for key in ("dataset_fingerprint", "source", "examples",
                                                           "references", "created")},
-                          **{key: result["models"][model].get(key) for key in (*FIGURES, "tokens")}, "base": base}
+                          **{key: result["models"][model].get(key) for key in (*figures, "tokens")}, "base": base}
             try:
                 save_evaluation(self.backend.settings.adapters_dir, model, evaluation)
                 saved.append(model)

@@ -10,6 +10,7 @@ from llama_space.service.actions import Actions
 from llama_space.service.compare import Comparer
 from llama_space.service.evaluate import Evaluator
 from llama_space.service.export_actions import ExportActions
+from llama_space.service.feedback import Feedback
 from llama_space.training.runner import JobRunner
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class Services:
     exports: ExportActions  # merge and GGUF export jobs, Hub pushes
     comparer: Comparer  # side-by-side answers
     evaluator: Evaluator  # loss, perplexity and answer matching
+    feedback: Feedback  # marks on replies, and the datasets they make
 
     @classmethod
     def build(cls, backend: ChatBackend, permissions: Permissions) -> Services:
@@ -34,7 +36,7 @@ class Services:
         runner = JobRunner(backend.settings, backend)  # resumes a shared job the app's last end interrupted
         comparer = Comparer(backend, runner, permissions)
         return cls(backend, Actions(backend, runner, permissions), ExportActions(backend.settings, permissions),
-                   comparer, Evaluator(comparer))
+                   comparer, Evaluator(comparer), Feedback(backend.settings, permissions))
 
     @property
     def settings(self) -> Settings:

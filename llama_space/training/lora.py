@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llama_space import adapters
 from llama_space.adapters import CONFIG_FILE, WEIGHTS_FILE
 from llama_space.errors import UserError
 from llama_space.model.source import resolve_model
@@ -56,9 +57,16 @@ def nf4_arguments(dtype) -> dict:
     return {"quantization_config": config, "device_map": {"": device}}
 
 
-def add_lora(model: PreTrainedModel, params: TrainingParams) -> PeftModel:
-    """Wrap `model` with a fresh trainable LoRA adapter named "default"."""
-    from peft import LoraConfig, get_peft_model
+def add_lora(model: PreTrainedModel, params: TrainingParams, adapters_dir: Path | None = None) -> PeftModel:
+    """Wrap `model` with a trainable LoRA adapter named "default": a fresh one, or adapter params.from_adapter of
+    `adapters_dir` to continue (its rank, alpha and target modules then are the adapter's own)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if params.from_adapter:
+        path = adapters.adapter_path(Path(adapters_dir or "."), params.from_adapter)
+        if not adapters.is_complete(path):
+            raise UserError(f"There is no adapter named {params.from_adapter!r} to continue from.")
+        return PeftModel.from_pretrained(model, str(path), adapter_name="default", is_trainable=True)
 
     config = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
                         target_modules=params.target_modules, task_type="CAUSAL_LM", bias="none")
@@ -101,7 +109,8 @@ def save_adapter(model: PeftModel, directory: Path, base_model: str, state_dict:
     """Write exactly adapter_config.json and adapter_model.safetensors into `directory`, taking the weights from
     `state_dict` (the full model's, e.g. gathered from sharded ranks) when given, else from `model`."""
     model.peft_config["default"].base_model_name_or_path = base_model
-    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
+    # Only the trained adapter: a preference job may hold its reference's frozen copy beside it.
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict, selected_adapters=["default"])
     for path in Path(directory).iterdir():
         if path.name not in (CONFIG_FILE, WEIGHTS_FILE):  # PEFT adds a README model card
             path.unlink()

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
+from llama_space.adapters import BASE_NAMES, validate_name
 from llama_space.errors import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -31,6 +32,7 @@ def _real(name: str, value, low: float, high: float, low_open: bool = False) -> 
     return float(value)
 
 
+MAX_SYSTEM_PROMPT = 8192  # characters of a job's system prompt
 PLACEMENTS = ("auto", "process", "shared")
 QUANTIZATIONS = ("none", "nf4")
 TRACKERS = ("none", "tensorboard", "trackio", "wandb", "mlflow")
@@ -74,7 +76,10 @@ class TrainingParams:
     placement: str = "auto"  # auto (the memory planner picks), process (own process and base copy) or shared
     quantization: str = "none"  # none, or nf4: the trainer's base in 4-bit NF4 with double quant (QLoRA)
     report_to: str = "none"  # experiment tracker: none, tensorboard, trackio, wandb or mlflow
-    method: str = "sft"  # training method, one of those in training/methods; sft: supervised fine-tuning
+    method: str = "sft"  # training method, one of those in training/methods: sft, dpo or orpo
+    beta: float = 0.1  # preference strength: DPO's beta (how far from the reference), ORPO's odds-ratio weight
+    system_prompt: str = ""  # system prompt given to rows that have none; chat with the adapter uses it by default
+    from_adapter: str = ""  # an existing adapter to continue training from ("" = a fresh LoRA)
 
     def __post_init__(self) -> None:
         self.lora_r = _whole("lora_r", self.lora_r, 1, 256)
@@ -99,6 +104,8 @@ class TrainingParams:
         _choice("quantization", self.quantization, QUANTIZATIONS)
         _choice("report_to", self.report_to, TRACKERS)
         _choice("method", self.method, method_names())
+        self.beta = _real("beta", self.beta, 0, 10, low_open=True)
+        self._check_texts()
 
     def _check_targets(self) -> None:
         if isinstance(self.target_modules, str):
@@ -109,6 +116,16 @@ class TrainingParams:
             raise UserError("target_modules must be 1-32 module names such as q_proj, v_proj "
                             "(letters, digits, '_' or '.')")
         self.target_modules = targets
+
+    def _check_texts(self) -> None:
+        if self.system_prompt is None:
+            self.system_prompt = ""
+        if not isinstance(self.system_prompt, str) or len(self.system_prompt) > MAX_SYSTEM_PROMPT:
+            raise UserError(f"system_prompt must be text of at most {MAX_SYSTEM_PROMPT} characters")
+        if self.from_adapter in (None, *BASE_NAMES):
+            self.from_adapter = ""
+        else:
+            validate_name(self.from_adapter)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of every field."""

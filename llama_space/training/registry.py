@@ -8,6 +8,7 @@ app, training.shared_runs) is gone when the app that ran it is, or, in this proc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -77,6 +78,11 @@ class JobRegistry(JobStore):
         adapters_dir = Path(self.settings.adapters_dir).resolve()
         if adapters.adapter_path(adapters_dir, adapter_name).exists():
             raise UserError(adapters.exists_message(adapter_name))
+        if params.from_adapter:  # before tokenizing: a missing parent or one of another base is refused at once
+            adapters.lineage_of(adapters_dir, params.from_adapter, base_model_name(self.settings.model))
+            if not params.system_prompt:  # a continued adapter keeps the prompt it was trained with
+                params = dataclasses.replace(params, system_prompt=adapters.trained_system_prompt(
+                    adapters_dir, params.from_adapter))
         dataset = Path(dataset_path)
         if not dataset.is_file():
             raise UserError(f"Dataset file {dataset.name!r} not found; upload it again.")

@@ -135,6 +135,8 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
     adapters_dir, name = Path(config.adapters_dir), config.adapter
     if adapters.adapter_path(adapters_dir, name).exists():
         raise UserError(adapters.exists_message(name))
+    # Read before training: the parent may be deleted while this job runs.
+    lineage = adapters.lineage_of(adapters_dir, params.from_adapter, config.base_model) if params.from_adapter else []
     checkpoints_dir = job_dir / jobfiles.CHECKPOINTS_DIR
     any_rank = join_ranks()
     trainer, progress = None, None
@@ -159,6 +161,9 @@ def train_job(job_dir: Path, base: SharedBase | None = None) -> dict:
             "base_model": config.base_model, "job_id": config.job_id,
             "dataset_fingerprint": config.dataset_fingerprint, "dataset_name": config.dataset_name,
             "hyperparameters": params.to_dict(), "base_quantization": params.quantization,
+            "method": params.method, "system_prompt": params.system_prompt,
+            "parent_adapter": params.from_adapter or None,
+            "lineage": lineage,
             "train_loss": progress.final_train_loss(),
             "eval_loss": eval_loss, "steps": trainer.state.global_step,
             "train_examples": len(trainer.train_dataset), "processes": trainer.args.world_size,
@@ -189,7 +194,7 @@ def prepare_trainer(job_dir: Path, config: TrainingJobConfig, params: TrainingPa
     log.info("%s: %d training / %d eval examples", method.name, len(train_rows), len(eval_rows))
     checkpointing = lora.wants_checkpointing(model, params)
     progress = JobProgress(job_dir)
-    trainer = method.build_trainer(lora.add_lora(model, params), tokenizer, params,
+    trainer = method.build_trainer(lora.add_lora(model, params, Path(config.adapters_dir)), tokenizer, params,
                                    checkpoints_dir=job_dir / jobfiles.CHECKPOINTS_DIR, train_rows=train_rows,
                                    eval_rows=eval_rows, callback=progress, activation_checkpointing=checkpointing)
     for callback in base.callbacks() if base is not None else []:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # The named endpoints Gradio's MCP server (/gradio_api/mcp) offers as tools: chatting, looking and starting a
 # job. Cancelling, resuming and deleting stay off it, so an agent cannot undo work by a wrong tool choice.
-MCP_TOOLS = ("generate", "chat", "list_adapters", "validate_dataset", "start_training", "job_status")
+MCP_TOOLS = ("generate", "chat", "list_adapters", "validate_dataset", "start_training", "job_status", "record_feedback",
+             "feedback_dataset")
 
 
 def build_app(settings: Settings) -> tuple[gr.Blocks, Services]:

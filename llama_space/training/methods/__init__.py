@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from llama_space.errors import UserError
 from llama_space.training.methods.base import StepMemory, TrainingMethod
+from llama_space.training.methods.preference import DPO, ORPO, PreferenceMethod
 from llama_space.training.methods.sft import SFT
 
-METHODS: dict[str, TrainingMethod] = {method.name: method for method in (SFT(),)}
+METHODS: dict[str, TrainingMethod] = {method.name: method for method in (SFT(), DPO(), ORPO())}
 
-__all__ = ["METHODS", "StepMemory", "TrainingMethod", "get_method"]
+__all__ = ["METHODS", "PreferenceMethod", "StepMemory", "TrainingMethod", "get_method"]
 
 
 def get_method(name: str) -> TrainingMethod:

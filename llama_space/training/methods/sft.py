@@ -34,10 +34,12 @@ class SFT(TrainingMethod):
 
     def build_examples(self, dataset: Path, tokenizer: PreTrainedTokenizerBase, params: TrainingParams,
                        max_bytes: int) -> list[dict]:
-        """{"input_ids", "labels"} per trainable row (see llama_space.data.build_examples)."""
+        """{"input_ids", "labels"} per trainable row (see llama_space.data.build_examples), the job's system prompt
+        given to rows without one."""
         from llama_space.data import build_examples
 
-        return build_examples(dataset, tokenizer, params.max_length, max_bytes=max_bytes)
+        return build_examples(dataset, tokenizer, params.max_length, max_bytes=max_bytes,
+                              system_prompt=params.system_prompt)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithFlattening:
         """Padding-free packing (collate.packing_collator): the batch in one row, positions restarting per example."""

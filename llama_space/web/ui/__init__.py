@@ -13,6 +13,7 @@ from llama_space.web.ui.api import register_chat_api
 from llama_space.web.ui.chat_tab import build_chat_tab
 from llama_space.web.ui.compare_tab import build_compare_tab
 from llama_space.web.ui.export_tab import add_export_tab
+from llama_space.web.ui.feedback_api import register_feedback_api
 from llama_space.web.ui.finetune_tab import build_finetune_tab
 from llama_space.web.ui.training_api import register_training_api
 
@@ -38,9 +39,9 @@ def build_ui(services: Services) -> gr.Blocks:
         gr.Markdown(f"## {TITLE} · `{backend.base_name}`")
         oauth.login_button()
         with gr.Tab("Chat", id="chat"):
-            build_chat_tab(backend)
+            build_chat_tab(backend, services.feedback)
         with gr.Tab("Fine-tune", id="finetune"):
-            poll, job_id, job_outputs = build_finetune_tab(actions)
+            poll, job_id, job_outputs = build_finetune_tab(actions, services.feedback)
         with gr.Tab("Adapters", id="adapters") as adapters_tab:
             reload_adapters, adapter_outputs = build_adapters_tab(actions)
         adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
@@ -52,6 +53,7 @@ def build_ui(services: Services) -> gr.Blocks:
         demo.load(follow_evaluation, None, evaluation_outputs, concurrency_limit=None, **hidden)
         register_chat_api(backend)
         register_training_api(actions)
+        register_feedback_api(services.feedback)
     return with_queue(demo, services.settings)
 
 

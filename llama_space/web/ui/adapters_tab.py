@@ -13,9 +13,10 @@ if TYPE_CHECKING:
 
 # The last columns show the latest evaluation (service/evaluate.py): the adapter's figure, the base's beside it.
 EVALUATION_COLUMNS = {"loss (base)": "loss", "perplexity (base)": "perplexity", "exact match (base)": "exact_match",
-                      "contains (base)": "contains"}
-COLUMNS = ["name", "base_model", "created", "train_loss", "eval_loss", "steps", "lora_r", "dataset",
-           "evaluated on", *EVALUATION_COLUMNS]
+                      "contains (base)": "contains", "reward accuracy (base)": "reward_accuracy",
+                      "reward margin (base)": "reward_margin"}
+COLUMNS = ["name", "base_model", "created", "method", "lineage", "system prompt", "train_loss", "eval_loss", "steps",
+           "lora_r", "dataset", "evaluated on", *EVALUATION_COLUMNS]
 
 
 def adapter_rows(actions: Actions) -> list[list]:
@@ -24,10 +25,18 @@ def adapter_rows(actions: Actions) -> list[list]:
     for item in actions.list_adapters():
         hyper = item.get("hyperparameters") or {}
         rows.append([item.get("name"), item.get("base_model", ""), item.get("created", ""),
+                     item.get("method", "sft"), lineage_text(item), item.get("system_prompt", ""),
                      _round(item.get("train_loss")), _round(item.get("eval_loss")), item.get("steps", ""),
                      hyper.get("lora_r", item.get("r", "")), item.get("dataset_fingerprint", ""),
                      *_evaluation_cells(item.get("evaluation"))])
     return rows
+
+
+def lineage_text(metadata: dict) -> str:
+    """Where an adapter comes from, oldest first: "sft-1 (sft) → dpo-2 (dpo)"; empty for a fresh one."""
+    steps = metadata.get("lineage") if isinstance(metadata.get("lineage"), list) else []
+    return " → ".join(f"{step.get('adapter')} ({step.get('method', 'sft')})" for step in steps
+                      if isinstance(step, dict))
 
 
 def _round(value):

@@ -13,6 +13,7 @@ import gradio as gr
 from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.web.error_boundary import user_facing
+from llama_space.web.ui.feedback import add_chat_feedback
 
 if TYPE_CHECKING:
     from llama_space.inference.backend import ChatBackend, ReplyStream
@@ -127,7 +128,7 @@ def stats_line(stream: ReplyStream) -> str:
             f"first token {ttft:.2f} s" + (" · stopped" if stopped else ""))
 
 
-def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
+def build_chat_tab(backend: ChatBackend, feedback=None) -> gr.Dropdown:
     """Lay out the chat tab and wire its events; returns the adapter dropdown for other tabs to refresh."""
     with gr.Row():
         with gr.Column(scale=3):
@@ -154,6 +155,8 @@ def build_chat_tab(backend: ChatBackend) -> gr.Dropdown:
     # Named as the /chat endpoint's parameters.
     sampling = {"system_prompt": system_prompt, "adapter": adapter, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
+    if feedback is not None:
+        add_chat_feedback(feedback, chatbot, sampling, backend.settings.adapters_dir)
     switch = gr.State(StopSwitch())
     ticket = gr.State(0)  # the switch's ticket for the reply asked for last
 

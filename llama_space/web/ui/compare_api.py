@@ -95,7 +95,9 @@ def register_compare_api(comparer: Comparer, evaluator: Evaluator) -> None:
                  generate_answers: bool = True, max_new_tokens: int = 128) -> dict:
         """Loss and perplexity on the trained tokens (and, with references, exact-match and contains shares of
         greedy answers) for the base and each adapter, on a dataset file or a job's held-out split; saved into
-        each adapter's metadata. State "cancelled" when /cancel_evaluation stopped it."""
+        each adapter's metadata. On preference data (or a preference job's held-out pairs) also reward_accuracy
+        (share of pairs whose chosen reply the model finds likelier than the rejected) and reward_margin (the mean
+        log-probability difference, in nats). State "cancelled" when /cancel_evaluation stopped it."""
         options = EvalOptions(max_examples=max_examples, generate_answers=generate_answers,
                               max_new_tokens=max_new_tokens)
         return evaluator.evaluate(adapters, uploaded_path(file), job_id, options)

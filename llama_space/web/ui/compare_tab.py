@@ -13,6 +13,7 @@ from llama_space.service.compare import MAX_ADAPTERS, greedy
 from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
+from llama_space.web.ui.feedback import add_compare_picks
 
 if TYPE_CHECKING:
     from llama_space.service.actions import Actions
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
 
 SLOTS = 1 + MAX_ADAPTERS  # reply boxes: the base and each adapter
 HIDDEN = {"api_visibility": "private"}
-EVAL_HEADERS = ["model", "loss", "perplexity", "exact match", "contains", "tokens"]
+EVAL_HEADERS = ["model", "loss", "perplexity", "exact match", "contains", "tokens", "reward accuracy",
+                "reward margin"]
 
 
 def job_dropdown(actions: Actions, **layout) -> gr.Dropdown:
@@ -49,7 +51,8 @@ def _eval_rows(result: dict) -> list[list]:
         return "" if value is None else round(value, 4)
 
     return [[model, figure(f.get("loss")), figure(f.get("perplexity")), figure(f.get("exact_match")),
-             figure(f.get("contains")), f.get("tokens", "")] for model, f in result.get("models", {}).items()]
+             figure(f.get("contains")), f.get("tokens", ""), figure(f.get("reward_accuracy")),
+             figure(f.get("reward_margin"))] for model, f in result.get("models", {}).items()]
 
 
 def _eval_message(result: dict) -> str:
@@ -64,7 +67,7 @@ def _eval_message(result: dict) -> str:
     return text
 
 
-def _side_by_side(comparer: Comparer, models: dict[str, gr.Component]) -> dict[str, gr.Component]:
+def _side_by_side(comparer: Comparer, models: dict[str, gr.Component], feedback=None) -> dict[str, gr.Component]:
     """One prompt answered by every chosen model; returns the sampling fields, which a file of prompts uses too.
     `models` and the returned fields are named as the callbacks' (and the /compare endpoint's) parameters."""
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
@@ -81,6 +84,8 @@ def _side_by_side(comparer: Comparer, models: dict[str, gr.Component]) -> dict[s
     with gr.Row():
         boxes = [gr.Textbox(label="base", lines=8, interactive=False, visible=i == 0, elem_id=f"compare-reply-{i}")
                  for i in range(SLOTS)]
+    if feedback is not None:
+        add_compare_picks(feedback, comparer, prompt, boxes, models, sampling)
 
     def on_compare(prompt, adapters, include_base, system_prompt, max_new_tokens, temperature, top_p):
         chosen = comparer.models(adapters, include_base)
@@ -196,7 +201,7 @@ def build_compare_tab(services: Services) -> tuple[Callable, list]:
                                    label=f"Adapters (up to {MAX_ADAPTERS})", elem_id="compare-adapters", scale=3)
             include_base = gr.Checkbox(True, label="Include the base model", elem_id="compare-base")
         models = {"adapters": adapters, "include_base": include_base}
-        sampling = _side_by_side(services.comparer, models)
+        sampling = _side_by_side(services.comparer, models, services.feedback)
         jobs: list[gr.Dropdown] = []
         _prompts_file(services.comparer, actions, models, sampling, jobs)
         on_page_load, evaluation_outputs = _evaluate(services.evaluator, actions, adapters, jobs)

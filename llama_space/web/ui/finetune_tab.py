@@ -13,6 +13,7 @@ from llama_space.errors import UserError
 from llama_space.training.methods import METHODS
 from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams, method_names
 from llama_space.web.error_boundary import user_facing
+from llama_space.web.ui.feedback import build_feedback_panel
 from llama_space.web.ui.jobs_view import job_view, no_job_view
 
 if TYPE_CHECKING:
@@ -28,12 +29,16 @@ CHOICE_FIELDS = {"placement": (PLACEMENTS, "Placement (auto: the memory planner 
                  "quantization": (QUANTIZATIONS, "Base quantization (nf4 = QLoRA)"),
                  "report_to": (TRACKERS, "Experiment tracking"),
                  "method": (method_names(), "Training method")}
+# The form's text fields, with their labels: the job's system prompt, and the adapter to continue from (a list of the
+# adapters on disk, "" for a fresh LoRA).
+TEXT_FIELDS = {"system_prompt": "System prompt for rows without one (chat with the adapter uses it by default)",
+               "from_adapter": "Continue from adapter (empty: a fresh LoRA)"}
 
 
 def _report_markdown(report: dict) -> str:
     stats = report.get("token_stats") or {}
     lines = [f"**{'✅' if report['ok'] else '❌'} {report['summary']}**", "",
-             (f"Format: `{report['format']}` · rows: {report['rows']} · trained: {report['valid_rows']} · "
+             (f"Format: `{report['format']}` ({report.get('kind', 'instruction')} data) · rows: {report['rows']} · trained: {report['valid_rows']} · "
               f"skipped: {report['skipped_rows']} · duplicates: {report['duplicates']} · "
               f"longer than max length ({report['max_length']}): {report['too_long']}")]
     if stats:
@@ -52,8 +57,8 @@ def form_values(preset: str) -> dict[str, Any]:
     """The form's fields with preset `preset`'s values, by name (an unset number shows as 0, which TrainingParams
     reads as unset)."""
     params = TrainingParams.preset(preset)
-    return {f.name: getattr(params, f.name) if f.name in CHOICE_FIELDS else getattr(params, f.name) or 0
-            for f in fields(TrainingParams) if f.name not in NOT_IN_FORM}
+    return {f.name: getattr(params, f.name) if f.name in CHOICE_FIELDS or f.name in TEXT_FIELDS
+            else getattr(params, f.name) or 0 for f in fields(TrainingParams) if f.name not in NOT_IN_FORM}
 
 
 def _methods_info() -> str:
@@ -61,10 +66,11 @@ def _methods_info() -> str:
     return " · ".join(f"{m.name}: {m.description}; trains on {m.accepts}" for m in METHODS.values())
 
 
-def _training_form() -> dict[str, gr.Component]:
-    """A field per form value, by TrainingParams name: the numbers three to a row, then the lists in one row."""
+def _training_form(adapter_names: list[str]) -> dict[str, gr.Component]:
+    """A field per form value, by TrainingParams name: the numbers three to a row, the lists in one row, then the
+    system prompt and the adapter to continue from."""
     values = form_values("standard")
-    numbers = [name for name in values if name not in CHOICE_FIELDS]
+    numbers = [name for name in values if name not in CHOICE_FIELDS and name not in TEXT_FIELDS]
     form: dict[str, gr.Component] = {}
     for row in range(0, len(numbers), 3):
         with gr.Row():
@@ -75,6 +81,10 @@ def _training_form() -> dict[str, gr.Component]:
                                    info=_methods_info() if name == "method" else None, elem_id=f"param-{name}",
                                    min_width=100)
                  for name in values if name in CHOICE_FIELDS}
+    form["system_prompt"] = gr.Textbox(values["system_prompt"], label=TEXT_FIELDS["system_prompt"], lines=2,
+                                       elem_id="param-system_prompt")
+    form["from_adapter"] = gr.Dropdown(["", *adapter_names], value="", label=TEXT_FIELDS["from_adapter"],
+                                       elem_id="param-from_adapter")
     return form
 
 
@@ -92,14 +102,14 @@ def _hub_fields() -> dict[str, gr.Textbox]:
     return named
 
 
-def build_finetune_tab(actions: Actions):
+def build_finetune_tab(actions: Actions, feedback=None):
     """Lay out the tab and wire its events; returns the job poller for the page-load hook."""
     allow_changes = actions.permissions.controls_on
     if not allow_changes:
         gr.Markdown(f"⚠️ {actions.permissions.disabled_reason}", elem_id="training-disabled")
     with gr.Row():
         with gr.Column():
-            upload = gr.File(label="Instruction data (JSON, JSONL, CSV or Parquet)", file_types=[
+            upload = gr.File(label="Instruction or preference data (JSON, JSONL, CSV or Parquet)", file_types=[
                 ".json", ".jsonl", ".csv", ".parquet"], elem_id="dataset-upload")
             with gr.Accordion("…or a dataset from the Hugging Face Hub or ModelScope", open=False):
                 hub = _hub_fields()
@@ -111,7 +121,7 @@ def build_finetune_tab(actions: Actions):
         with gr.Column():
             adapter_name = gr.Textbox(label="Adapter name", placeholder="my-adapter", elem_id="adapter-name")
             preset = gr.Radio(["standard", "quick"], value="standard", label="Preset", elem_id="preset")
-            form = _training_form()
+            form = _training_form(actions.adapter_names())
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=allow_changes,
                                   elem_id="start-training")
@@ -122,6 +132,7 @@ def build_finetune_tab(actions: Actions):
     loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="loss-plot", height=260,
                             visible=False)
     log_tail = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="job-log")
+    used = build_feedback_panel(feedback, upload, form["method"]) if feedback is not None else []
     hidden = {"api_visibility": "private"}
     max_length = form["max_length"]
 
@@ -161,8 +172,13 @@ def build_finetune_tab(actions: Actions):
     report_outputs = [report_md, problems, preview]
     for event in (upload.upload, max_length.submit):
         event(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs, **hidden)
+    for event in used:  # the feedback put into the upload: checked like an uploaded file
+        event.then(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs,
+                   **hidden)
     load_hub.click(on_check, inputs_kwargs={"max_length": max_length, **hub}, outputs=report_outputs, **hidden)
     preset.change(on_preset, preset, list(form.values()), queue=False, **hidden)
+    form["from_adapter"].focus(lambda: gr.Dropdown(choices=["", *actions.adapter_names()]), None,
+                               form["from_adapter"], queue=False, **hidden)
     start.click(user_facing(on_start), inputs_kwargs={"file": upload, "adapter_name": adapter_name,
                                                       "preset": preset, **hub, **form}, outputs=job_id, **hidden)
     cancel.click(user_facing(actions.cancel), job_id, None, **hidden)

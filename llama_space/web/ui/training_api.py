@@ -111,7 +111,8 @@ def register_training_api(actions: Actions) -> None:
     def validate_dataset(file: FileData | None, max_length: int = TrainingParams.max_length, dataset_id: str = "",
                          dataset_config: str = "", dataset_split: str = "train", dataset_revision: str = "") -> dict:
         """Check a dataset (a file or a Hub dataset) before training: per-row errors and warnings, token counts
-        and a preview of what the model will learn.
+        and a preview of what the model will learn. Instruction data (for method sft) and preference data (chosen
+        and rejected replies, for dpo or orpo) are told apart by their columns: the report's kind says which.
 
         Args:
             file: the instruction data (JSON, JSONL, CSV or Parquet), sent with gradio_client.handle_file(path); None when dataset_id names a Hub dataset

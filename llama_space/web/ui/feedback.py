@@ -1,0 +1,136 @@
+"""Feedback in the tabs: thumbs and "what it should have been" in Chat, "this one is better" in Compare, and the
+collected feedback as datasets in Fine-tune. Each callback is one call into service.feedback.Feedback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from llama_space import adapters as adapter_files
+from llama_space.inference.prompting import normalize_messages
+from llama_space.web.error_boundary import user_facing
+
+if TYPE_CHECKING:
+    from llama_space.service.compare import Comparer
+    from llama_space.service.feedback import Feedback
+
+HIDDEN = {"api_visibility": "private"}
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def _content(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+def _before(history: list[dict], index: int, system_prompt: str) -> list[dict]:
+    """The conversation a reply at `index` answers, with the chat's system prompt."""
+    return normalize_messages([{"role": m["role"], "content": _content(m)} for m in history[:index]],
+                              system_prompt=system_prompt)
+
+
+def prompt_in_force(adapters_dir, adapter: str, system_prompt: str) -> str:
+    """What the Chat tab says about the system prompt a reply gets."""
+    if system_prompt and system_prompt.strip():
+        return "System prompt: yours."
+    trained = adapter_files.trained_system_prompt(adapters_dir, "" if adapter == "base" else adapter)
+    return f"System prompt: the adapter's trained one, “{trained}”." if trained else "System prompt: none."
+
+
+def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component],
+                      adapters_dir) -> None:
+    """Thumbs on every reply, an edit of the last reply, and a line saying which system prompt is in force."""
+    in_force = gr.Markdown(prompt_in_force(adapters_dir, "base", ""), elem_id="prompt-in-force")
+    with gr.Row():
+        edited = gr.Textbox(label="The last reply as it should have been", lines=2, elem_id="feedback-edit",
+                            scale=4)
+        save_edit = gr.Button("Save edit", elem_id="feedback-save-edit", scale=1)
+    system_prompt, adapter = sampling["system_prompt"], sampling["adapter"]
+
+    def settings(values: dict) -> dict:
+        return {key: values[key] for key in GENERATION_KEYS if key in values}
+
+    def on_like(data: gr.LikeData, history, system_prompt, adapter, **values):
+        if data.liked is None:  # a mark taken back
+            return
+        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        kind = "up" if data.liked else "down"
+        feedback.record(kind, _before(history, index, system_prompt), _content(history[index]),
+                        "" if adapter == "base" else adapter, generation=settings(values))
+        gr.Info("Feedback saved.")
+
+    def on_edit(text, history, system_prompt, adapter, **values):
+        last = max((i for i, m in enumerate(history) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise gr.Error("There is no reply to edit yet.")
+        feedback.record("edit", _before(history, last, system_prompt), _content(history[last]),
+                        "" if adapter == "base" else adapter, edited=text, generation=settings(values))
+        gr.Info("Edit saved: the edited reply is preferred over the original.")
+        return ""
+
+    inputs = {"history": chatbot, **sampling}
+    chatbot.like(user_facing(on_like, "saving feedback"), inputs_kwargs=inputs, outputs=None, **HIDDEN)
+    save_edit.click(user_facing(on_edit, "saving the edit"), inputs_kwargs={"text": edited, **inputs},
+                    outputs=edited, **HIDDEN)
+    for component in (system_prompt, adapter):
+        component.change(lambda a, s: prompt_in_force(adapters_dir, a, s), [adapter, system_prompt], in_force,
+                         queue=False, **HIDDEN)
+
+
+def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox, boxes: list[gr.Textbox],
+                      models: dict[str, gr.Component], sampling: dict[str, gr.Component]) -> None:
+    """A "this one is better" button under each side-by-side reply: a pick of it over the other replies."""
+    with gr.Row():
+        buttons = [gr.Button("This one is better", size="sm", elem_id=f"compare-pick-{i}") for i in range(len(boxes))]
+
+    def on_pick(slot: int, prompt, system_prompt, adapters, include_base, *replies, **values):
+        names = comparer.models(adapters, include_base)
+        shown = list(zip(names, replies))
+        if slot >= len(shown) or not shown[slot][1].strip():
+            raise gr.Error("Compare first, then pick the better reply.")
+        name, reply = shown[slot]
+        feedback.record("pick", normalize_messages([], prompt, system_prompt), reply,
+                        "" if name == "base" else name, other_replies=[r for i, (_, r) in enumerate(shown) if i != slot],
+                        generation={k: v for k, v in values.items() if k in GENERATION_KEYS})
+        gr.Info(f"Saved: {name}'s reply preferred over the others.")
+
+    for slot, button in enumerate(buttons):
+        button.click(user_facing(lambda *args, slot=slot, **kw: on_pick(slot, *args, **kw), "saving the pick"),
+                     [prompt, sampling["system_prompt"], models["adapters"], models["include_base"], *boxes], None,
+                     **HIDDEN)
+
+
+def build_feedback_panel(feedback: Feedback, upload: gr.File, method: gr.Dropdown):
+    """Fine-tune: the collected feedback's counts, downloads as JSONL, "train on it" (the file goes into `upload`
+    with a method that trains on it) and Clear; returns the "train on it" events, for the data check to follow."""
+    with gr.Accordion("Feedback collected in Chat and Compare", open=False):
+        counts = gr.Markdown(elem_id="feedback-counts")
+        with gr.Row():
+            refresh = gr.Button("Refresh", elem_id="feedback-refresh")
+            pairs = gr.DownloadButton("Preference pairs (JSONL, for dpo/orpo)", elem_id="feedback-pairs")
+            rows = gr.DownloadButton("SFT rows (JSONL)", elem_id="feedback-sft")
+            clear = gr.Button("Clear feedback", variant="stop", elem_id="feedback-clear")
+        with gr.Row():
+            use_pairs = gr.Button("Train on the preference pairs (dpo)", elem_id="feedback-use-pairs")
+            use_rows = gr.Button("Train on the SFT rows (sft)", elem_id="feedback-use-sft")
+
+    def on_refresh():
+        found = feedback.private_dataset("preference")["counts"]
+        marks = " · ".join(f"{kind}: {n}" for kind, n in found["marks"].items())
+        return (f"{found['preference_pairs']} preference pairs · {found['sft_rows']} SFT rows (marks: {marks})",
+                str(feedback.jsonl("preference")) if found["preference_pairs"] else None,
+                str(feedback.jsonl("sft")) if found["sft_rows"] else None)
+
+    outputs = [counts, pairs, rows]
+    refresh.click(user_facing(on_refresh, "reading the feedback"), None, outputs, **HIDDEN)
+    clear.click(user_facing(lambda: feedback.clear() and None, "clearing the feedback"), None, None,
+                **HIDDEN).then(user_facing(on_refresh, "reading the feedback"), None, outputs, **HIDDEN)
+
+    def use(kind: str, method_name: str):
+        return user_facing(lambda: (str(feedback.jsonl(kind)), method_name), "taking the feedback as training data")
+
+    return [use_pairs.click(use("preference", "dpo"), None, [upload, method], **HIDDEN),
+            use_rows.click(use("sft", "sft"), None, [upload, method], **HIDDEN)]
