@@ -112,6 +112,26 @@ def test_rows_keep_their_own_adapter_and_sampling(serial, batched):
     assert batched._engine.largest_batch >= 2  # different adapters really shared decode steps
 
 
+def test_chat_never_touches_the_global_rng_and_seeded_replies_repeat(serial, batched):
+    """A training job in this process draws dropout and checkpointing's replays from torch's global generator:
+    sampled and seeded replies, served one at a time or batched, leave it exactly as it was."""
+    import torch
+
+    sampled = GenerationParams(temperature=0.9, max_new_tokens=16)
+    seeded = GenerationParams(temperature=0.9, top_p=0.8, top_k=40, seed=11, max_new_tokens=16)
+    jobs = [(PROMPTS[0], sampled, ""), (PROMPTS[1], seeded, "one"), (PROMPTS[2], sampled, "two"),
+            (PROMPTS[1], seeded, "one")]
+    state = torch.get_rng_state()
+    replies = {manager: together(manager, jobs) + [manager.generate(ask(PROMPTS[1]), seeded, "one")]
+               for manager in (serial, batched)}
+    assert torch.equal(torch.get_rng_state(), state)
+    for texts in replies.values():
+        assert all(isinstance(text, str) and text for text in texts)
+        assert texts[1] == texts[3] == texts[4]  # seeded: the same reply whatever ran beside it
+    torch.rand(1000)  # whatever else moves the global generator does not change a seeded reply
+    assert serial.generate(ask(PROMPTS[1]), seeded, "one") == replies[serial][1] == replies[batched][1]
+
+
 def test_short_and_long_replies_in_one_batch(serial, batched):
     jobs = [(PROMPTS[2], GenerationParams(temperature=0, max_new_tokens=n), "") for n in (1, 40, 3, 17)]
     expected = [serial.generate(ask(prompt), params) for prompt, params, _ in jobs]

@@ -114,6 +114,28 @@ class RowSampler:
         return torch.where(invalid, INVALID_TOKEN, token)
 
 
+class SampledChoice:
+    """A logits processor that makes `generate`'s greedy search sample: `sampler` draws each row's token with
+    its own generator, and that token is left the only one with a finite score.
+
+    `generate`'s own sampling draws from torch's global generator, which a training job in this process uses
+    for LoRA dropout and for replaying it under gradient checkpointing: chat must never move it.
+    """
+
+    def __init__(self, sampler: RowSampler) -> None:
+        self.sampler = sampler
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` [rows, vocab] with -inf everywhere but each row's chosen token; UserError for NaN/inf scores."""
+        import torch
+
+        tokens = torch.stack([self.sampler.choose(row, ids.tolist() if self.sampler.penalties else [])
+                              for row, ids in zip(scores, input_ids)])
+        if bool((tokens == INVALID_TOKEN).any()):
+            raise UserError(INVALID_SCORES)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
+
+
 def choose_rows(samplers: list[RowSampler], logits: torch.Tensor, tokens: list[list[int]]) -> list[int | Exception]:
     """Each row's next token from `logits` [rows, vocab] (one host sync for all), or the error that row
     fails with: its scores were NaN/inf, or its sampler raised. One row's error leaves the others' choice."""
