@@ -30,6 +30,21 @@ def test_fp32_choice_serves_the_checkpoint_weights_bit_for_bit(tiny_model_dir, t
         assert served[name].dtype == torch.float32 and torch.equal(served[name], weight), name
 
 
+def test_served_weights_never_require_grad_and_a_shared_lora_trains_only_its_own(tiny_model_dir, tmp_path):
+    """A shared job's LoRA set-up flips no flag on the served weights (dynamo guards on requires_grad: a flip
+    would recompile the served decode step), and only the LoRA weights train."""
+    from llama_space.model.sharing import plain_copy
+    from llama_space.training import TrainingParams
+    from llama_space.training.lora import add_lora
+
+    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "float32", tmp_path)
+    assert not any(p.requires_grad for p in model.parameters())
+    tree = add_lora(plain_copy(model), TrainingParams())
+    trainable = {name for name, p in tree.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
 def test_bf16_choice_serves_bf16(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_measure_decode", fake_step_seconds(fp32=0.020, bf16=0.010))
     model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "auto", tmp_path)

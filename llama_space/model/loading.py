@@ -146,6 +146,9 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare
         if dtype == "auto":
             loaded.to(choose_cpu_dtype(loaded))
     loaded.eval()
+    # Served weights never train (a shared job trains LoRA weights of its own): with their flags off from the
+    # start, the PEFT set-up of a job that shares them changes nothing a compiled decode step guards on.
+    loaded.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
