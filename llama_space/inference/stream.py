@@ -162,7 +162,7 @@ def _generate(stream: GenerationStream, begin, release) -> None:
         try:
             model, adapter_context = started
             ids = torch.tensor([stream.input_ids], device=model.device)
-            processors, kwargs = _decoding(stream.params, ids.shape[1], model.device)
+            processors, kwargs = _decoding(stream.params, ids.shape[1])
             with adapter_context(), torch.inference_mode():
                 out = model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
@@ -178,13 +178,13 @@ def _generate(stream: GenerationStream, begin, release) -> None:
         stream.end(error)
 
 
-def _decoding(params: GenerationParams, prompt_length: int, device) -> tuple[list, dict]:
+def _decoding(params: GenerationParams, prompt_length: int) -> tuple[list, dict]:
     """(logits processors, `generate` kwargs) for `params`: greedy as `generate` does it; sampled by the
     request's own sampling.RowSampler (its own generator, as in the batch engine), whose token greedy search
     then takes, so no reply draws from torch's global generator."""
     if params.greedy:
         return penalty_processors(params, prompt_length), params.generate_kwargs()
-    choose = SampledChoice(RowSampler(params, device))  # applies the penalties and warpers itself
+    choose = SampledChoice(RowSampler(params))  # applies the penalties and warpers itself
     return [choose], replace(params, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
 
 
