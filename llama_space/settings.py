@@ -21,9 +21,14 @@ class Settings:
     model: str = field(default="", metadata=_opt(
         "MODEL_ID", "Hub id, modelscope:<owner>/<name> (downloaded from ModelScope) or local path of the base "
         "model; empty = embedded SmolLM2-135M-Instruct"))
-    device: str = field(default="auto", metadata=_opt("LLAMA_SPACE_DEVICE", "auto, cpu, cuda or cuda:N"))
+    device: str = field(default="auto", metadata=_opt(
+        "LLAMA_SPACE_DEVICE", "auto, cpu, cuda (one GPU when one holds the weights, else spread over all) or cuda:N"))
     dtype: str = field(default="auto", metadata=_opt(
-        "LLAMA_SPACE_DTYPE", "auto, float32, bfloat16 or float16 (auto: bf16 on CUDA, the faster one on CPU)"))
+        "LLAMA_SPACE_DTYPE", "auto, float32, bfloat16 or float16 (auto: bf16 on GPUs of compute capability 8.0 "
+        "and up, fp16 on older ones, the faster one on CPU)"))
+    offload: bool = field(default=False, metadata=_opt(
+        "LLAMA_SPACE_OFFLOAD", "when the weights do not fit in GPU memory, keep what does not fit in CPU memory "
+        "(much slower) instead of refusing to start"))
     adapters_dir: Path = field(default=Path("adapters"), metadata=_opt(
         "LLAMA_SPACE_ADAPTERS_DIR", "where trained LoRA adapters live (use persistent storage on a Space)"))
     data_dir: Path = field(default=Path("data"), metadata=_opt(

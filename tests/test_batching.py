@@ -112,6 +112,44 @@ def test_rows_keep_their_own_adapter_and_sampling(serial, batched):
     assert batched._engine.largest_batch >= 2  # different adapters really shared decode steps
 
 
+def test_chat_never_touches_the_global_rng_and_seeded_replies_repeat(serial, batched):
+    """A training job in this process draws dropout and checkpointing's replays from torch's global generator:
+    sampled and seeded replies, served one at a time or batched, leave it exactly as it was."""
+    import torch
+
+    sampled = GenerationParams(temperature=0.9, max_new_tokens=16)
+    seeded = GenerationParams(temperature=0.9, top_p=0.8, top_k=40, seed=11, max_new_tokens=16)
+    jobs = [(PROMPTS[0], sampled, ""), (PROMPTS[1], seeded, "one"), (PROMPTS[2], sampled, "two"),
+            (PROMPTS[1], seeded, "one")]
+    state = torch.get_rng_state()
+    replies = {manager: together(manager, jobs) + [manager.generate(ask(PROMPTS[1]), seeded, "one")]
+               for manager in (serial, batched)}
+    assert torch.equal(torch.get_rng_state(), state)
+    for texts in replies.values():
+        assert all(isinstance(text, str) and text for text in texts)
+        assert texts[1] == texts[3] == texts[4]  # seeded: the same reply whatever ran beside it
+    torch.rand(1000)  # whatever else moves the global generator does not change a seeded reply
+    assert serial.generate(ask(PROMPTS[1]), seeded, "one") == replies[serial][1] == replies[batched][1]
+
+
+def test_a_row_samples_with_a_generator_on_its_logits_device():
+    """A model spread over GPUs takes its input on the first and gives its logits on the last: a sampler is built
+    without a device and draws on the device of the logits it is handed."""
+    import torch
+
+    from llama_space.inference.sampling import RowSampler
+
+    params = GenerationParams(temperature=0.8, seed=3)
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    sampler = RowSampler(params)
+    assert sampler.generator is None  # no device known yet
+    first = [int(sampler.choose(logits, [1, 2])) for _ in range(5)]
+    assert sampler.generator.device == logits.device
+    again = RowSampler(params)
+    assert [int(again.choose(logits, [1, 2])) for _ in range(5)] == first  # seeded: the same draws
+    assert RowSampler(GenerationParams(temperature=0)).choose(logits, []) == logits.argmax()
+
+
 def test_short_and_long_replies_in_one_batch(serial, batched):
     jobs = [(PROMPTS[2], GenerationParams(temperature=0, max_new_tokens=n), "") for n in (1, 40, 3, 17)]
     expected = [serial.generate(ask(prompt), params) for prompt, params, _ in jobs]
@@ -228,8 +266,8 @@ def test_a_row_with_invalid_probabilities_fails_alone(serial, batched, monkeypat
             return scores * float("nan") if self.calls <= 0 else scores
 
     class Poisoned(sampling.RowSampler):
-        def __init__(self, params, device) -> None:
-            super().__init__(params, device)
+        def __init__(self, params) -> None:
+            super().__init__(params)
             if params.seed in (101, 102):
                 self.warpers.append(NaNAfter(1 if params.seed == 101 else 4))
 
@@ -276,10 +314,10 @@ def test_a_sampler_that_cannot_be_built_ends_only_its_stream(serial, batched, mo
     from llama_space.inference import prefill, sampling
 
     class Unbuildable(sampling.RowSampler):
-        def __init__(self, params, device) -> None:
+        def __init__(self, params) -> None:
             if params.seed == 104:
                 raise ValueError("sampler cannot be built (simulated)")
-            super().__init__(params, device)
+            super().__init__(params)
 
     monkeypatch.setattr(prefill, "RowSampler", Unbuildable)
     long = GenerationParams(temperature=0, max_new_tokens=40)

@@ -110,6 +110,31 @@ def test_stop_ends_compiled_generation(fast, compiled_steps):
     assert 3 <= len(compiled_steps) < 400
 
 
+def test_a_compile_failure_warns_once_and_serves_eagerly(plain, tiny_model_dir, tmp_path_factory, monkeypatch,
+                                                         caplog):
+    """With the compiler unavailable (as without a C compiler), compile=on still starts: one warning, then
+    the eager path, batched like a plain load, with the same greedy replies."""
+    import logging
+
+    import torch._inductor.compile_fx
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler (simulated)")
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="llama_space.inference.fast_decode"):
+        served = tiny_manager(tiny_model_dir, tmp_path_factory, compile="on")
+    [warning] = [record for record in caplog.records if record.name == "llama_space.inference.fast_decode"]
+    assert "simulated" in warning.getMessage() and "decoding eagerly" in warning.getMessage()
+    config = served.model.generation_config
+    assert config.cache_implementation is None and getattr(config, "compile_config", None) is None
+    assert served.batching
+    params = GenerationParams(temperature=0, max_new_tokens=12)
+    messages = normalize_messages([], "Tell me about dragons.")
+    assert served.generate(messages, params) == plain.generate(messages, params)
+    served.close()
+
+
 def test_lora_requests_decode_eagerly(fast):
     model = fast.model
     peft_like = SimpleNamespace(generation_config=model.generation_config, peft_config={"a": None})

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llama_space.errors import ModelLoadError
 from llama_space.model import loading
 
 
@@ -28,6 +29,70 @@ def test_fp32_choice_serves_the_checkpoint_weights_bit_for_bit(tiny_model_dir, t
     assert model.dtype == torch.float32 and set(expected) <= set(served)
     for name, weight in expected.items():
         assert served[name].dtype == torch.float32 and torch.equal(served[name], weight), name
+
+
+def test_served_weights_never_require_grad_and_a_shared_lora_trains_only_its_own(tiny_model_dir, tmp_path):
+    """A shared job's LoRA set-up flips no flag on the served weights (dynamo guards on requires_grad: a flip
+    would recompile the served decode step), and only the LoRA weights train."""
+    from llama_space.model.sharing import plain_copy
+    from llama_space.training import TrainingParams
+    from llama_space.training.lora import add_lora
+
+    model, _, _ = loading.load_model(str(tiny_model_dir), "cpu", "float32", tmp_path)
+    assert not any(p.requires_grad for p in model.parameters())
+    tree = add_lora(plain_copy(model), TrainingParams())
+    trainable = {name for name, p in tree.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(("capability", "dtype"), [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                                 ((8, 0), torch.bfloat16), ((8, 9), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16)])
+def test_auto_dtype_on_a_gpu_is_bf16_only_where_it_is_native(capability, dtype, monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: asked.append(index) or capability)
+    assert loading.gpu_dtype("cuda") == loading.gpu_dtype("cuda:1") == dtype
+    assert asked == [0, 1]
+
+
+GIB = 2**30
+LLAMA_8B_BF16 = 16_060_522_496  # Llama-3.1-8B's weights in bfloat16
+
+
+def test_one_gpu_when_it_fits_spread_when_only_together_else_refused_with_the_numbers():
+    place = loading.gpu_placement
+    assert place("cuda", LLAMA_8B_BF16, [24 * GIB], offload=False) == {"device_map": "cuda:0"}
+    assert place("cuda", LLAMA_8B_BF16, [20 * GIB, 79 * GIB], offload=False) == {"device_map": "cuda:1"}
+    spread = place("cuda", LLAMA_8B_BF16, [10 * GIB, 10 * GIB], offload=False)
+    assert spread == {"device_map": "auto", "max_memory": {0: 9 * GIB, 1: 9 * GIB}}
+    with pytest.raises(ModelLoadError) as refused:
+        place("cuda", LLAMA_8B_BF16, [15 * GIB], offload=False)
+    assert "16.1 GB" in str(refused.value) and "cuda:0 16.1 GB" in str(refused.value)
+    assert "17.1 GB free" in str(refused.value) and "--offload" in str(refused.value)
+    with pytest.raises(ModelLoadError, match="cuda:1 10.7 GB"):  # the GPU asked for, not the roomier one
+        place("cuda:1", LLAMA_8B_BF16, [79 * GIB, 10 * GIB], offload=False)
+    offloaded = place("cuda", LLAMA_8B_BF16, [15 * GIB], offload=True)
+    assert offloaded["device_map"] == "auto" and offloaded["max_memory"][0] == 14 * GIB
+    assert offloaded["max_memory"]["cpu"] > 0
+
+
+def test_a_cuda_load_sizes_the_weights_in_the_gpus_dtype_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    """The placement is decided from the config before any weight is read: fp16 on a T4, the GPUs' free memory."""
+    asked = []
+
+    def record(device, weights, free, offload):
+        asked.append((device, weights, free, offload))
+        raise ModelLoadError("placement recorded")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (7, 5))
+    monkeypatch.setattr(loading, "free_gpu_memory", lambda: [15 * GIB])
+    monkeypatch.setattr(loading, "gpu_placement", record)
+    with pytest.raises(ModelLoadError, match="placement recorded"):
+        loading.load_model(str(tiny_model_dir), "cuda", "auto", tmp_path, offload=True)
+    parameters = sum(t.numel() for t in checkpoint_weights(tiny_model_dir).values())
+    assert asked == [("cuda", parameters * 2, [15 * GIB], True)]
 
 
 def test_bf16_choice_serves_bf16(tiny_model_dir, tmp_path, monkeypatch):

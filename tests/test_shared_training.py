@@ -116,6 +116,41 @@ def test_chat_answers_the_same_while_a_shared_job_trains_on_its_weights(served, 
     assert replies(manager) == before[0]
 
 
+def test_a_shared_job_trains_the_same_with_sampled_chat_beside_it(tiny_model_dir, tmp_path):
+    """LoRA dropout and gradient checkpointing's replay draw from torch's global generator in the training thread:
+    sampled and seeded replies served one at a time meanwhile must not move it (fp32, CPU)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llama_space import adapters
+    from llama_space.inference.manager import ModelManager
+
+    settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path / "data", adapters_dir=tmp_path / "adapters",
+                        device="cpu", dtype="float32", concurrency=1)
+    manager = ModelManager(settings).load()
+    data = write_alpaca(tmp_path / "d.jsonl")
+    params = shared_params(max_steps=6, lora_dropout=0.3, gradient_checkpointing="on")
+    sampled = [GenerationParams(max_new_tokens=8, temperature=0.9, seed=seed) for seed in (None, 5)]
+
+    def trained(name: str, chat: bool) -> dict:
+        runner = JobRunner(settings, manager)
+        job_id = runner.start(data, name, params)
+        chats = 0
+        while chat and runner.status(job_id)["state"] in jobfiles.ACTIVE_STATES:
+            manager.generate(PROMPTS[0], sampled[chats % 2])
+            chats += 1
+        status = finished(runner, job_id)
+        assert status["state"] == "completed", status["error"]
+        assert not chat or chats >= 2
+        return load_file(settings.adapters_dir / name / adapters.WEIGHTS_FILE)
+
+    alone, beside = trained("alone", chat=False), trained("beside", chat=True)
+    assert alone.keys() == beside.keys()
+    for name, weight in alone.items():
+        assert torch.allclose(weight, beside[name], rtol=0, atol=1e-6), name
+    manager.close()
+
+
 def test_out_of_memory_in_a_step_fails_the_job_not_the_app(served, monkeypatch):
     from llama_space.training.trainer import JobTrainer
 

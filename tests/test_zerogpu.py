@@ -47,6 +47,24 @@ def test_on_zerogpu_training_is_refused_with_the_hardware_to_pick(monkeypatch):
     assert backend.inner.settings.concurrency == 1  # the batch engine's thread would not exist in the fork
 
 
+@pytest.mark.parametrize("compile", ["auto", "on"])
+def test_on_zerogpu_nothing_is_compiled_or_warmed_up_at_start_up(compile, tiny_model_dir, tmp_path, monkeypatch):
+    """Start-up runs in the app's process, outside any GPU call: the decode step is neither compiled nor run."""
+    from llama_space.inference import fast_decode
+
+    def outside_a_gpu_call(*args, **kwargs):
+        raise AssertionError("GPU work in the app's own process")
+
+    monkeypatch.setattr(fast_decode, "_warm_up", outside_a_gpu_call)
+    monkeypatch.setattr(fast_decode, "enable_compiled_decode", outside_a_gpu_call)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    backend = make_backend(Settings(model=str(tiny_model_dir), dtype="float32", compile=compile,
+                                    data_dir=tmp_path, adapters_dir=tmp_path / "adapters")).load()
+    assert backend.inner.settings.compile == "off" and backend.settings.concurrency == 1
+    assert getattr(backend.inner.model.generation_config, "compile_config", None) is None
+    assert backend.generate(HELLO, GREEDY)
+
+
 @pytest.fixture(scope="module")
 def manager(tiny_model_dir, tmp_path_factory):
     settings = Settings(model=str(tiny_model_dir), data_dir=tmp_path_factory.mktemp("data"),

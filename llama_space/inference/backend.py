@@ -125,10 +125,8 @@ def make_backend(settings: Settings) -> ChatBackend:
         return RemoteBackend(settings)
     from llama_space.inference.manager import ModelManager
 
-    if settings.zero_gpu:  # replies decode one at a time, each inside a GPU call (see zerogpu.py)
-        from dataclasses import replace
+    if settings.zero_gpu:
+        from llama_space.inference.zerogpu import ZeroGPUBackend, worker_settings
 
-        from llama_space.inference.zerogpu import ZeroGPUBackend
-
-        return ZeroGPUBackend(ModelManager(replace(settings, concurrency=1)))
+        return ZeroGPUBackend(ModelManager(worker_settings(settings)))
     return ModelManager(settings)

@@ -91,12 +91,35 @@ def prepare_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, m
     if not compiled:
         log.info("Decode step not compiled (%s)", reason)
         return DecodePlan(False, reason)
-    enable_compiled_decode(model, backend)
+    eager = _decode_config(model)
     started = time.perf_counter()
-    _warm_up(model, tokenizer)
+    try:
+        enable_compiled_decode(model, backend)
+        _warm_up(model, tokenizer)
+    except Exception as exc:  # noqa: BLE001 - no C compiler, an unsupported GPU, an inductor bug: serve eagerly
+        _restore_decode_config(model, eager)
+        reason = f"compiling failed ({type(exc).__name__}: {str(exc).strip()[:300]}); decoding eagerly"
+        log.warning("Decode step not compiled: %s", reason)
+        return DecodePlan(False, reason)
     plan = DecodePlan(True, reason, time.perf_counter() - started)
     log.info("Decode step compiled in %.1f s (%s)", plan.warmup_seconds, reason)
     return plan
+
+
+_DECODE_FIELDS = ("cache_implementation", "max_cache_len", "compile_config")
+
+
+def _decode_config(model: PreTrainedModel) -> dict:
+    """The generation-config fields enable_compiled_decode sets, as they are now."""
+    return {name: getattr(model.generation_config, name, None) for name in _DECODE_FIELDS}
+
+
+def _restore_decode_config(model: PreTrainedModel, config: dict) -> None:
+    """Put back the eager decode configuration and drop the compiled step `generate` may have cached."""
+    for name, value in config.items():
+        setattr(model.generation_config, name, value)
+    for name in ("_compiled_call", "_last_compile_config"):
+        model.__dict__.pop(name, None)
 
 
 def _warm_up(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -56,7 +56,8 @@ class ModelManager(HoldsModel, SharesWeights):
         """Load the base model and tokenizer (the slow part of start-up)."""
         self.model, self.tokenizer, self.source = load_model(
             self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir,
-            prepare=lambda model, tokenizer: prepare_decode(model, tokenizer, self.settings.compile))
+            prepare=lambda model, tokenizer: prepare_decode(model, tokenizer, self.settings.compile),
+            offload=self.settings.offload)
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
         host = EngineHost(lock=self._lock, model=self._current_model, prepare_adapter=self._load_adapter_locked,
                           adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer)

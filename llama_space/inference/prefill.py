@@ -28,7 +28,7 @@ class Prefill:
 
         self.stream = stream
         self.adapter = adapter  # PEFT adapter name ("__base__" for the base model)
-        self.sampler = RowSampler(stream.params, model.device)
+        self.sampler = RowSampler(stream.params)
         self.cache = DynamicCache(config=model.config)
         self.done = 0  # prompt tokens in the cache so far
         self.first: int | None = None  # the reply's first token, once the whole prompt is in

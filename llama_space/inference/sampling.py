@@ -60,11 +60,11 @@ class RowSampler:
 
     Order as in transformers: repetition penalty, OpenAI's penalties and logit bias (our processors come
     after generate's own), then temperature, top-k and top-p. A seeded request draws from its own
-    generator, so its reply does not depend on what it is batched with.
+    generator, so its reply does not depend on what it is batched with. That generator is made on the device
+    of the first logits it is handed (a model spread over GPUs gives its logits on the last one).
     """
 
-    def __init__(self, params: GenerationParams, device) -> None:
-        import torch
+    def __init__(self, params: GenerationParams) -> None:
         from transformers import (
             RepetitionPenaltyLogitsProcessor,
             TemperatureLogitsWarper,
@@ -77,18 +77,26 @@ class RowSampler:
                           ] if params.repetition_penalty != 1.0 else []
         self.penalties += penalty_processors(params)  # the first choice is made after the whole prompt
         self.warpers = []
-        self.generator = None
+        self.seed = params.seed
+        self.generator: torch.Generator | None = None  # made at the first sampled choice
         if not self.greedy:
             self.warpers.append(TemperatureLogitsWarper(params.temperature))
             if params.top_k:
                 self.warpers.append(TopKLogitsWarper(params.top_k))
             if params.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(params.top_p))
+
+    def _generator_on(self, device) -> torch.Generator:
+        """This row's generator, made on `device` (seeded with the request's seed, or from the OS) at the first call."""
+        import torch
+
+        if self.generator is None:
             self.generator = torch.Generator(device=device)
-            if params.seed is None:
+            if self.seed is None:
                 self.generator.seed()
             else:
-                self.generator.manual_seed(params.seed % 2**64)
+                self.generator.manual_seed(self.seed % 2**64)
+        return self.generator
 
     def choose(self, logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
         """The next token id (a 0-d tensor on the logits' device, so a batch syncs with the host once)
@@ -110,8 +118,30 @@ class RowSampler:
             token = scores[0].argmax()
         else:
             probs = torch.softmax(scores.masked_fill(invalid, 0.0), dim=-1)
-            token = torch.multinomial(probs, 1, generator=self.generator)[0, 0]
+            token = torch.multinomial(probs, 1, generator=self._generator_on(probs.device))[0, 0]
         return torch.where(invalid, INVALID_TOKEN, token)
+
+
+class SampledChoice:
+    """A logits processor that makes `generate`'s greedy search sample: `sampler` draws each row's token with
+    its own generator, and that token is left the only one with a finite score.
+
+    `generate`'s own sampling draws from torch's global generator, which a training job in this process uses
+    for LoRA dropout and for replaying it under gradient checkpointing: chat must never move it.
+    """
+
+    def __init__(self, sampler: RowSampler) -> None:
+        self.sampler = sampler
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` [rows, vocab] with -inf everywhere but each row's chosen token; UserError for NaN/inf scores."""
+        import torch
+
+        tokens = torch.stack([self.sampler.choose(row, ids.tolist() if self.sampler.penalties else [])
+                              for row, ids in zip(scores, input_ids)])
+        if bool((tokens == INVALID_TOKEN).any()):
+            raise UserError(INVALID_SCORES)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens.unsqueeze(1), 0.0)
 
 
 def choose_rows(samplers: list[RowSampler], logits: torch.Tensor, tokens: list[list[int]]) -> list[int | Exception]:

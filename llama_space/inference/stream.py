@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from llama_space.errors import UserError
 from llama_space.inference.detokenize import ReplyStreamer
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.generation_params import GenerationParams
-from llama_space.inference.sampling import INVALID_SCORES, eos_token_ids, penalty_processors
+from llama_space.inference.sampling import RowSampler, SampledChoice, eos_token_ids, penalty_processors
 from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
@@ -162,25 +162,30 @@ def _generate(stream: GenerationStream, begin, release) -> None:
         try:
             model, adapter_context = started
             ids = torch.tensor([stream.input_ids], device=model.device)
-            if stream.params.seed is not None:
-                torch.manual_seed(stream.params.seed)
+            processors, kwargs = _decoding(stream.params, ids.shape[1])
             with adapter_context(), torch.inference_mode():
                 out = model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
                     stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
-                    pad_token_id=stream.tokenizer.pad_token_id,
-                    logits_processor=LogitsProcessorList(penalty_processors(stream.params, ids.shape[1])),
-                    **stream.params.generate_kwargs(), **generate_overrides(model))
+                    pad_token_id=stream.tokenizer.pad_token_id, logits_processor=LogitsProcessorList(processors),
+                    **kwargs, **generate_overrides(model))
             stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.tokenizer)
         finally:
             release()
-    except RuntimeError as exc:  # re-raised in the consuming thread
-        # NaN/inf probabilities end this reply with what the batch engine says for them, not torch's text.
-        error = UserError(INVALID_SCORES) if "probability tensor contains" in str(exc) else exc
     except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
         error = exc
     finally:
         stream.end(error)
+
+
+def _decoding(params: GenerationParams, prompt_length: int) -> tuple[list, dict]:
+    """(logits processors, `generate` kwargs) for `params`: greedy as `generate` does it; sampled by the
+    request's own sampling.RowSampler (its own generator, as in the batch engine), whose token greedy search
+    then takes, so no reply draws from torch's global generator."""
+    if params.greedy:
+        return penalty_processors(params, prompt_length), params.generate_kwargs()
+    choose = SampledChoice(RowSampler(params))  # applies the penalties and warpers itself
+    return [choose], replace(params, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

@@ -10,6 +10,7 @@ of this is used.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from llama_space.inference.generation_params import GenerationParams
     from llama_space.inference.tools import ToolUse
     from llama_space.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # A ZeroGPU slice decodes an 8B model at well over this; the margin keeps long replies from being cut off.
 ASSUMED_TOKENS_PER_SECOND = 20
@@ -36,6 +39,17 @@ def prepare(settings: Settings) -> None:
     """On a ZeroGPU Space, import `spaces` now: it must patch torch before anything initialises CUDA."""
     if settings.zero_gpu:
         import spaces  # noqa: F401
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The settings the in-process model runs with on ZeroGPU: replies decode one at a time (the batch engine's
+    thread would not exist in a forked worker), and nothing is compiled, as compiling and warming up would run
+    on the GPU in the app's own process, outside any `spaces.GPU` call."""
+    from dataclasses import replace
+
+    if settings.compile == "on":
+        log.warning("compile=on is ignored on ZeroGPU: the decode step cannot be compiled outside a GPU call")
+    return replace(settings, concurrency=1, compile="off")
 
 
 def reply_seconds(max_new_tokens: int) -> int:

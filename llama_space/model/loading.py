@@ -38,6 +38,72 @@ def attention_implementation(device: str) -> str | None:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
+def gpu_dtype(device: str) -> torch.dtype:
+    """bfloat16 on a GPU that computes in it natively (compute capability 8.0 and up: A100, A10G, L4, H100),
+    else float16 (a T4 or V100 only emulates bfloat16, at a fraction of the speed)."""
+    import torch
+
+    major, _ = torch.cuda.get_device_capability(_gpu_index(device))
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+# Beyond the weights, what a GPU must have free to serve: the CUDA context, activations and a first KV cache.
+GPU_HEADROOM_BYTES = 2**30
+GB = 1e9
+
+
+def gpu_placement(device: str, weights: int, free: list[int], offload: bool) -> dict:
+    """`from_pretrained` placement kwargs for `weights` bytes on `device` ("cuda": any GPU, "cuda:N": that one),
+    given each GPU's `free` bytes.
+
+    One GPU when one holds them with GPU_HEADROOM_BYTES to spare (the one with the most room), spread over
+    the GPUs when together they do, else ModelLoadError with the numbers, unless `offload` lets the layers
+    that do not fit stay in CPU memory.
+    """
+    gpus = [_gpu_index(device)] if ":" in device else list(range(len(free)))
+    room = {i: free[i] - GPU_HEADROOM_BYTES for i in gpus}
+    best = max(gpus, key=room.__getitem__)
+    if room[best] >= weights:
+        return {"device_map": f"cuda:{best}"}
+    if len(gpus) > 1 and sum(room.values()) >= weights:
+        return {"device_map": "auto", "max_memory": {i: max(r, 0) for i, r in room.items()}}
+    if offload:
+        import psutil
+
+        return {"device_map": "auto",
+                "max_memory": {**{i: max(r, 0) for i, r in room.items()}, "cpu": psutil.virtual_memory().available}}
+    where = ", ".join(f"cuda:{i} {free[i] / GB:.1f} GB" for i in gpus)
+    raise ModelLoadError(
+        f"The model's weights take {weights / GB:.1f} GB, and serving needs {GPU_HEADROOM_BYTES / GB:.1f} GB more "
+        f"per GPU, but the GPU memory free is {where}. Use a GPU with at least "
+        f"{(weights + GPU_HEADROOM_BYTES) / GB:.1f} GB free (or several), a smaller model, or start with --offload "
+        f"to keep the layers that do not fit in CPU memory (replies then decode several times slower).")
+
+
+def _gpu_index(device: str) -> int:
+    """N of "cuda:N" (0 for "cuda")."""
+    return int(device.partition(":")[2] or 0)
+
+
+def free_gpu_memory() -> list[int]:
+    """Bytes free on each visible GPU."""
+    import torch
+
+    return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+
+
+def weights_bytes(source: str, dtype: torch.dtype, token: str | None) -> int:
+    """Bytes the model's weights take in `dtype`, from its config alone (built on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, token=token, trust_remote_code=False)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config)
+    empty.tie_weights()  # tied embeddings are one tensor, counted once
+    return sum(p.numel() for p in empty.parameters()) * dtype.itemsize
+
+
 def _measure_decode(model: PreTrainedModel, steps: int = 4) -> float:
     """Seconds per single-token decode step with a KV cache (what chat spends its time on)."""
     import torch
@@ -99,9 +165,10 @@ def choose_cpu_dtype(model: PreTrainedModel, rounds: int = DTYPE_ROUNDS) -> torc
 Prepare = Callable[["PreTrainedModel", "PreTrainedTokenizerBase"], object]
 
 
-def load_model(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None = None
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Load (model, tokenizer, source) in eval mode; raise ModelLoadError with a fix on failure.
+def load_model(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None = None,
+               offload: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load (model, tokenizer, source) in eval mode; raise ModelLoadError with a fix on failure (on CUDA also when
+    the weights do not fit in GPU memory, unless `offload` lets what does not fit stay in CPU memory).
 
     `prepare(model, tokenizer)` runs last, in the loading thread (the chat backend compiles its decode step
     there; see inference/fast_decode.py). Loading runs in a thread of its own that then ends, taking its
@@ -113,10 +180,10 @@ def load_model(model: str, device: str, dtype: str, cache_dir: Path, prepare: Pr
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1, thread_name_prefix="load-model") as pool:
-        return pool.submit(_load, model, device, dtype, cache_dir, prepare).result()
+        return pool.submit(_load, model, device, dtype, cache_dir, prepare, offload).result()
 
 
-def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None
+def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare | None, offload: bool
           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,14 +198,17 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare
     if dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
     elif device.startswith("cuda"):
-        kwargs["dtype"] = torch.bfloat16
-    if device.startswith("cuda"):
-        kwargs["device_map"] = "auto" if device == "cuda" else device
+        kwargs["dtype"] = gpu_dtype(device)
     if attention := attention_implementation(device):
         kwargs["attn_implementation"] = attention
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, token=token, trust_remote_code=False)
+        if device.startswith("cuda"):
+            weights = weights_bytes(source, kwargs["dtype"], token)
+            kwargs.update(gpu_placement(device, weights, free_gpu_memory(), offload))
         loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # every loader failure becomes one clear message
         raise ModelLoadError(_load_failure_message(model, source, exc)) from exc
     if device == "cpu":
@@ -146,6 +216,9 @@ def _load(model: str, device: str, dtype: str, cache_dir: Path, prepare: Prepare
         if dtype == "auto":
             loaded.to(choose_cpu_dtype(loaded))
     loaded.eval()
+    # Served weights never train (a shared job trains LoRA weights of its own): with their flags off from the
+    # start, the PEFT set-up of a job that shares them changes nothing a compiled decode step guards on.
+    loaded.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
