@@ -128,7 +128,8 @@ def test_continuing_from_a_missing_adapter_is_refused(tmp_path):
     assert TrainingParams(from_adapter="base").from_adapter == ""
 
 
-def test_dpo_trains_on_shared_weights_and_leaves_the_served_model_as_it_was(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_preference_trains_on_shared_weights_and_leaves_the_served_model_as_it_was(tmp_path, tiny_model_dir, method):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,24 +146,24 @@ def test_dpo_trains_on_shared_weights_and_leaves_the_served_model_as_it_was(tmp_
     copy.config.use_cache = False
     job = tmp_path / "job"
     job.mkdir()
-    config = TrainingJobConfig(adapter="shared-dpo", dataset=str(write_jsonl(tmp_path / "p.jsonl", PAIRS)),
+    config = TrainingJobConfig(adapter=f"shared-{method}", dataset=str(write_jsonl(tmp_path / "p.jsonl", PAIRS)),
                                adapters_dir=str(tmp_path / "adapters"), cache_dir=str(tmp_path / "cache"),
                                model=str(tiny_model_dir), params=TrainingParams(
-                                   method="dpo", max_steps=2, batch_size=2, grad_accum=1, max_length=64,
+                                   method=method, max_steps=2, batch_size=2, grad_accum=1, max_length=64,
                                    learning_rate=1e-2, placement="shared"))
     (job / jobfiles.JOB_FILE).write_text(json.dumps(config.to_dict()))
     (job / jobfiles.STATUS_FILE).write_text(json.dumps({"state": "queued"}))
     assert train.run(job, False, SharedBase(copy, AutoTokenizer.from_pretrained(tiny_model_dir))) == 0
-    assert adapters.is_complete(tmp_path / "adapters" / "shared-dpo")
+    assert adapters.is_complete(tmp_path / "adapters" / f"shared-{method}")
     assert all(served.state_dict()[name].equal(tensor) for name, tensor in before.items())
     with torch.inference_mode():
         assert served(ids).logits.equal(logits)  # its forward is its own: the trained tree's LM head was patched
 
 
-def test_dpo_trains_a_qlora_job(tmp_path, tiny_model_dir):
-    pytest.importorskip("bitsandbytes")
-    path = run_job(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", PAIRS), "qlora-dpo", method="dpo",
-                   quantization="nf4")
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_preference_trains_a_qlora_job(tmp_path, tiny_model_dir, method):
+    path = run_job(tmp_path, tiny_model_dir, write_jsonl(tmp_path / "p.jsonl", PAIRS), f"qlora-{method}",
+                   method=method, quantization="nf4")
     assert adapters.read_metadata(path)["base_quantization"] == "nf4" and adapters.is_complete(path)
 
 
