@@ -196,6 +196,17 @@ class ExportJobs:
             raise UserError(f"The files of export {export_id} are gone; export again.")
         return path
 
+    def needs(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> str:
+        """The memory and disk exporting `adapter` as `kind` would need, in words, before it starts."""
+        plan = self.plan(adapter)
+        return plan.describe(disk_needed(plan, kind, (qtype or "").lower() if kind == "gguf" else ""))
+
+    def result_files(self, export_id: str) -> list[Path]:
+        """Every file a completed export produced (the model file, its Modelfile and README among them)."""
+        self.result(export_id)  # refuses an export that did not complete or whose files are gone
+        out = self.export_dir(export_id) / OUT_DIR
+        return sorted(p for p in out.iterdir() if p.is_file() and not p.is_symlink())
+
     def wait(self, export_id: str, timeout: float, poll: float = 0.5) -> dict:
         """The status once the export no longer queues or runs, or after `timeout` seconds."""
         return launcher.wait(lambda: self.status(export_id), timeout, poll)

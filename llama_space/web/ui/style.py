@@ -1,0 +1,31 @@
+"""The app's CSS: a compact header, status markers in plain text colours, readable in dark mode and on phones."""
+
+CSS = """
+#app-header { align-items: center; flex-wrap: nowrap; gap: 8px; }
+#app-title { min-width: 0; overflow: hidden; }
+#app-title h2 { margin: 0; font-size: 1.25rem; display: flex; align-items: baseline; gap: 8px; min-width: 0; }
+#app-title .model-id { font-size: 0.8rem; font-weight: 400; font-family: var(--font-mono); opacity: 0.75;
+  overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
+#lang-switch { flex: 0 0 auto !important; width: auto !important; }
+#lang-switch .wrap { flex-wrap: nowrap; gap: 4px; }
+#lang-switch label { padding: 2px 8px; }
+.status-ok::before { content: "OK"; font-weight: 700; color: var(--color-green-600, #16a34a); margin-right: 6px; }
+.status-error::before { content: "!"; font-weight: 700; color: var(--error-text-color, #dc2626); margin-right: 6px; }
+.status-error, .job-error { color: var(--error-text-color, #b91c1c); }
+.dark mark.trained, .dark .trained { background: #665c00 !important; color: #fff8c5 !important; }
+#chat-header p { margin: 0; font-size: 0.85rem; opacity: 0.85; }
+#chat-top { align-items: end; }
+#chat-edit-hint p { font-size: 0.8rem; opacity: 0.7; margin: 0; }
+#chat-versions { align-items: center; }
+/* Phones: every tab in the bar (it wraps instead of folding tabs into a menu), the chat first and short. */
+@media (max-width: 640px) {
+  .tab-wrapper .tab-container, [role=tablist] { flex-wrap: wrap !important; overflow: visible !important;
+    height: auto !important; }
+  [role=tablist] button { display: inline-flex !important; visibility: visible !important; }
+  .tab-wrapper .overflow-menu, .overflow-dropdown { display: none !important; }
+  #chatbot { height: 42vh !important; min-height: 200px; }
+  #chat-buttons button { min-width: 0 !important; padding: 4px 8px; }
+  #app-title h2 { font-size: 1.05rem; }
+  #chat-edit-hint { display: none; }
+}
+"""
