@@ -74,12 +74,6 @@ def details_html(actions: Actions, name: str) -> str:
     return f"<table class='adapter-details'>{''.join(rows)}</table>"
 
 
-def table_update(actions: Actions) -> gr.Dataframe:
-    """The table with headers in the visitor's language, hidden when there is no adapter (no bare headers)."""
-    rows = adapter_rows(actions)
-    return gr.Dataframe(rows, headers=headers(), visible=bool(rows))
-
-
 def build_adapters_tab(actions: Actions):
     """Lay out the adapters tab; returns (reload function, its outputs, (Open in Chat, Compare, adapter choice))
     so selecting the tab refreshes it and the app can send the chosen adapter to the other tabs."""
@@ -110,8 +104,10 @@ def build_adapters_tab(actions: Actions):
     hidden = {"api_visibility": "private"}
 
     def reload():
-        update = table_update(actions)
-        return update, gr.Markdown(visible=not update.visible), gr.Dropdown(choices=actions.adapter_names())
+        """The table with headers in the visitor's language, hidden (a line instead) when there is no adapter."""
+        rows = adapter_rows(actions)
+        return (gr.Dataframe(rows, headers=headers(), visible=bool(rows)), gr.Markdown(visible=not rows),
+                gr.Dropdown(choices=actions.adapter_names()))
 
     def on_row(event: gr.SelectData):
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index

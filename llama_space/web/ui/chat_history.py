@@ -9,11 +9,33 @@ where `index` (a string: JSON keys) is the place of an assistant message whose r
 from __future__ import annotations
 
 import copy
+import os
+import secrets
 import uuid
+from pathlib import Path
 
 EMPTY_STORE = {"current": "", "conversations": []}
 TITLE_CHARS = 48
 MAX_CONVERSATIONS = 50
+
+
+def text_of(content) -> str:
+    """A message's text (Gradio hands content back as a list of parts)."""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def browser_secret(data_dir: Path) -> str:
+    """The key the browser's copy of the conversations is encrypted with: kept in the data dir, so conversations
+    survive a restart of the app (a random key per start would make them unreadable)."""
+    path = Path(data_dir) / "browser_state.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def _store(store) -> dict:
@@ -34,8 +56,7 @@ def choices(store) -> list[tuple[str, str]]:
 
 
 def _title(messages: list[dict]) -> str:
-    first = next((m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)),
-                 "")
+    first = next((text_of(m.get("content")) for m in messages if m.get("role") == "user"), "")
     first = " ".join(first.split())
     return first[:TITLE_CHARS] + ("…" if len(first) > TITLE_CHARS else "")
 
@@ -43,7 +64,8 @@ def _title(messages: list[dict]) -> str:
 def save(store, messages: list[dict]) -> dict:
     """`store` with the open conversation's messages replaced (a new conversation is made on its first message)."""
     store = _store(store)
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages if m.get("content") not in ("", None)]
+    messages = [{"role": m["role"], "content": text_of(m.get("content"))} for m in messages]
+    messages = [m for m in messages if m["content"]]
     if not messages:
         return store
     conversation = next((c for c in store["conversations"] if c["id"] == store["current"]), None)
@@ -91,6 +113,17 @@ def delete(store, conversation_id: str) -> dict:
     return store
 
 
+def forget_from(store, index: int) -> dict:
+    """After an edit of message `index`: the versions of the replies from there on are gone (the chat runs again)."""
+    store = _store(store)
+    for conversation in store["conversations"]:
+        if conversation["id"] == store["current"]:
+            for key in [k for k in conversation["versions"] if int(k) >= index]:
+                del conversation["versions"][key]
+                conversation["shown"].pop(key, None)
+    return store
+
+
 def last_reply_index(messages: list[dict]) -> int | None:
     """Where the last assistant message is, when the conversation ends with one."""
     return len(messages) - 1 if messages and messages[-1].get("role") == "assistant" else None
@@ -105,8 +138,9 @@ def add_version(store, messages: list[dict]) -> dict:
         return store
     conversation = next(c for c in store["conversations"] if c["id"] == conversation["id"])
     versions = conversation["versions"].setdefault(str(index), [])
-    if not versions or versions[-1] != messages[index]["content"]:
-        versions.append(messages[index]["content"])
+    text = text_of(messages[index]["content"])
+    if not versions or versions[-1] != text:
+        versions.append(text)
     conversation["shown"][str(index)] = len(versions) - 1
     return store
 
@@ -120,8 +154,8 @@ def remember_before_regenerating(store, messages: list[dict]) -> dict:
         return store
     conversation = next(c for c in store["conversations"] if c["id"] == conversation["id"])
     versions = conversation["versions"].setdefault(str(index), [])
-    if messages[index]["content"] not in versions:
-        versions.append(messages[index]["content"])
+    if text_of(messages[index]["content"]) not in versions:
+        versions.append(text_of(messages[index]["content"]))
     return store
 
 

@@ -187,7 +187,8 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
     switch = gr.State(StopSwitch())
     ticket = gr.State(0)  # the switch's ticket for the reply asked for last
-    store = gr.BrowserState(chat_history.EMPTY_STORE, storage_key="llama-space-chats")
+    store = gr.BrowserState(chat_history.EMPTY_STORE, storage_key="llama-space-chats",
+                            secret=chat_history.browser_secret(backend.settings.data_dir))
     hidden = {"api_visibility": "private"}
 
     def add_user_message(text: str, history: list[dict], stops: StopSwitch):
@@ -206,7 +207,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
         # int() would have cut silently.
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                   repetition_penalty=repetition_penalty)
-        messages = normalize_messages(history[:-1], _text(history[-1]["content"]), system_prompt)
+        messages = normalize_messages(history[:-1], chat_history.text_of(history[-1]["content"]), system_prompt)
         shown = history[:-2] if prefix else history  # a continued reply replaces the cut one
         for text, line, cut in stream_reply(backend, messages, adapter, params, stops, taken):
             if stops.cleared_since(taken):  # the last update then empties the chat again, after any in flight
@@ -228,7 +229,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
         """Continue a reply the token limit cut: the model is asked to go on, and its text joins the cut one."""
         if not history or history[-1]["role"] != "assistant":
             return
-        prefix = _text(history[-1]["content"])
+        prefix = chat_history.text_of(history[-1]["content"])
         asked = [*history, {"role": "user", "content": CONTINUE_PROMPT}]
         yield from reply(asked, taken, stops, system_prompt, adapter, max_new_tokens, temperature, top_p, top_k,
                          repetition_penalty, prefix=prefix if prefix.endswith((" ", "\n")) else prefix + " ")
@@ -239,10 +240,11 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
             history = history[:-1]
         return history, stops.ticket(), kept
 
-    def edit_message(history: list[dict], stops: StopSwitch, edit: gr.EditData):
+    def edit_message(history: list[dict], stops: StopSwitch, kept: dict, edit: gr.EditData):
         """Run the chat again from an edited message of the user's: what came after it goes."""
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
-        return [*history[:index], {"role": "user", "content": _text(edit.value)}], stops.ticket()
+        edited = [*history[:index], {"role": "user", "content": chat_history.text_of(edit.value)}]
+        return edited, stops.ticket(), "", chat_history.forget_from(kept, index), gr.Row(visible=False)
 
     def saved(history: list[dict], kept: dict):
         kept = chat_history.save(kept, history)
@@ -295,7 +297,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
                 outputs=[chatbot, ticket, store], queue=False, **hidden).then(**reply_event).then(
         saved_version, inputs_kwargs={"history": chatbot, "kept": store}, outputs=[store, *history_views],
         queue=False, **hidden)
-    chatbot.edit(edit_message, [chatbot, switch], [chatbot, ticket], queue=False, **hidden).then(
+    chatbot.edit(edit_message, [chatbot, switch, store], [chatbot, ticket, stats, store, version_row], queue=False, **hidden).then(
         **reply_event).then(**save_event)
     resume.click(lambda stops: stops.ticket(), switch, ticket, queue=False, **hidden).then(
         user_facing(go_on, "continuing a chat reply"),
@@ -332,8 +334,3 @@ def _version_views(kept: dict, messages: list[dict]) -> tuple:
     shown, count = chat_history.versions(kept, messages)
     return gr.Row(visible=count > 1), t("chat.version", index=shown + 1, count=count)
 
-
-def _text(content) -> str:
-    if isinstance(content, list):  # multimodal message parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
