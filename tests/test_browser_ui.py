@@ -40,7 +40,7 @@ NAMES = {"llama", "space", "english", "api", "mcp", "gradio", "token", "top", "l
          "tgi", "cpp", "modelfile", "sft", "auto", "none", "nf4", "process", "shared", "alpha", "prompt", "system",
          "reference", "base", "pirate", "tensorboard", "trackio", "wandb", "mlflow", "qlora", "zip", "smollm",
          "instruct", "default", "owner", "name", "train", "main", "standard", "quick", "adapter", "merge", "kb",
-         "mb", "gb", "bits", "k_m", "user", "your", "model", "my"}
+         "mb", "gb", "bits", "user", "your", "model", "my", "top-k", "top-p", "cpu", "gpu"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")]
 
@@ -237,7 +237,8 @@ def test_finetune_help_and_controls_and_adapter_actions(app, browser):
     poll("the adapters table", lambda: "pirate" in table.inner_text(), timeout=60)
     for header in ("name", "base model", "method", "trained on", "size", "evaluation"):
         assert header in table.inner_text().lower(), header
-    table.get_by_text("pirate", exact=True).first.click()
+    page.locator("#adapter-pick input").click()
+    page.get_by_role("option", name="pirate", exact=True).click()
     poll("the details", lambda: "training rows" in page.locator("#adapter-details").inner_text(), timeout=30)
     page.click("#adapter-delete")
     poll("the confirmation", lambda: page.locator("#adapter-confirm").is_visible(), timeout=30)

@@ -4,6 +4,7 @@ STRINGS = {
     "chat.chatbot": ("Conversation", "对话内容"),
     "chat.placeholder": ("Type a message · Enter sends, Shift+Enter adds a line",
                          "输入消息 · Enter 发送，Shift+Enter 换行"),
+    "chat.message": ("Message", "消息"),
     "chat.send": ("Send", "发送"),
     "chat.retry": ("Regenerate", "重新生成"),
     "chat.continue": ("Continue", "继续"),

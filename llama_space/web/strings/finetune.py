@@ -18,7 +18,7 @@ STRINGS = {
     "ft.preset": ("Preset", "预设"),
     "ft.preset_info": (("standard: the defaults for a real run. quick: a short run (60 steps, higher learning rate) "
                        "to check that everything works; about 1 s a step for the embedded model on 2 CPU cores."),
-                       ("standard：正式训练的默认值。quick：短训练（60 步、较高学习率），用来确认流程可用；"
+                       ("标准：正式训练的默认值。快速：短训练（60 步、较高学习率），用来确认流程可用；"
                        "内置模型在 2 个 CPU 核上每步约 1 秒。")),
     "ft.preset.standard": ("standard", "标准"),
     "ft.preset.quick": ("quick", "快速"),

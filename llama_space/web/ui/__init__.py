@@ -43,7 +43,7 @@ def build_ui(services: Services) -> gr.Blocks:
                     scale=1, min_width=0)
             language_switch(demo)
         oauth.login_button()
-        with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # on a phone every tab stays in view
             with gr.Tab(L("tab.chat"), id="chat"):
                 chat_adapter = build_chat_tab(backend, demo)
             with gr.Tab(L("tab.finetune"), id="finetune"):

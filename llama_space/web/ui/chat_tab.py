@@ -158,7 +158,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
                 version_md = gr.Markdown(elem_id="version-label")
                 following = gr.Button(L("chat.next"), size="sm", elem_id="version-next", min_width=60)
             # One line that grows: Gradio sends on Enter only for lines=1; Shift+Enter then breaks the line.
-            message = gr.Textbox(placeholder=L("chat.placeholder"), show_label=False, elem_id="chat-input", lines=1,
+            message = gr.Textbox(placeholder=L("chat.placeholder"), label=L("chat.message"), show_label=False, elem_id="chat-input", lines=1,
                                  max_lines=8)
             with gr.Row(elem_id="chat-buttons"):
                 send = gr.Button(L("chat.send"), variant="primary", elem_id="send", min_width=70)

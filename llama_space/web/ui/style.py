@@ -3,7 +3,8 @@
 CSS = """
 #app-header { align-items: center; flex-wrap: nowrap; gap: 8px; }
 #app-title { min-width: 0; overflow: hidden; }
-#app-title h2 { margin: 0; font-size: 1.25rem; display: flex; align-items: baseline; gap: 8px; min-width: 0; }
+#app-title h2 { margin: 0; font-size: 1.25rem; display: flex; align-items: baseline; gap: 8px; min-width: 0;
+  white-space: nowrap; }
 #app-title .model-id { font-size: 0.8rem; font-weight: 400; font-family: var(--font-mono); opacity: 0.75;
   overflow: hidden; text-overflow: ellipsis; white-space: nowrap; min-width: 0; }
 #lang-switch { flex: 0 0 auto !important; width: auto !important; }
@@ -17,14 +18,10 @@ CSS = """
 #chat-top { align-items: end; }
 #chat-edit-hint p { font-size: 0.8rem; opacity: 0.7; margin: 0; }
 #chat-versions { align-items: center; }
-/* Phones: every tab in the bar (it wraps instead of folding tabs into a menu), the chat first and short. */
+/* Phones: the chat first and short (the tab bar wraps instead of folding tabs into a menu: gr.Tabs). */
 @media (max-width: 640px) {
-  .tab-wrapper .tab-container, [role=tablist] { flex-wrap: wrap !important; overflow: visible !important;
-    height: auto !important; }
-  [role=tablist] button { display: inline-flex !important; visibility: visible !important; }
-  .tab-wrapper .overflow-menu, .overflow-dropdown { display: none !important; }
   #chatbot { height: 42vh !important; min-height: 200px; }
-  #chat-buttons button { min-width: 0 !important; padding: 4px 8px; }
+  #chat-buttons button { min-width: 0 !important; padding: 4px 6px; font-size: 0.85rem; }
   #app-title h2 { font-size: 1.05rem; }
   #chat-edit-hint { display: none; }
 }
