@@ -40,7 +40,7 @@ NAMES = {"llama", "space", "english", "api", "mcp", "gradio", "token", "top", "l
          "tgi", "cpp", "modelfile", "sft", "auto", "none", "nf4", "process", "shared", "alpha", "prompt", "system",
          "reference", "base", "pirate", "tensorboard", "trackio", "wandb", "mlflow", "qlora", "zip", "smollm",
          "instruct", "default", "owner", "name", "train", "main", "standard", "quick", "adapter", "merge", "kb",
-         "mb", "gb", "bits", "user", "your", "model", "my", "top-k", "top-p", "cpu", "gpu"}
+         "mb", "gb", "bits", "user", "your", "model", "my", "top-k", "top-p", "cpu", "gpu", "s"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")]
 
@@ -164,7 +164,7 @@ def test_chat_keeps_versions_edits_continues_and_restores_conversations(app, bro
     poll("the edited question's reply", lambda: finished(page) and len(replies(page)) == 1 and "Italy" in page.locator(
         "#chatbot [data-testid=user]").first.inner_text(), timeout=240)
     assert page.locator("#chatbot [data-testid=user]").count() == 1 and not page.locator("#chat-versions").is_visible()
-    shoot(page, "chat-light")
+    shoot(page, "chat-conversation")
 
     # The conversation survives a reload; Clear starts a new one and the list reopens the old one.
     page.reload()

@@ -30,7 +30,6 @@ STRINGS = {
     "ft.estimate_unknown": ("About {steps} steps; the time shows once the first steps are measured.",
                             "约 {steps} 步；测出前几步后会显示所需时间。"),
     "ft.estimate_measured": ("the steps measured on this device", "本设备上测得的步速"),
-    "ft.estimate_guess": ("a typical step of this model here", "本模型在此处的典型步速"),
     "ft.report_ok": ("{summary}", "{summary}"),
     "ft.report_line": (("Format: {format} · rows: {rows} · trained: {valid} · skipped: {skipped} · duplicates: "
                        "{duplicates} · longer than max length ({max_length}): {too_long}"),

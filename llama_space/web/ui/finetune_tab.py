@@ -4,6 +4,7 @@ and watch a job."""
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ NOT_IN_FORM = ("target_modules", "save_steps", "gradient_checkpointing")
 CHOICE_FIELDS = {"placement": PLACEMENTS, "quantization": QUANTIZATIONS, "report_to": TRACKERS,
                  "method": method_names()}
 PROBLEM_COLUMNS = ("ft.col.kind", "ft.col.row", "ft.col.message")
+ESTIMATE_FIELDS = ("max_steps", "num_epochs", "batch_size", "grad_accum", "eval_fraction")
 
 
 def status_line(ok: bool, text: str) -> str:
@@ -53,6 +55,29 @@ def _problem_table(report: dict | None) -> gr.Dataframe:
         ("warning", item) for item in report["warnings"]]
     rows = [[t(f"ft.kind.{kind}"), item["row"] or "", item["message"]] for kind, item in items]
     return gr.Dataframe(rows, headers=[t(key) for key in PROBLEM_COLUMNS], visible=bool(rows))
+
+
+def seconds_per_step(metrics: list[dict]) -> float | None:
+    """A job's measured time per optimizer step, from the first and last logged steps (None before two)."""
+    timed = [m for m in metrics if isinstance(m.get("time"), (int, float)) and isinstance(m.get("step"), int)]
+    if len(timed) < 2 or timed[-1]["step"] <= timed[0]["step"]:
+        return None
+    return (timed[-1]["time"] - timed[0]["time"]) / (timed[-1]["step"] - timed[0]["step"])
+
+
+def estimate_text(rows: int, values: dict, per_step: float | None) -> str:
+    """Steps a run of `rows` trained rows will take with the form's `values`, and the time at `per_step`."""
+    if not rows:
+        return ""
+    per_update = max(1, int(values.get("batch_size") or 1) * int(values.get("grad_accum") or 1))
+    kept = max(1, round(rows * (1 - float(values.get("eval_fraction") or 0))))
+    steps = int(values.get("max_steps") or 0) or max(1, math.ceil(
+        math.ceil(kept / per_update) * float(values.get("num_epochs") or 1)))
+    if per_step is None:
+        return t("ft.estimate_unknown", steps=steps)
+    minutes, seconds = divmod(round(steps * per_step), 60)
+    took = t("job.minutes", minutes=minutes, seconds=seconds) if minutes else t("job.seconds", seconds=seconds)
+    return t("ft.estimate", steps=steps, time=took, source=t("ft.estimate_measured"))
 
 
 def field_label(name: str):
@@ -126,6 +151,7 @@ def build_finetune_tab(actions: Actions):
                               value="standard", label=L("ft.preset"), info=L("ft.preset_info"), elem_id="preset")
             with gr.Accordion(L("ft.settings"), open=True, elem_id="training-settings"):
                 form = _training_form()
+            estimate = gr.Markdown(elem_id="training-estimate")
             with gr.Row():
                 start = gr.Button(L("ft.start"), variant="primary", interactive=allow_changes,
                                   elem_id="start-training")
@@ -147,13 +173,14 @@ def build_finetune_tab(actions: Actions):
         """The report of the uploaded file, or of the Hub dataset the hub fields name (the Hub button sends them
         and no file: that dataset alone is checked); nothing once the file is removed."""
         if file is None and dataset_id is None:
-            return "", _problem_table(None), ""
+            return "", _problem_table(None), "", 0
         try:
             source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
             report = actions.validate(file, max_length or TrainingParams.max_length, source)
         except UserError as exc:
-            return status_line(False, str(exc)), _problem_table(None), ""
-        return _report_markdown(report), _problem_table(report), "".join(report["preview"])
+            return status_line(False, str(exc)), _problem_table(None), "", 0
+        return (_report_markdown(report), _problem_table(report), "".join(report["preview"]),
+                report["valid_rows"] if report["ok"] else 0)
 
     def on_start(file, adapter_name, preset, dataset_id, dataset_config, dataset_split, dataset_revision,
                  **values):
@@ -185,7 +212,22 @@ def build_finetune_tab(actions: Actions):
 
     on_check = user_facing(on_check, "checking the dataset")
     poll = user_facing(poll, "reading the job status")
-    report_outputs = [report_md, problems, preview]
+    rows = gr.State(0)  # the rows the checked data trains on
+
+    def on_estimate(trained: int, **values):
+        """Steps and time before starting: the time per step measured by the latest job on this device."""
+        try:
+            latest = actions.current("")
+        except UserError:
+            latest = None
+        return estimate_text(trained, values, seconds_per_step((latest or {}).get("metrics") or []))
+
+    report_outputs = [report_md, problems, preview, rows]
+    estimated = [form[name] for name in ESTIMATE_FIELDS if name in form]
+    for event in (rows.change, *(field.change for field in estimated)):
+        event(user_facing(on_estimate, "estimating the run"),
+              inputs_kwargs={"trained": rows, **{name: form[name] for name in ESTIMATE_FIELDS if name in form}},
+              outputs=estimate, queue=False, **hidden)
     for event in (upload.upload, max_length.submit):
         event(on_check, inputs_kwargs={"file": upload, "max_length": max_length}, outputs=report_outputs, **hidden)
     load_hub.click(on_check, inputs_kwargs={"max_length": max_length, **hub}, outputs=report_outputs, **hidden)
