@@ -112,13 +112,6 @@ def send(page, text: str) -> None:
     poll("the reply to appear", lambda: page.locator("#chatbot [data-testid=bot]").count() > replies)
 
 
-def clear_chat(page) -> None:
-    """Press the chat's Clear (the chatbot's own trash button, shown while the chat has messages)."""
-    trash = page.locator("#chatbot button[aria-label=Clear]")
-    if trash.count():
-        trash.click()
-
-
 def job_panel(page) -> dict:
     """What the job panel shows: state, progress bar value/max and the job id."""
     panel = page.locator("#job-progress")
@@ -181,7 +174,7 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     assert users.last.inner_text().splitlines()[:2] == ["Tell me a long story", "about a lighthouse keeper."]
     assert box.input_value() == ""
     poll("the second story to be under way", lambda: len(last_reply(page)) > 40, timeout=180)
-    clear_chat(page)
+    page.click("#clear")
     bots = page.locator("#chatbot [data-testid=bot]")
     poll("the chat to be cleared", lambda: bots.count() == 0 and not stats(page).strip(), timeout=60)
     for _ in range(6):  # no late update of the cleared reply brings it back
@@ -247,7 +240,7 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
 
     # 8. Choose the new adapter in the chat's dropdown: the answer shows the trained persona.
     open_tab(page, "Chat")
-    clear_chat(page)
+    page.click("#clear")
     set_number(page, "#max-new-tokens input[type=number]", 40)
     set_number(page, "input[aria-label='number input for Temperature (0 = greedy)']", 0)  # reset by the reload
     page.locator("#adapter input").click()

@@ -172,7 +172,8 @@ def test_chat_keeps_versions_edits_continues_and_restores_conversations(app, bro
     poll("the conversation after reloading", lambda: "Italy" in " ".join(
         page.locator("#chatbot [data-testid=user]").all_inner_texts()), timeout=60)
     assert page.locator("#chat-title textarea").input_value() == QUESTION  # named after its first question
-    page.locator("#chatbot button[aria-label=Clear]").click()
+    assert not page.locator("#chatbot button[aria-label=Clear]").is_visible()  # one Clear: New chat
+    page.click("#clear")
     poll("an empty chat", lambda: not replies(page), timeout=30)
     page.locator("#chat-history input").click()
     page.get_by_role("option", name=QUESTION).click()

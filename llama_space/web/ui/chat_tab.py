@@ -165,6 +165,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
                 stop = gr.Button(L("common.stop"), elem_id="stop", min_width=70)
                 retry = gr.Button(L("chat.retry"), elem_id="retry", min_width=70)
                 resume = gr.Button(L("chat.continue"), elem_id="continue", visible=False, min_width=70)
+                clear = gr.Button(L("chat.clear"), elem_id="clear", min_width=70)
             stats = gr.Markdown(elem_id="chat-stats")
             gr.Markdown(L("chat.edit_hint"), elem_id="chat-edit-hint")
         with gr.Column(scale=1, min_width=240):
@@ -310,7 +311,9 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks) -> gr.Dropdown:
 
     # The reply then ends itself and writes its own stats line, "stopped" included (see StopSwitch).
     stop.click(StopSwitch.press, switch, None, queue=False, **hidden)
-    chatbot.clear(new_chat, [switch, store], [chatbot, stats, resume, store, *history_views], queue=False, **hidden)
+    # The one Clear: this button (the chatbot's own trash icon is hidden by the app's CSS: pressed mid-reply it
+    # empties the chat in the browser without stopping the generation).
+    clear.click(new_chat, [switch, store], [chatbot, stats, resume, store, *history_views], queue=False, **hidden)
     conversations.input(reopen, [conversations, switch, store], [chatbot, stats, resume, store, *history_views], queue=False,
                   **hidden)
     rename.click(on_rename, [store, title], [store, conversations], queue=False, **hidden)

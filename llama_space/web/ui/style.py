@@ -18,6 +18,7 @@ CSS = """
 #chat-top { align-items: end; }
 #chat-edit-hint p { font-size: 0.8rem; opacity: 0.7; margin: 0; }
 #chat-versions { align-items: center; }
+#chatbot .top-panel { display: none !important; }  /* the chatbot's own Clear: the New chat button is the one */
 /* Phones: the chat first and short (the tab bar wraps instead of folding tabs into a menu: gr.Tabs). */
 @media (max-width: 640px) {
   #chatbot { height: 42vh !important; min-height: 200px; }
