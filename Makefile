@@ -36,8 +36,11 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-# Browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser.
+# Browser tests drive Debian's Chromium through Playwright; Playwright never downloads a browser. Headless Chromium
+# has no CJK or emoji fonts of its own: the Chinese UI and the screenshots need Debian's Noto fonts.
+BROWSER_PACKAGES := chromium fonts-noto-cjk fonts-noto-color-emoji
 browser:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; fi; fi

@@ -13,6 +13,11 @@ Gradio:
   application configures itself (its `parent_configures_cors`), which is what the request guard and the operator's
   --allowed-origins are.
 - `refuse_unknown_functions`: a call with a function index the app does not have was a 500 (a KeyError).
+- `current_request`: the request whose event a callback runs for (Gradio keeps it in a context variable around
+  every call and every step of a generator), so text built on the server follows the visitor's language without a
+  `gr.Request` parameter on every callback.
+- `LOCALE_STORE_JS`: the frontend's locale store (svelte-i18n, in the `runtime-*.js` chunk), which the language
+  switch sets; Gradio otherwise takes the locale from the browser once, at load.
 - `hide_internal_errors`: Gradio reports its own refusals of a request (wrong number of values, a file path that
   was never uploaded) with text holding internal class names, memory addresses and absolute server paths. Ours
   are always a gr.Error already; Gradio's own get a message that says what to fix and holds none of that.
@@ -44,6 +49,29 @@ def set_queue_polling(demo: gr.Blocks, events_s: float, progress_s: float) -> No
     """How often `demo`'s queue looks for waiting events and for progress updates while idle."""
     demo._queue.sleep_when_free = events_s
     demo._queue.progress_update_sleep_when_free = progress_s
+
+
+def current_request():
+    """The gr.Request of the event being processed, or None outside one."""
+    from gradio.context import LocalContext
+
+    return LocalContext.request.get(None)
+
+
+# Sets the frontend's locale: imports the chunk that holds svelte-i18n (the same module instance the app uses) and
+# sets the one writable store whose value is the page's current locale.
+LOCALE_STORE_JS = """async (locale) => {
+  const url = performance.getEntriesByType('resource').map((e) => e.name)
+    .find((name) => /\\/assets\\/runtime-[^/]+\\.js/.test(name));
+  if (!url) return false;
+  const module = await import(url);
+  const current = document.documentElement.lang;
+  const stores = Object.values(module).filter((v) => v && typeof v.set === 'function'
+    && typeof v.subscribe === 'function' && (() => { let x; v.subscribe((y) => { x = y; })(); return x === current; })());
+  if (stores.length !== 1) return false;
+  stores[0].set(locale);
+  return true;
+}"""
 
 
 def offer_mcp_tools(mcp, endpoints: Iterable[str]) -> None:

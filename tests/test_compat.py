@@ -109,3 +109,25 @@ def test_generate_reads_compile_all_devices():
     config = CompileConfig()
     compat.compile_on_every_device(config, True)
     assert config._compile_all_devices is True
+
+
+def test_the_current_request_and_the_frontends_locale_store_are_where_the_language_code_looks():
+    from contextvars import ContextVar
+    from pathlib import Path
+
+    import gradio
+    from gradio.context import LocalContext
+
+    from llama_space.compat import LOCALE_STORE_JS, current_request
+
+    assert isinstance(LocalContext.request, ContextVar) and current_request() is None
+    token = LocalContext.request.set("a request")
+    try:
+        assert current_request() == "a request"
+    finally:
+        LocalContext.request.reset(token)
+    # The language switch imports the chunk that holds svelte-i18n (runtime-*.js) and sets its locale store.
+    assets = Path(gradio.__file__).parent / "templates" / "frontend" / "assets"
+    chunks = [p for p in assets.glob("runtime-*.js") if "getLocaleFromNavigator" in p.read_text()
+              or "navigator.language" in p.read_text()]
+    assert chunks and "runtime-" in LOCALE_STORE_JS

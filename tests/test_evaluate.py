@@ -118,13 +118,13 @@ def test_answers_are_matched_and_figures_saved_next_to_the_base(manager, tmp_pat
 
     from llama_space.service.actions import Actions
     from llama_space.service.permissions import Permissions
-    from llama_space.web.ui.adapters_tab import COLUMNS, adapter_rows
+    from llama_space.web.ui.adapters_tab import COLUMNS, adapter_rows, details_html
 
-    rows = adapter_rows(Actions(manager, None, Permissions(manager.settings)))
-    shown = dict(zip(COLUMNS, next(row for row in rows if row[0] == "one")))
-    assert shown["evaluated on"] == "refs.jsonl"
-    assert shown["perplexity (base)"] == f"{figures['one']['perplexity']:.4g} ({base['perplexity']:.4g})"
-    assert shown["exact match (base)"] == f"0.3333 ({base['exact_match']:.4g})"
+    actions = Actions(manager, None, Permissions(manager.settings))
+    shown = dict(zip(COLUMNS, next(row for row in adapter_rows(actions) if row[0] == "one")))
+    assert shown["evaluation"] == f"perplexity {figures['one']['perplexity']:.4g} (base {base['perplexity']:.4g})"
+    details = details_html(actions, "one")
+    assert "refs.jsonl" in details and "latest evaluation" in details and "exact_match" in details
 
 
 def test_an_unreadable_metadata_file_is_left_alone(manager, tmp_path):

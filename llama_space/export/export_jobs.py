@@ -145,17 +145,21 @@ class ExportJobs:
             gguf_adapter.plan_pairs(path, base_dir)
         return merge.plan_merge(base_dir, path)
 
-    def _needs(self, plan: merge.MergePlan, kind: str, qtype: str) -> str:
-        """Refuse an export that would not fit in memory or on disk; else what it needs, in words."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def _needs(self, plan: merge.MergePlan, kind: str, qtype: str, check: bool = True) -> str:
+        """What the export needs, in words; with `check`, refused first when it would not fit in memory or on
+        disk."""
         if kind != "gguf_adapter":
             _, disk = needs(plan, kind, qtype)
-            merge.check_fits(plan, self.root, disk - plan.disk_bytes)
+            if check:
+                self.root.mkdir(parents=True, exist_ok=True)
+                merge.check_fits(plan, self.root, disk - plan.disk_bytes)
             return plan.describe(disk)
         cached = gguf_base.cached_path(self.settings.cache_dir, self.settings.model, plan.base_dir, qtype).is_file()
         memory, disk = needs(plan, kind, qtype, cached)
-        require_memory(memory, "The adapter GGUF export")
-        require_disk(self.root, disk, "The adapter GGUF export")
+        if check:
+            self.root.mkdir(parents=True, exist_ok=True)
+            require_memory(memory, "The adapter GGUF export")
+            require_disk(self.root, disk, "The adapter GGUF export")
         base_note = (f" The base's {qtype} GGUF is cached already." if cached else
                      f" The base's {qtype} GGUF is written once, then reused by its other adapters.")
         return plan.describe(disk, memory) + base_note
@@ -232,6 +236,19 @@ class ExportJobs:
         if not name or not path.is_file():
             raise UserError(f"The files of export {export_id} are gone; export again.")
         return path
+
+    def needs(self, adapter: str, kind: str = "merge", qtype: str = "q8_0") -> str:
+        """The memory and disk exporting `adapter` as `kind` would need, in words, before it starts."""
+        qtype = (qtype or "").lower() if kind in GGUF_KINDS else ""
+        if kind not in KINDS or (qtype and qtype not in QTYPES):
+            return ""
+        return self._needs(self.plan(adapter, kind), kind, qtype, check=False)
+
+    def result_files(self, export_id: str) -> list[Path]:
+        """Every file a completed export produced (the model file, its Modelfile and README among them)."""
+        self.result(export_id)  # refuses an export that did not complete or whose files are gone
+        out = self.export_dir(export_id) / OUT_DIR
+        return sorted(p for p in out.iterdir() if p.is_file() and not p.is_symlink())
 
     def wait(self, export_id: str, timeout: float, poll: float = 0.5) -> dict:
         """The status once the export no longer queues or runs, or after `timeout` seconds."""

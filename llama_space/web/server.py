@@ -133,8 +133,10 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     `app.state.services` are the services behind every surface and `app.state.backend` is their ChatBackend.
     """
     from llama_space import compat
+    from llama_space.web.i18n import I18N
     from llama_space.web.routes import api_routes
     from llama_space.web.throttle import FailureLedger
+    from llama_space.web.ui.style import CSS
 
     gradio_temp_dir(settings)
     compat.install_gradio_fixes()
@@ -146,7 +148,7 @@ def launch(settings: Settings, block: bool = True) -> tuple[gr.Blocks, FastAPI]:
     app, local_url, share_url = demo.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share,
         auth=settings.auth_pair, max_file_size=f"{settings.max_upload_mb}mb",
-        prevent_thread_lock=True, show_error=True, mcp_server=True,
+        prevent_thread_lock=True, show_error=True, mcp_server=True, i18n=I18N, css=CSS,
         app_kwargs={"routes": api_routes(services.backend, settings),
                     "middleware": middleware(settings, login_failures), "lifespan": lifespan(settings, services)})
     app.state.services = services

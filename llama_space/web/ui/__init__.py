@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from llama_space.compat import set_queue_polling
 from llama_space.web import oauth
+from llama_space.web.i18n import L, language_switch
 from llama_space.web.ui.adapters_tab import build_adapters_tab
 from llama_space.web.ui.api import register_chat_api
-from llama_space.web.ui.chat_tab import build_chat_tab
+from llama_space.web.ui.chat_tab import BASE_CHOICE, adapter_choices, build_chat_tab
 from llama_space.web.ui.compare_tab import build_compare_tab
 from llama_space.web.ui.export_tab import add_export_tab
 from llama_space.web.ui.feedback_api import register_feedback_api
@@ -36,17 +38,31 @@ def build_ui(services: Services) -> gr.Blocks:
     backend, actions = services.backend, services.actions
     hidden = {"api_visibility": "private"}
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"## {TITLE} · `{backend.base_name}`")
+        with gr.Row(elem_id="app-header"):
+            gr.HTML(f"<h2 class='app-title'>{TITLE} <span class='model-id' title='{html.escape(backend.base_name)}'>"
+                    f"{html.escape(backend.base_name)}</span></h2>", elem_id="app-title", padding=False,
+                    scale=1, min_width=0)
+            language_switch(demo)
         oauth.login_button()
-        with gr.Tab("Chat", id="chat"):
-            build_chat_tab(backend, services.feedback)
-        with gr.Tab("Fine-tune", id="finetune"):
-            poll, job_id, job_outputs = build_finetune_tab(actions, services.feedback)
-        with gr.Tab("Adapters", id="adapters") as adapters_tab:
-            reload_adapters, adapter_outputs = build_adapters_tab(actions)
-        adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
-        follow_evaluation, evaluation_outputs = build_compare_tab(services)  # the Compare tab and its endpoints
-        add_export_tab(services.exports)  # the Export tab and its endpoints
+        with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:  # on a phone every tab stays in view
+            with gr.Tab(L("tab.chat"), id="chat"):
+                chat_adapter = build_chat_tab(backend, demo, services.feedback)
+            with gr.Tab(L("tab.finetune"), id="finetune"):
+                poll, job_id, job_outputs = build_finetune_tab(actions, services.feedback)
+            with gr.Tab(L("tab.adapters"), id="adapters") as adapters_tab:
+                reload_adapters, adapter_outputs, (open_chat, compare, picked) = build_adapters_tab(actions)
+            adapters_tab.select(reload_adapters, None, adapter_outputs, queue=False, **hidden)
+            # the Compare tab and its endpoints
+            follow_evaluation, evaluation_outputs, compare_adapters = build_compare_tab(services)
+            add_export_tab(services.exports)  # the Export tab and its endpoints
+        # An adapter chosen in the Adapters tab opens in Chat, or in Compare beside the base.
+        open_chat.click(lambda name: (gr.Tabs(selected="chat"), gr.Dropdown(choices=adapter_choices(backend),
+                                                                            value=name or BASE_CHOICE)),
+                        picked, [tabs, chat_adapter], queue=False, **hidden)
+        compare.click(lambda name: (gr.Tabs(selected="compare"), gr.Dropdown(choices=backend.list_adapters(),
+                                                                             value=[name] if name else [])),
+                      picked, [tabs, compare_adapters], queue=False, **hidden)
+        demo.load(reload_adapters, None, adapter_outputs, queue=False, **hidden)
         # A refreshed or reopened page shows the running (or latest) job again.
         demo.load(poll, job_id, job_outputs, queue=False, **hidden)
         # ...and follows the running evaluation, or shows the latest result; without taking a generation slot.

@@ -12,6 +12,7 @@ from llama_space.errors import UserError
 from llama_space.service.compare import MAX_ADAPTERS, greedy
 from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.web.error_boundary import user_facing
+from llama_space.web.i18n import L, t
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
 from llama_space.web.ui.feedback import add_compare_picks
 
@@ -19,12 +20,12 @@ if TYPE_CHECKING:
     from llama_space.service.actions import Actions
     from llama_space.service.compare import Comparer
     from llama_space.service.evaluate import Evaluator
+    from llama_space.service.feedback import Feedback
     from llama_space.service.services import Services
 
 SLOTS = 1 + MAX_ADAPTERS  # reply boxes: the base and each adapter
 HIDDEN = {"api_visibility": "private"}
-EVAL_HEADERS = ["model", "loss", "perplexity", "exact match", "contains", "tokens", "reward accuracy",
-                "reward margin"]
+EVAL_COLUMNS = ("model", "loss", "perplexity", "exact", "contains", "tokens", "reward_accuracy", "reward_margin")
 
 
 def job_dropdown(actions: Actions, **layout) -> gr.Dropdown:
@@ -46,6 +47,11 @@ def _slots(replies: dict[str, str]) -> list:
             else gr.Textbox(value="", visible=False) for i in range(SLOTS)]
 
 
+def _eval_table(rows: list[list]) -> gr.Dataframe:
+    """The figures with headers in the visitor's language; hidden while there are none."""
+    return gr.Dataframe(rows, headers=[t(f"cmp.col.{c}") for c in EVAL_COLUMNS], visible=bool(rows))
+
+
 def _eval_rows(result: dict) -> list[list]:
     def figure(value):
         return "" if value is None else round(value, 4)
@@ -57,32 +63,32 @@ def _eval_rows(result: dict) -> list[list]:
 
 def _eval_message(result: dict) -> str:
     if result["state"] == "cancelled":
-        return "Evaluation cancelled; nothing was saved."
-    text = (f"Evaluated on {result['examples']} rows of {result['source']} "
-            f"({result['references']} with a reference answer).")
+        return t("cmp.cancelled")
+    text = t("cmp.evaluated", examples=result["examples"], source=result["source"], references=result["references"])
     if result.get("saved"):
-        text += f" Saved into the metadata of: {', '.join(result['saved'])} (see the Adapters tab)."
+        text += t("cmp.saved", names=", ".join(result["saved"]))
     for name, why in (result.get("not_saved") or {}).items():
         text += f" {name}: {why}"
     return text
 
 
-def _side_by_side(comparer: Comparer, models: dict[str, gr.Component], feedback=None) -> dict[str, gr.Component]:
+def _side_by_side(comparer: Comparer, models: dict[str, gr.Component], feedback: Feedback | None = None) -> dict[str, gr.Component]:
     """One prompt answered by every chosen model; returns the sampling fields, which a file of prompts uses too.
     `models` and the returned fields are named as the callbacks' (and the /compare endpoint's) parameters."""
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
+    prompt = gr.Textbox(label=L("cmp.prompt"), lines=2, elem_id="compare-prompt")
     with gr.Row():
         sampling = {
-            "system_prompt": gr.Textbox(label="System prompt", lines=1, elem_id="compare-system", scale=3),
+            "system_prompt": gr.Textbox(label=L("common.system_prompt"), lines=1, elem_id="compare-system",
+                                        scale=3),
             "max_new_tokens": gr.Slider(1, comparer.backend.settings.max_new_tokens_limit, value=256, step=1,
-                                        label="Max new tokens"),
-            "temperature": gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)"),
-            "top_p": gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")}
+                                        label=L("common.max_new_tokens")),
+            "temperature": gr.Slider(0, 2, value=0.0, step=0.05, label=L("common.temperature")),
+            "top_p": gr.Slider(0.05, 1, value=1.0, step=0.05, label=L("common.top_p"))}
     with gr.Row():
-        run = gr.Button("Compare", variant="primary", elem_id="compare-run")
-        stop = gr.Button("Stop", elem_id="compare-stop")
+        run = gr.Button(L("cmp.run"), variant="primary", elem_id="compare-run")
+        stop = gr.Button(L("common.stop"), elem_id="compare-stop")
     with gr.Row():
-        boxes = [gr.Textbox(label="base", lines=8, interactive=False, visible=i == 0, elem_id=f"compare-reply-{i}")
+        boxes = [gr.Textbox(label=L("cmp.base"), lines=8, interactive=False, visible=i == 0, elem_id=f"compare-reply-{i}")
                  for i in range(SLOTS)]
     if feedback is not None:
         add_compare_picks(feedback, comparer, prompt, boxes, models, sampling)
@@ -100,20 +106,20 @@ def _side_by_side(comparer: Comparer, models: dict[str, gr.Component], feedback=
 
 
 def _prompts_file(comparer: Comparer, actions: Actions, models: dict, sampling: dict, jobs: list):
-    with gr.Accordion("A file of prompts", open=False):
-        gr.Markdown("JSONL or CSV with a `prompt` column (optional `system` and a reference answer in `reference`), "
-                    "or training data (its last assistant reply is the reference), or a job's held-out split.")
+    with gr.Accordion(L("cmp.file"), open=False):
+        gr.Markdown(L("cmp.file_help"))
         with gr.Row():
-            file = gr.File(label="Prompts file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+            file = gr.File(label=L("cmp.prompts_file"), file_types=[".jsonl", ".json", ".csv", ".parquet"],
                            elem_id="compare-file")
-            job = job_dropdown(actions, label="…or a job's held-out split", value=None, elem_id="compare-job")
-            max_prompts = gr.Number(100, label="Max prompts", precision=0, minimum=1)
+            job = job_dropdown(actions, label=L("cmp.job_split"), value=None, elem_id="compare-job")
+            max_prompts = gr.Number(100, label=L("cmp.max_prompts"), precision=0, minimum=1)
         with gr.Row():
-            run = gr.Button("Answer every prompt", variant="primary", elem_id="compare-file-run")
-            stop = gr.Button("Stop", elem_id="compare-file-stop")
+            run = gr.Button(L("cmp.file_run"), variant="primary", elem_id="compare-file-run")
+            stop = gr.Button(L("common.stop"), elem_id="compare-file-stop")
         progress = gr.Markdown(elem_id="compare-file-progress")
-        table = gr.Dataframe(interactive=False, wrap=True, label="Answers", elem_id="compare-file-table")
-        downloads = gr.File(label="Download (CSV, JSONL)", file_count="multiple", interactive=False)
+        table = gr.Dataframe(interactive=False, wrap=True, label=L("cmp.answers"), elem_id="compare-file-table",
+                             visible=False)
+        downloads = gr.File(label=L("cmp.downloads"), file_count="multiple", interactive=False)
     jobs.append(job)
 
     def on_run(file, job_id, max_prompts, adapters, include_base, system_prompt, max_new_tokens, temperature, top_p):
@@ -123,8 +129,9 @@ def _prompts_file(comparer: Comparer, actions: Actions, models: dict, sampling: 
                                      results_dir()):
             headers, rows = run.table()
             files = list(run.paths) if run.paths else None
-            text = f"{run.done}/{run.total} prompts answered ({run.source})" + (" · done" if run.paths else "")
-            yield text, gr.Dataframe(value=rows, headers=headers), files
+            text = t("cmp.progress", done=run.done, total=run.total, source=run.source) + (
+                " · " + t("cmp.done") if run.paths else "")
+            yield text, gr.Dataframe(value=rows, headers=headers, visible=bool(rows)), files
 
     event = run.click(user_facing(on_run, "comparing models on a file"),
                       inputs_kwargs={"file": file, "job_id": job, "max_prompts": max_prompts, **models, **sampling},
@@ -135,23 +142,21 @@ def _prompts_file(comparer: Comparer, actions: Actions, models: dict, sampling: 
 def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> tuple[Callable, list]:
     """The Evaluate section; returns its page-load hook and the components that hook updates."""
     allowed = actions.permissions.controls_on
-    with gr.Accordion("Evaluate adapters", open=False):
-        gr.Markdown("Loss and perplexity on the trained (assistant) tokens, masked as training masks them, for the "
-                    "base and each chosen adapter; with reference answers, the share of greedy answers that match "
-                    "exactly and that contain the reference. Results are saved into each adapter's metadata.")
+    with gr.Accordion(L("cmp.evaluate"), open=False):
+        gr.Markdown(L("cmp.evaluate_help"))
         with gr.Row():
-            file = gr.File(label="Dataset file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+            file = gr.File(label=L("cmp.dataset_file"), file_types=[".jsonl", ".json", ".csv", ".parquet"],
                            elem_id="evaluate-file")
-            job = job_dropdown(actions, label="…or a job's held-out split", value=None, elem_id="evaluate-job")
+            job = job_dropdown(actions, label=L("cmp.job_split"), value=None, elem_id="evaluate-job")
         with gr.Row():
-            max_examples = gr.Number(200, label="Max rows", precision=0, minimum=1)
-            answers = gr.Checkbox(True, label="Also answer and match references")
-            max_new_tokens = gr.Number(128, label="Max new tokens per answer", precision=0, minimum=1)
+            max_examples = gr.Number(200, label=L("cmp.max_rows"), precision=0, minimum=1)
+            answers = gr.Checkbox(True, label=L("cmp.answer_refs"))
+            max_new_tokens = gr.Number(128, label=L("cmp.max_tokens_answer"), precision=0, minimum=1)
         with gr.Row():
-            run = gr.Button("Evaluate", variant="primary", interactive=allowed, elem_id="evaluate-run")
-            cancel = gr.Button("Cancel evaluation", interactive=allowed, elem_id="evaluate-cancel")
+            run = gr.Button(L("cmp.evaluate_run"), variant="primary", interactive=allowed, elem_id="evaluate-run")
+            cancel = gr.Button(L("cmp.evaluate_cancel"), interactive=allowed, elem_id="evaluate-cancel")
         progress = gr.Markdown(actions.permissions.disabled_reason, elem_id="evaluate-progress")
-        table = gr.Dataframe(headers=EVAL_HEADERS, interactive=False, label="Figures", elem_id="evaluate-table")
+        table = gr.Dataframe(interactive=False, label=L("cmp.figures"), elem_id="evaluate-table", visible=False)
     jobs.append(job)
 
     def shown(updates):
@@ -159,7 +164,7 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> t
             if update["state"] == "running":
                 yield update["message"], gr.skip()
             else:
-                yield _eval_message(update), _eval_rows(update)
+                yield _eval_message(update), _eval_table(_eval_rows(update))
 
     def on_evaluate(adapters, file, job_id, max_examples, generate_answers, max_new_tokens):
         options = EvalOptions(max_examples=int(max_examples), generate_answers=generate_answers,
@@ -167,7 +172,7 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> t
         yield from shown(evaluator.run(adapters, file, job_id or "", options))
 
     def on_cancel():
-        return "Cancelling…" if evaluator.cancel()["cancelling"] else "No evaluation is running."
+        return t("cmp.cancelling") if evaluator.cancel()["cancelling"] else t("cmp.not_running")
 
     def on_page_load():
         """A reloaded page follows the running evaluation again, or shows how the latest one ended."""
@@ -192,14 +197,14 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> t
 
 
 def build_compare_tab(services: Services) -> tuple[Callable, list]:
-    """The Compare tab and its endpoints (see compare_api); returns the evaluation's page-load hook and the
-    components it updates."""
+    """The Compare tab and its endpoints (see compare_api); returns the evaluation's page-load hook, the
+    components it updates and the adapters choice (which the Adapters tab fills)."""
     backend, actions = services.backend, services.actions
-    with gr.Tab("Compare", id="compare") as tab:
+    with gr.Tab(L("tab.compare"), id="compare") as tab:
         with gr.Row():
             adapters = gr.Dropdown(backend.list_adapters(), multiselect=True, max_choices=MAX_ADAPTERS,
-                                   label=f"Adapters (up to {MAX_ADAPTERS})", elem_id="compare-adapters", scale=3)
-            include_base = gr.Checkbox(True, label="Include the base model", elem_id="compare-base")
+                                   label=L("cmp.adapters"), elem_id="compare-adapters", scale=3)
+            include_base = gr.Checkbox(True, label=L("cmp.include_base"), elem_id="compare-base")
         models = {"adapters": adapters, "include_base": include_base}
         sampling = _side_by_side(services.comparer, models, services.feedback)
         jobs: list[gr.Dropdown] = []
@@ -212,4 +217,4 @@ def build_compare_tab(services: Services) -> tuple[Callable, list]:
         return gr.Dropdown(choices=backend.list_adapters()), *(job_dropdown(actions) for _ in jobs)
 
     tab.select(user_facing(reload, "listing adapters and jobs"), None, [adapters, *jobs], queue=False, **HIDDEN)
-    return on_page_load, evaluation_outputs
+    return on_page_load, evaluation_outputs, adapters

@@ -10,6 +10,8 @@ import gradio as gr
 from llama_space import adapters as adapter_files
 from llama_space.inference.prompting import normalize_messages
 from llama_space.web.error_boundary import user_facing
+from llama_space.web.i18n import L, t
+from llama_space.web.strings import STRINGS
 
 if TYPE_CHECKING:
     from llama_space.service.compare import Comparer
@@ -33,21 +35,20 @@ def _before(history: list[dict], index: int, system_prompt: str) -> list[dict]:
 
 
 def prompt_in_force(adapters_dir, adapter: str, system_prompt: str) -> str:
-    """What the Chat tab says about the system prompt a reply gets."""
+    """What the Chat tab says about the system prompt a reply gets, in the request's language."""
     if system_prompt and system_prompt.strip():
-        return "System prompt: yours."
+        return t("fb.prompt_yours")
     trained = adapter_files.trained_system_prompt(adapters_dir, "" if adapter == "base" else adapter)
-    return f"System prompt: the adapter's trained one, “{trained}”." if trained else "System prompt: none."
+    return t("fb.prompt_trained", prompt=trained) if trained else t("fb.prompt_none")
 
 
 def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component],
                       adapters_dir) -> None:
     """Thumbs on every reply, an edit of the last reply, and a line saying which system prompt is in force."""
-    in_force = gr.Markdown(prompt_in_force(adapters_dir, "base", ""), elem_id="prompt-in-force")
+    in_force = gr.Markdown(L("fb.prompt_none"), elem_id="prompt-in-force")
     with gr.Row():
-        edited = gr.Textbox(label="The last reply as it should have been", lines=2, elem_id="feedback-edit",
-                            scale=4)
-        save_edit = gr.Button("Save edit", elem_id="feedback-save-edit", scale=1)
+        edited = gr.Textbox(label=L("fb.edit"), info=L("fb.edit_info"), lines=2, elem_id="feedback-edit", scale=4)
+        save_edit = gr.Button(L("fb.save_edit"), elem_id="feedback-save-edit", scale=1)
     system_prompt, adapter = sampling["system_prompt"], sampling["adapter"]
 
     def settings(values: dict) -> dict:
@@ -60,15 +61,15 @@ def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[st
         kind = "up" if data.liked else "down"
         feedback.record(kind, _before(history, index, system_prompt), _content(history[index]),
                         "" if adapter == "base" else adapter, generation=settings(values))
-        gr.Info("Feedback saved.")
+        gr.Info(t("fb.saved"))
 
     def on_edit(text, history, system_prompt, adapter, **values):
         last = max((i for i, m in enumerate(history) if m["role"] == "assistant"), default=None)
         if last is None:
-            raise gr.Error("There is no reply to edit yet.")
+            raise gr.Error(t("fb.no_reply"))
         feedback.record("edit", _before(history, last, system_prompt), _content(history[last]),
                         "" if adapter == "base" else adapter, edited=text, generation=settings(values))
-        gr.Info("Edit saved: the edited reply is preferred over the original.")
+        gr.Info(t("fb.edit_saved"))
         return ""
 
     inputs = {"history": chatbot, **sampling}
@@ -84,18 +85,18 @@ def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox
                       models: dict[str, gr.Component], sampling: dict[str, gr.Component]) -> None:
     """A "this one is better" button under each side-by-side reply: a pick of it over the other replies."""
     with gr.Row():
-        buttons = [gr.Button("This one is better", size="sm", elem_id=f"compare-pick-{i}") for i in range(len(boxes))]
+        buttons = [gr.Button(L("fb.pick"), size="sm", elem_id=f"compare-pick-{i}") for i in range(len(boxes))]
 
     def on_pick(slot: int, prompt, system_prompt, adapters, include_base, *replies, **values):
         names = comparer.models(adapters, include_base)
         shown = list(zip(names, replies))
         if slot >= len(shown) or not shown[slot][1].strip():
-            raise gr.Error("Compare first, then pick the better reply.")
+            raise gr.Error(t("fb.compare_first"))
         name, reply = shown[slot]
         feedback.record("pick", normalize_messages([], prompt, system_prompt), reply,
                         "" if name == "base" else name, other_replies=[r for i, (_, r) in enumerate(shown) if i != slot],
                         generation={k: v for k, v in values.items() if k in GENERATION_KEYS})
-        gr.Info(f"Saved: {name}'s reply preferred over the others.")
+        gr.Info(t("fb.picked", name=name))
 
     for slot, button in enumerate(buttons):
         button.click(user_facing(lambda *args, slot=slot, **kw: on_pick(slot, *args, **kw), "saving the pick"),
@@ -106,21 +107,22 @@ def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox
 def build_feedback_panel(feedback: Feedback, upload: gr.File, method: gr.Dropdown):
     """Fine-tune: the collected feedback's counts, downloads as JSONL, "train on it" (the file goes into `upload`
     with a method that trains on it) and Clear; returns the "train on it" events, for the data check to follow."""
-    with gr.Accordion("Feedback collected in Chat and Compare", open=False):
+    with gr.Accordion(L("fb.panel"), open=False, elem_id="feedback-panel"):
         counts = gr.Markdown(elem_id="feedback-counts")
         with gr.Row():
-            refresh = gr.Button("Refresh", elem_id="feedback-refresh")
-            pairs = gr.DownloadButton("Preference pairs (JSONL, for dpo/orpo)", elem_id="feedback-pairs")
-            rows = gr.DownloadButton("SFT rows (JSONL)", elem_id="feedback-sft")
-            clear = gr.Button("Clear feedback", variant="stop", elem_id="feedback-clear")
+            refresh = gr.Button(L("fb.refresh"), elem_id="feedback-refresh")
+            pairs = gr.DownloadButton(L("fb.pairs"), elem_id="feedback-pairs")
+            rows = gr.DownloadButton(L("fb.sft"), elem_id="feedback-sft")
+            clear = gr.Button(L("fb.clear"), variant="stop", elem_id="feedback-clear")
         with gr.Row():
-            use_pairs = gr.Button("Train on the preference pairs (dpo)", elem_id="feedback-use-pairs")
-            use_rows = gr.Button("Train on the SFT rows (sft)", elem_id="feedback-use-sft")
+            use_pairs = gr.Button(L("fb.use_pairs"), elem_id="feedback-use-pairs")
+            use_rows = gr.Button(L("fb.use_sft"), elem_id="feedback-use-sft")
 
     def on_refresh():
         found = feedback.private_dataset("preference")["counts"]
-        marks = " · ".join(f"{kind}: {n}" for kind, n in found["marks"].items())
-        return (f"{found['preference_pairs']} preference pairs · {found['sft_rows']} SFT rows (marks: {marks})",
+        marks = " · ".join(f"{t(f'fb.kind.{kind}') if f'fb.kind.{kind}' in STRINGS else kind}: {n}"
+                           for kind, n in found["marks"].items()) or t("fb.no_marks")
+        return (t("fb.counts", pairs=found["preference_pairs"], rows=found["sft_rows"], marks=marks),
                 str(feedback.jsonl("preference")) if found["preference_pairs"] else None,
                 str(feedback.jsonl("sft")) if found["sft_rows"] else None)
 
