@@ -244,12 +244,6 @@ class ExportJobs:
             return ""
         return self._needs(self.plan(adapter, kind), kind, qtype, check=False)
 
-    def result_files(self, export_id: str) -> list[Path]:
-        """Every file a completed export produced (the model file, its Modelfile and README among them)."""
-        self.result(export_id)  # refuses an export that did not complete or whose files are gone
-        out = self.export_dir(export_id) / OUT_DIR
-        return sorted(p for p in out.iterdir() if p.is_file() and not p.is_symlink())
-
     def wait(self, export_id: str, timeout: float, poll: float = 0.5) -> dict:
         """The status once the export no longer queues or runs, or after `timeout` seconds."""
         return launcher.wait(lambda: self.status(export_id), timeout, poll)

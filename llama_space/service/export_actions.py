@@ -94,13 +94,6 @@ class ExportActions:
         adapters.validate_name(adapter)
         return self.jobs.needs(adapter, kind, qtype)
 
-    def files(self, export_id: str) -> list[Path]:
-        """Every file of a completed export, for download: the model file and what comes with it."""
-        self.permissions.require_change()
-        if not export_id:
-            raise UserError("Choose a completed export to download.")
-        return self.jobs.result_files(export_id)
-
     def push(self, source: str, repo_id: str, private: bool = True) -> dict:
         """Push `source` (an export id: its merged model or GGUF file; else an adapter name) to `repo_id`."""
         self.permissions.require_change()
