@@ -40,7 +40,8 @@ NAMES = {"llama", "space", "english", "api", "mcp", "gradio", "token", "top", "l
          "tgi", "cpp", "modelfile", "sft", "auto", "none", "nf4", "process", "shared", "alpha", "prompt", "system",
          "reference", "base", "pirate", "tensorboard", "trackio", "wandb", "mlflow", "qlora", "zip", "smollm",
          "instruct", "default", "owner", "name", "train", "main", "standard", "quick", "adapter", "merge", "kb",
-         "mb", "gb", "bits", "user", "your", "model", "my", "top-k", "top-p", "cpu", "gpu", "s"}
+         "mb", "gb", "bits", "user", "your", "model", "my", "top-k", "top-p", "cpu", "gpu", "s",
+         "dpo", "orpo", "beta", "chosen", "rejected"}  # preference methods, their parameter and data columns
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")]
 
@@ -249,7 +250,7 @@ def test_finetune_help_and_controls_and_adapter_actions(app, browser):
     assert (Path(app.settings.adapters_dir) / "pirate").is_dir()
     page.click("#adapter-open-chat")
     poll("the chat with pirate", lambda: page.locator("#adapter input").input_value() == "pirate", timeout=30)
-    assert "pirate" in page.locator("#chat-header").inner_text()
+    poll("the header to name pirate", lambda: "pirate" in page.locator("#chat-header").inner_text(), timeout=30)
 
 
 def test_export_needs_before_start_and_every_file_downloadable(app, browser):
