@@ -77,7 +77,7 @@ def test_marks_are_refused_on_an_exposed_app_and_tagged_on_a_space(tmp_path, mon
 
 def test_an_adapter_s_trained_prompt_is_used_when_the_caller_gives_none(tmp_path):
     from llama_space import adapters
-    from llama_space.web.ui.feedback import prompt_in_force
+    from llama_space.web.ui.chat_tab import header_markdown
 
     (tmp_path / "pirate").mkdir()
     adapters.write_metadata(tmp_path / "pirate", {"system_prompt": "You are a pirate."})
@@ -88,9 +88,10 @@ def test_an_adapter_s_trained_prompt_is_used_when_the_caller_gives_none(tmp_path
     assert adapters.with_trained_prompt(own, tmp_path, "pirate") == own
     assert adapters.with_trained_prompt(asked, tmp_path, "") == asked
     assert adapters.with_trained_prompt("raw text", tmp_path, "pirate") == "raw text"
-    assert "You are a pirate." in prompt_in_force(tmp_path, "pirate", "")
-    assert prompt_in_force(tmp_path, "pirate", "Be brief.") == "System prompt: yours."
-    assert prompt_in_force(tmp_path, "base", "") == "System prompt: none."
+    # The chat's header says which system prompt is in force.
+    assert "System prompt: the adapter's trained one, “You are a pirate.”" in header_markdown(tmp_path, "pirate", "")
+    assert header_markdown(tmp_path, "pirate", "Be brief.").endswith("System prompt: Be brief.")
+    assert header_markdown(tmp_path, "base", "").endswith("System prompt: none")
 
 
 def test_a_mark_is_bounded(feedback):

@@ -32,6 +32,7 @@ STRINGS = {
     "chat.next": ("Next version ▶", "下一版 ▶"),
     "chat.header": ("Adapter: {adapter} · System prompt: {system}", "适配器：{adapter} · 系统提示词：{system}"),
     "chat.no_system": ("none", "无"),
+    "chat.trained_system": ("the adapter's trained one, “{prompt}”", "适配器训练时的提示词“{prompt}”"),
     "chat.edit_hint": ("Edit a message of yours (the pencil beside it) to run the chat again from there.",
                        "编辑自己的某条消息（旁边的铅笔图标），即可从那里重新运行对话。"),
 }

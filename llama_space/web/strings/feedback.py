@@ -1,10 +1,6 @@
 """The feedback's text: thumbs and edits in Chat, picks in Compare, the collected feedback in Fine-tune."""
 
 STRINGS = {
-    "fb.prompt_yours": ("System prompt: yours.", "系统提示词：你填写的。"),
-    "fb.prompt_trained": ("System prompt: the adapter's trained one, “{prompt}”.",
-                          "系统提示词：适配器训练时的提示词“{prompt}”。"),
-    "fb.prompt_none": ("System prompt: none.", "系统提示词：无。"),
     "fb.edit": ("The last reply as it should have been", "最后一条回复应有的样子"),
     "fb.edit_info": ("Write the better reply and save it: it is kept as preferred over the model's, for training.",
                      "写下更好的回复并保存：它会被记为优于模型的回复，用于训练。"),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from llama_space import adapters as adapter_files
 from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import normalize_messages
 from llama_space.web.error_boundary import user_facing
@@ -19,6 +20,8 @@ from llama_space.web.ui import chat_history
 from llama_space.web.ui.feedback import add_chat_feedback
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from llama_space.inference.backend import ChatBackend, ReplyStream
     from llama_space.service.feedback import Feedback
 
@@ -136,12 +139,20 @@ def stats_line(stream: ReplyStream) -> str:
     return line + (" · " + t("chat.stopped") if stopped else "")
 
 
-def header_markdown(adapter: str, system_prompt: str) -> str:
-    """The line over the conversation: which adapter answers, with which system prompt."""
-    system = " ".join((system_prompt or "").split())
-    system = (system[:120] + "…" if len(system) > 120 else system) or t("chat.no_system")
-    name = t("chat.base") if adapter in ("", BASE_CHOICE, None) else adapter
-    return t("chat.header", adapter=f"`{name}`", system=system)
+def _short(text: str) -> str:
+    text = " ".join((text or "").split())
+    return text[:120] + "…" if len(text) > 120 else text
+
+
+def header_markdown(adapters_dir: Path, adapter: str, system_prompt: str) -> str:
+    """The line over the conversation: which adapter answers, with the system prompt in force (yours, else the one
+    the adapter was trained with, which chat then uses)."""
+    base = adapter in ("", BASE_CHOICE, None)
+    system = _short(system_prompt)
+    if not system:
+        trained = "" if base else _short(adapter_files.trained_system_prompt(adapters_dir, adapter))
+        system = t("chat.trained_system", prompt=trained) if trained else t("chat.no_system")
+    return t("chat.header", adapter=f"`{t('chat.base') if base else adapter}`", system=system)
 
 
 def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | None = None) -> gr.Dropdown:
@@ -189,7 +200,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | N
     sampling = {"system_prompt": system_prompt, "adapter": adapter, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
     if feedback is not None:
-        add_chat_feedback(feedback, chatbot, sampling, backend.settings.adapters_dir)
+        add_chat_feedback(feedback, chatbot, sampling)
     switch = gr.State(StopSwitch())
     ticket = gr.State(0)  # the switch's ticket for the reply asked for last
     store = gr.BrowserState(chat_history.EMPTY_STORE, storage_key="llama-space-chats",
@@ -322,11 +333,14 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | N
                   **hidden)
     rename.click(on_rename, [store, title], [store, conversations], queue=False, **hidden)
     delete.click(on_delete, [switch, store], [chatbot, stats, resume, store, *history_views], queue=False, **hidden)
+    def on_header(adapter_name: str, system: str) -> str:
+        return header_markdown(backend.settings.adapters_dir, adapter_name, system)
+
     for event in (adapter.change, system_prompt.change):
-        event(header_markdown, [adapter, system_prompt], header, queue=False, **hidden)
+        event(on_header, [adapter, system_prompt], header, queue=False, **hidden)
     adapter.focus(lambda: gr.Dropdown(choices=adapter_choices(backend)), None, adapter, queue=False, **hidden)
     demo.load(restore, store, [chatbot, *history_views], queue=False, **hidden)
-    demo.load(header_markdown, [adapter, system_prompt], header, queue=False, **hidden)
+    demo.load(on_header, [adapter, system_prompt], header, queue=False, **hidden)
     return adapter
 
 

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from llama_space import adapters as adapter_files
 from llama_space.inference.prompting import normalize_messages
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.i18n import L, t
@@ -34,22 +33,11 @@ def _before(history: list[dict], index: int, system_prompt: str) -> list[dict]:
                               system_prompt=system_prompt)
 
 
-def prompt_in_force(adapters_dir, adapter: str, system_prompt: str) -> str:
-    """What the Chat tab says about the system prompt a reply gets, in the request's language."""
-    if system_prompt and system_prompt.strip():
-        return t("fb.prompt_yours")
-    trained = adapter_files.trained_system_prompt(adapters_dir, "" if adapter == "base" else adapter)
-    return t("fb.prompt_trained", prompt=trained) if trained else t("fb.prompt_none")
-
-
-def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component],
-                      adapters_dir) -> None:
-    """Thumbs on every reply, an edit of the last reply, and a line saying which system prompt is in force."""
-    in_force = gr.Markdown(L("fb.prompt_none"), elem_id="prompt-in-force")
+def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component]) -> None:
+    """Thumbs on every reply and an edit of the last reply."""
     with gr.Row():
         edited = gr.Textbox(label=L("fb.edit"), info=L("fb.edit_info"), lines=2, elem_id="feedback-edit", scale=4)
         save_edit = gr.Button(L("fb.save_edit"), elem_id="feedback-save-edit", scale=1)
-    system_prompt, adapter = sampling["system_prompt"], sampling["adapter"]
 
     def settings(values: dict) -> dict:
         return {key: values[key] for key in GENERATION_KEYS if key in values}
@@ -76,9 +64,6 @@ def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[st
     chatbot.like(user_facing(on_like, "saving feedback"), inputs_kwargs=inputs, outputs=None, **HIDDEN)
     save_edit.click(user_facing(on_edit, "saving the edit"), inputs_kwargs={"text": edited, **inputs},
                     outputs=edited, **HIDDEN)
-    for component in (system_prompt, adapter):
-        component.change(lambda a, s: prompt_in_force(adapters_dir, a, s), [adapter, system_prompt], in_force,
-                         queue=False, **HIDDEN)
 
 
 def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox, boxes: list[gr.Textbox],
