@@ -28,7 +28,8 @@ from apputil import launched_app
 START_TRAINING = ["file", "adapter_name", "preset", "learning_rate", "num_epochs", "max_steps", "batch_size",
                   "grad_accum", "max_length", "lora_r", "lora_alpha", "lora_dropout", "eval_fraction", "seed",
                   "target_modules", "save_steps", "gradient_checkpointing", "placement", "quantization", "report_to",
-                  "method", "dataset_id", "dataset_config", "dataset_split", "dataset_revision"]
+                  "method", "beta", "system_prompt", "from_adapter", "dataset_id", "dataset_config", "dataset_split",
+                  "dataset_revision"]
 
 
 def test_close_stops_what_borrows_the_weights_before_the_backend():
@@ -38,7 +39,8 @@ def test_close_stops_what_borrows_the_weights_before_the_backend():
         return SimpleNamespace(close=lambda: closed.append(name))
 
     services = Services(backend=closer("backend"), actions=SimpleNamespace(runner=closer("training")),
-                        exports=SimpleNamespace(), comparer=SimpleNamespace(), evaluator=closer("evaluation"))
+                        exports=SimpleNamespace(), comparer=SimpleNamespace(), evaluator=closer("evaluation"),
+                        feedback=SimpleNamespace())
     services.close()
     assert closed == ["evaluation", "training", "backend"]
 
@@ -60,6 +62,9 @@ class Recorder:
     def start(self, file, adapter_name, params, hub=None) -> str:
         self.started.append((file, adapter_name, params, hub))
         return "job-1"
+
+    def adapter_names(self) -> list[str]:
+        return []
 
     def cancel(self, job_id: str) -> dict:
         raise AssertionError("not pressed here")
