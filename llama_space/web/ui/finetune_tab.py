@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import fields
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -105,25 +106,29 @@ def form_values(preset: str) -> dict[str, Any]:
             else getattr(params, f.name) or 0 for f in fields(TrainingParams) if f.name not in NOT_IN_FORM}
 
 
+def _field(name: str, value, adapter_names: list[str]) -> gr.Component:
+    """The form's field for TrainingParams field `name`, with its label and help line."""
+    layout = {"elem_id": f"param-{name}", "min_width": 160, **field_label(name)}
+    if name in CHOICE_FIELDS:
+        return gr.Dropdown(list(CHOICE_FIELDS[name]), value=value, **layout)
+    if name == "system_prompt":
+        return gr.Textbox(value, lines=2, **layout)
+    if name == "from_adapter":
+        return gr.Dropdown([(L("ft.fresh_lora"), ""), *((n, n) for n in adapter_names)], value="", **layout)
+    return gr.Number(value, **layout)
+
+
 def _training_form(adapter_names: list[str]) -> dict[str, gr.Component]:
-    """A field per form value, by TrainingParams name, each with its help line: the numbers two to a row, the
-    lists, then the system prompt and the adapter to continue from."""
+    """A field per form value, by TrainingParams name and in its order, each with its help line: the numbers, the
+    lists and the text fields, two to a row (a row holds fields of one kind)."""
     values = form_values("standard")
-    numbers = [name for name in values if name not in CHOICE_FIELDS and name not in TEXT_FIELDS]
     form: dict[str, gr.Component] = {}
-    for row in range(0, len(numbers), 2):
-        with gr.Row():
-            form |= {name: gr.Number(values[name], elem_id=f"param-{name}", min_width=160, **field_label(name))
-                     for name in numbers[row:row + 2]}
-    for row in range(0, len(CHOICE_FIELDS), 2):
-        with gr.Row():
-            form |= {name: gr.Dropdown(list(CHOICE_FIELDS[name]), value=values[name], elem_id=f"param-{name}",
-                                       min_width=160, **field_label(name))
-                     for name in [n for n in values if n in CHOICE_FIELDS][row:row + 2]}
-    form["system_prompt"] = gr.Textbox(values["system_prompt"], lines=2, elem_id="param-system_prompt",
-                                       **field_label("system_prompt"))
-    form["from_adapter"] = gr.Dropdown([(L("ft.fresh_lora"), ""), *((n, n) for n in adapter_names)], value="",
-                                       elem_id="param-from_adapter", **field_label("from_adapter"))
+    kind = {**dict.fromkeys(CHOICE_FIELDS, "list"), **dict.fromkeys(TEXT_FIELDS, "text")}
+    for _, group in groupby(values, key=lambda name: kind.get(name, "number")):
+        names = list(group)
+        for row in range(0, len(names), 2):
+            with gr.Row():
+                form |= {name: _field(name, values[name], adapter_names) for name in names[row:row + 2]}
     return form
 
 
