@@ -125,8 +125,8 @@ def test_adapter_zips_never_follow_links(world):
         assert str(world["root"]) not in error, error
     done = ui_event(http, "adapter-zip", ["real"])
     assert done["success"], done
-    zipped = done["output"]["data"][0]
-    assert Path(zipped["path"]).name == "real.zip"
+    zipped = done["output"]["data"][0]  # an update of the download box: shown, holding the zip
+    assert zipped["visible"] is True and Path(zipped["value"]["path"]).name == "real.zip"
 
 
 def test_deleting_a_linked_adapter_is_refused_and_keeps_everything(world):
