@@ -156,7 +156,8 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     for _ in range(6):  # ~3 s at ~15 tokens/s would add dozens of characters if it were still going
         time.sleep(0.5)
         assert len(last_reply(page)) == stopped_at, "the answer kept growing after Stop"
-    assert app.backend.admission.in_flight == 0, "the model is still generating for nobody"
+    # The cancelled stream gives its place back within moments (on a loaded machine, seconds).
+    poll("the model to stop generating for nobody", lambda: app.backend.admission.in_flight == 0, timeout=30)
     # The stopped reply ends by itself: no red "Error" badge or error toast (Gradio's cancels= left one at times).
     assert not error_marks(page), error_marks(page)
 
@@ -180,7 +181,8 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     for _ in range(6):  # no late update of the cleared reply brings it back
         time.sleep(0.5)
         assert bots.count() == 0 and not stats(page).strip(), (last_reply(page), stats(page))
-    assert app.backend.admission.in_flight == 0 and not error_marks(page), error_marks(page)
+    poll("the model to stop generating for nobody", lambda: app.backend.admission.in_flight == 0, timeout=30)
+    assert not error_marks(page), error_marks(page)
 
     # 4. Before any job the Fine-tune tab says so, with no empty plot (whose legend read "-Infinity").
     open_tab(page, "Fine-tune")

@@ -67,10 +67,17 @@ def test_thumbs_edit_and_pick_are_saved(app):
         page.get_by_role("option", name="pirate").click()
         page.keyboard.press("Escape")
         page.locator("#compare-run").click()
-        poll("both replies", lambda: page.locator("#compare-reply-1 textarea").input_value() or None)
+        # The pick is taken once the comparison has finished: both replies there and no longer growing.
+        replies = [page.locator(f"#compare-reply-{i} textarea") for i in (0, 1)]
+        seen: list[tuple[str, ...]] = []
+
+        def finished() -> bool:
+            seen.append(tuple(box.input_value() for box in replies))
+            return len(seen) > 4 and all(seen[-1]) and len(set(seen[-5:])) == 1
+
+        poll("both replies to finish", finished, timeout=300, interval=0.5)
         page.locator("#compare-pick-1").click()
-        # The pick waits in the queue behind the compare's replies (256 tokens each by default).
-        [pick] = poll("the pick", lambda: [m for m in marks(app) if m["kind"] == "pick"] or None, timeout=600)
+        [pick] = poll("the pick", lambda: [m for m in marks(app) if m["kind"] == "pick"] or None, timeout=120)
         assert pick["adapter"] == "pirate" and len(pick["other_replies"]) == 1
 
         page.get_by_role("tab", name="Fine-tune").click()
