@@ -196,4 +196,4 @@ def test_a_job_reads_and_splits_its_data_through_its_method(tiny_model_dir, tmp_
 def test_the_fine_tune_form_offers_the_registered_methods():
     from llama_space.web.ui.finetune_tab import CHOICE_FIELDS, form_values
 
-    assert CHOICE_FIELDS["method"][0] == tuple(METHODS) and form_values("standard")["method"] == "sft"
+    assert tuple(CHOICE_FIELDS["method"]) == tuple(METHODS) and form_values("standard")["method"] == "sft"
