@@ -15,7 +15,8 @@ from llama_space.errors import UserError
 from llama_space.inference.manager import ModelManager
 from llama_space.inference.prompting import normalize_messages
 from llama_space.service.compare import Comparer, greedy
-from llama_space.service.evaluate import Evaluator, batches
+from llama_space.service.eval_scoring import batches
+from llama_space.service.evaluate import Evaluator
 from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.settings import Settings
 
