@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from browserutil import set_number
 
 from apputil import embedded_settings, launched_app
 from conftest import REPO
@@ -80,15 +81,6 @@ def open_app(page, url: str) -> None:
 
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
-
-
-def set_number(page, selector: str, value: float) -> None:
-    """Type into a slider's or number field's box and commit it, as a person tabbing out would."""
-    box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-    poll(f"{selector} = {value}", lambda: float(box.input_value() or "nan") == value, timeout=30)
 
 
 def last_reply(page) -> str:

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from browserutil import set_number
 
 from adapterutil import random_adapter
 from apputil import embedded_settings, launched_app
@@ -95,14 +96,6 @@ def shoot(page, name: str) -> None:
 def open_tab(page, tab: str) -> None:
     page.locator("#tabs [role=tab]").nth(TABS.index(tab)).click()
     page.wait_for_timeout(600)
-
-
-def set_number(page, selector: str, value: float) -> None:
-    box = page.locator(selector)
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-    poll(f"{selector} = {value}", lambda: float(box.input_value() or "nan") == value, timeout=30)
 
 
 def replies(page) -> list[str]:
