@@ -48,6 +48,9 @@ class Settings:
         "LLAMA_SPACE_MAX_UPLOAD_MB", "largest dataset upload accepted, in MB"))
     max_new_tokens_limit: int = field(default=4096, metadata=_opt(
         "LLAMA_SPACE_MAX_NEW_TOKENS", "upper bound for max_new_tokens in any request"))
+    max_context: int = field(default=0, metadata=_opt(
+        "LLAMA_SPACE_MAX_CONTEXT", "tokens one chat request may use, prompt plus reply (0: the model's window, or "
+        "less when its KV cache would not fit in the memory free after loading)"))
     allow_public_changes: bool = field(default=False, metadata=_opt(
         "LLAMA_SPACE_ALLOW_PUBLIC_CHANGES",
         "allow training, deleting and pushing adapters when reachable beyond loopback without auth"))
@@ -84,6 +87,9 @@ class Settings:
         for name in ("max_queue", "concurrency", "max_upload_mb", "max_new_tokens_limit"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1")
+        if self.max_context < 0:
+            raise UserError(f"max_context must be 0 (sized from free memory) or a number of tokens, got "
+                            f"{self.max_context}")
         if self.compile not in ("auto", "on", "off"):
             raise UserError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.backend_url and not self.backend_url.startswith(("http://", "https://")):

@@ -12,6 +12,7 @@ import pytest
 from llama_space.errors import UserError
 from llama_space.inference import manager as manager_module
 from llama_space.inference.fast_decode import (
+    EAGER,
     ThreadGovernor,
     decode_hooks,
     generate_overrides,
@@ -42,8 +43,8 @@ def fast(tiny_model_dir, tmp_path_factory):
     """compile=on, loaded as the app loads it (default concurrency), with dynamo's eager backend."""
     plans = []
 
-    def eager(model, tokenizer, mode):
-        plans.append(prepare_decode(model, tokenizer, mode, backend="eager"))
+    def eager(model, tokenizer, mode, **kwargs):
+        plans.append(prepare_decode(model, tokenizer, mode, backend="eager", **kwargs))
         return plans[-1]
 
     with pytest.MonkeyPatch.context() as patch:
@@ -82,7 +83,7 @@ def test_plain_cpu_load_keeps_the_eager_dynamic_cache_path(plain):
     assert getattr(model.generation_config, "compile_config", None) is None
     assert plain.batching
     assert attention_implementation("cpu") is None  # transformers' default: SDPA
-    assert generate_overrides(model) == {}
+    assert generate_overrides(model, 10**6) == {}
 
 
 def test_compiled_greedy_stream_equals_plain(plain, fast, compiled_steps):
@@ -135,11 +136,42 @@ def test_a_compile_failure_warns_once_and_serves_eagerly(plain, tiny_model_dir, 
     served.close()
 
 
-def test_lora_requests_decode_eagerly(fast):
+def test_lora_requests_decode_eagerly_over_a_dynamic_cache(fast):
     model = fast.model
     peft_like = SimpleNamespace(generation_config=model.generation_config, peft_config={"a": None})
-    assert generate_overrides(peft_like) == {"disable_compile": True}
-    assert generate_overrides(model) == {}
+    assert generate_overrides(peft_like, 10) == EAGER == {"disable_compile": True, "cache_implementation": "dynamic"}
+    assert generate_overrides(model, 10) == {}
+
+
+def test_a_request_longer_than_the_static_cache_never_grows_it(tiny_model_dir, tmp_path_factory, monkeypatch):
+    """The static cache is compiled for 48 tokens here: a 90-token request decodes eagerly over a cache of its own,
+    and the next short request still runs the compiled step over the same 48 positions (transformers would have
+    grown the static cache to 90 for good, every later step attending over it)."""
+    from llama_space.inference import fast_decode
+
+    monkeypatch.setattr(fast_decode, "CACHE_CEILING", {"cuda": 48, "cpu": 48})
+    monkeypatch.setattr(manager_module, "prepare_decode",
+                        lambda *args, **kwargs: prepare_decode(*args, backend="eager", **kwargs))
+    served = tiny_manager(tiny_model_dir, tmp_path_factory, compile="on")
+    model = served.model
+    assert model.generation_config.max_cache_len == 48
+    caches = []
+    compiled = model._compiled_call
+
+    def counting(*args, **kwargs):
+        caches.append(kwargs.get("cache").layers[0].max_cache_len)
+        return compiled(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_compiled_call", counting)
+    messages = normalize_messages([], "Hi")
+    long = served.stream(messages, GenerationParams(temperature=0, max_new_tokens=80))
+    assert long.prompt_tokens + 80 > 48
+    "".join(long)
+    assert long.completion_tokens == 80 and caches == []  # eager, over a dynamic cache
+    short = served.stream(messages, GenerationParams(temperature=0, max_new_tokens=8))
+    "".join(short)
+    assert caches == [48] * 7
+    served.close()
 
 
 def test_thread_governor_leaves_the_cores_others_use():

@@ -127,10 +127,11 @@ def test_compile_setting_reaches_the_decode_plan(monkeypatch, tiny_model_dir):
     import llama_space.inference.manager as manager_module
 
     modes = []
-    monkeypatch.setattr(manager_module, "prepare_decode", lambda model, tokenizer, mode: modes.append(mode))
+    monkeypatch.setattr(manager_module, "prepare_decode",
+                        lambda model, tokenizer, mode, max_context: modes.append((mode, max_context)))
     for mode in ("on", "off"):
         ModelManager(Settings(model=str(tiny_model_dir), compile=mode)).load()
-    assert modes == ["on", "off"]
+    assert modes == [("on", 512), ("off", 512)]  # the static cache is never longer than the context
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llama_space.errors import UserError
+from llama_space.model import device_memory
 from llama_space.training import TrainingParams, memory, planner
 
 GiB, MiB = 2**30, 2**20
@@ -131,7 +132,7 @@ def test_cpu_estimates_fp32_copies_and_free_memory_is_available_ram(config):
     with open("/proc/meminfo") as f:
         meminfo = dict(line.split(":", 1) for line in f)
     available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    assert abs(planner.free_memory("cpu") - available) < 0.2 * available
+    assert abs(device_memory.free_memory("cpu") - available) < 0.2 * available
 
 
 def test_importing_the_planner_and_the_methods_loads_nothing_heavy():

@@ -95,7 +95,7 @@ def test_chat_answers_the_same_while_a_shared_job_trains_on_its_weights(served, 
     job_id = runner.start(write_alpaca(root / "a.jsonl"), "shared-arith", shared_params(max_steps=16))
     during, bounds = [], set()
     while (state := runner.status(job_id)["state"]) in jobfiles.ACTIVE_STATES:
-        bounds.add(manager.admission.token_limit if state == "running" else "queued")
+        bounds.add(manager.admission.job_limit if state == "running" else "queued")
         during.append(served_now())
     status = finished(runner, job_id)
     assert status["state"] == "completed", status["error"]
@@ -106,7 +106,7 @@ def test_chat_answers_the_same_while_a_shared_job_trains_on_its_weights(served, 
         assert (reply, adapted) == before[:2] and torch.equal(logits, before[2])
     # Chat's KV cache was bounded beside the job by the memory its plan left, and is free again after it.
     assert bounds - {"queued", None} == {chat_token_bound(status["plan"])} and chat_token_bound(status["plan"]) > 0
-    assert manager.admission.token_limit is None
+    assert manager.admission.job_limit is None
     tree, _ = trained[0]  # the tree the job trained, LoRA injected: its base weights are the served storage
     assert sum("lora_" in name for name, _ in tree.named_parameters()) > 0
     assert base_storage(tree) == base_storage(manager.model)
@@ -166,7 +166,7 @@ def test_out_of_memory_in_a_step_fails_the_job_not_the_app(served, monkeypatch):
     status = finished(runner, job_id)
     assert status["state"] == "failed" and status["error"].startswith("Out of memory")
     assert "batch_size" in status["error"] and "Traceback" not in status["error"]
-    assert replies(manager) == before and manager.admission.token_limit is None
+    assert replies(manager) == before and manager.admission.job_limit is None
     assert not in_thread_here(runner.registry.job_dir(job_id))
     again = runner.start(write_alpaca(root / "o2.jsonl"), "oom2", shared_params())  # not busy any more
     assert finished(runner, again)["state"] == "failed"
@@ -281,10 +281,10 @@ def test_admission_bounds_kv_tokens_beside_a_job():
 
 
 def test_a_refused_plan_says_the_numbers(served, monkeypatch):
-    from llama_space.training import planner
+    from llama_space.model import device_memory
 
     manager, root = served
-    monkeypatch.setattr(planner, "free_memory", lambda device: 10**6)
+    monkeypatch.setattr(device_memory, "free_memory", lambda device: 10**6)
     runner = JobRunner(manager.settings, manager)
     with pytest.raises(UserError, match=r"needs about .* GB, 0\.0 GB free"):
         runner.start(write_alpaca(root / "p.jsonl"), "nope", shared_params(placement="auto"))
@@ -340,7 +340,7 @@ def test_a_shared_job_through_the_api_answers_in_chat_and_survives_an_app_restar
         streamed = list(client.submit(message="Count to 3.", adapter="sums", max_new_tokens=12, temperature=0.0,
                                       api_name="/chat"))
         assert streamed[-1] == tuned
-        assert app.backend.admission.token_limit is None
+        assert app.backend.admission.job_limit is None
         later = client.predict(file=handle_file(str(write_alpaca(tmp_path / "e.jsonl"))), adapter_name="later",
                                preset="quick", max_steps=400, save_steps=2, max_length=64, placement="shared",
                                api_name="/start_training")["job_id"]

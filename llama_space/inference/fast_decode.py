@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
-# Static-cache length compiled for; a longer request grows the cache once (and recompiles once).
-# Every decode step attends over the whole static cache, so CPU keeps it short.
+# Static-cache length compiled for (at most the server's context). Every decode step attends over the whole static
+# cache, so it is kept short, CPU's shorter; a longer request decodes eagerly over a cache of its own size rather
+# than growing the static one (transformers would keep it at that size for every later request).
 CACHE_CEILING = {"cuda": 4096, "cpu": 1024}
 
 
@@ -58,8 +59,9 @@ def should_compile(mode: str, device_type: str) -> tuple[bool, str]:
     return False, f"auto: on {device_type} compiling takes 10-90 s and decodes no faster than bf16 eager"
 
 
-def enable_compiled_decode(model: PreTrainedModel, backend: str = "inductor") -> None:
-    """Make `model.generate` use a static KV cache and a compiled decode step (prefill stays eager)."""
+def enable_compiled_decode(model: PreTrainedModel, backend: str = "inductor", max_context: int = 0) -> None:
+    """Make `model.generate` use a static KV cache (at most `max_context` tokens long, 0: the model's window) and a
+    compiled decode step (prefill stays eager)."""
     from transformers import CompileConfig
 
     device_type = model.device.type
@@ -67,26 +69,35 @@ def enable_compiled_decode(model: PreTrainedModel, backend: str = "inductor") ->
     config = CompileConfig(fullgraph=False, dynamic=False, backend=backend,
                            mode="reduce-overhead" if on_cuda else "default")
     compile_on_every_device(config, not on_cuda)
-    window = int(getattr(model.config, "max_position_embeddings", 0) or CACHE_CEILING["cuda"])
+    window = max_context or int(getattr(model.config, "max_position_embeddings", 0) or CACHE_CEILING["cuda"])
     generation_config = model.generation_config
     generation_config.cache_implementation = "static"
     generation_config.max_cache_len = min(window, CACHE_CEILING.get(device_type, CACHE_CEILING["cuda"]))
     generation_config.compile_config = config
 
 
-def generate_overrides(model) -> dict:
-    """Extra `generate` kwargs for this request's model: LoRA requests decode eagerly.
+EAGER = {"disable_compile": True, "cache_implementation": "dynamic"}  # generate kwargs: no compiled step, no static cache
+
+
+def generate_overrides(model, tokens: int) -> dict:
+    """Extra `generate` kwargs for a request of `tokens` (prompt plus max_new_tokens) on this request's model: LoRA
+    requests and requests longer than the static cache decode eagerly, over a cache of their own size.
 
     A compiled graph is specialised to the modules it traced; LoRA layers and adapter switches would
-    recompile it (minutes on CPU, tens of seconds on GPU) on the request that first hits each change.
+    recompile it (minutes on CPU, tens of seconds on GPU) on the request that first hits each change. A longer
+    request would make transformers grow the static cache for good (every later step attending over it).
     """
-    compiled = getattr(model.generation_config, "compile_config", None) is not None
-    return {"disable_compile": True} if compiled and hasattr(model, "peft_config") else {}
+    config = model.generation_config
+    if getattr(config, "compile_config", None) is None:
+        return {}
+    too_long = tokens > (getattr(config, "max_cache_len", None) or 0)
+    return dict(EAGER) if too_long or hasattr(model, "peft_config") else {}
 
 
 def prepare_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mode: str = "auto",
-                   backend: str = "inductor") -> DecodePlan:
-    """Configure `model` for the fastest decode `mode` allows, compiling now so no user waits for it."""
+                   backend: str = "inductor", max_context: int = 0) -> DecodePlan:
+    """Configure `model` for the fastest decode `mode` allows, compiling now so no user waits for it (a static cache
+    of at most `max_context` tokens, 0: the model's window)."""
     compiled, reason = should_compile(mode, model.device.type)
     if not compiled:
         log.info("Decode step not compiled (%s)", reason)
@@ -94,7 +105,7 @@ def prepare_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, m
     eager = _decode_config(model)
     started = time.perf_counter()
     try:
-        enable_compiled_decode(model, backend)
+        enable_compiled_decode(model, backend, max_context)
         _warm_up(model, tokenizer)
     except Exception as exc:  # noqa: BLE001 - no C compiler, an unsupported GPU, an inductor bug: serve eagerly
         _restore_decode_config(model, eager)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 from llama_space import adapters
 from llama_space.errors import NotFoundError, UserError
 from llama_space.inference.adapter_errors import adapter_load_failure, discard_failed_load
-from llama_space.inference.admission import Admission
+from llama_space.inference.admission import Admission, one_at_a_time, padded_batch
 from llama_space.inference.backend import HoldsModel, SharesWeights
 from llama_space.inference.batching import EngineHost, make_engine
+from llama_space.inference.context import ContextPlan, kv_bytes_per_token, model_window, plan_context
 from llama_space.inference.fast_decode import prepare_decode
 from llama_space.inference.fifo import FairLock, Turn
 from llama_space.inference.generation_params import GenerationParams
@@ -51,18 +52,32 @@ class ModelManager(HoldsModel, SharesWeights):
         self._lock = FairLock()
         self.admission = Admission.for_settings(settings)
         self._engine = None  # BatchEngine when requests are batched
+        self.context: ContextPlan | None = None  # set at load
 
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
         self.model, self.tokenizer, self.source = load_model(
             self.settings.model, self.settings.device, self.settings.dtype, self.settings.cache_dir,
-            prepare=lambda model, tokenizer: prepare_decode(model, tokenizer, self.settings.compile),
-            offload=self.settings.offload)
+            prepare=self._prepare, offload=self.settings.offload)
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
         host = EngineHost(lock=self._lock, model=self._current_model, prepare_adapter=self._load_adapter_locked,
                           adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer)
         self._engine = make_engine(host, self.settings.concurrency)
+        self.admission.measure(padded_batch if self._engine is not None else one_at_a_time)
+        self.admission.set_capacity(self.context.kv_tokens)
         return self
+
+    def _prepare(self, model, tokenizer) -> None:
+        """Size the context from the memory the weights left free, then compile the decode step for it (if asked)."""
+        from llama_space.model.device_memory import free_memory
+
+        device = model.device
+        per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
+        free = free_memory(f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu")
+        self.context = plan_context(model_window(model.config, tokenizer), per_token, free, device.type,
+                                    self.settings.max_context)
+        log.info("Context: %s", self.context.reason)
+        prepare_decode(model, tokenizer, self.settings.compile, max_context=self.context.max_context)
 
     def close(self) -> None:
         """Stop the batch engine's thread (the weights go with the manager)."""
@@ -80,9 +95,8 @@ class ModelManager(HoldsModel, SharesWeights):
 
     @property
     def context_window(self) -> int:
-        """Tokens the model can attend to (prompt plus reply)."""
-        config = self.model.config
-        return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+        """Tokens one request may use, prompt plus reply: the model's window or less (see inference/context.py)."""
+        return self.context.max_context
 
     # ---- adapters -------------------------------------------------------------------------------
     def list_adapters(self) -> list[str]:

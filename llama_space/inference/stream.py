@@ -168,7 +168,7 @@ def _generate(stream: GenerationStream, begin, release) -> None:
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
                     stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
                     pad_token_id=stream.tokenizer.pad_token_id, logits_processor=LogitsProcessorList(processors),
-                    **kwargs, **generate_overrides(model))
+                    **kwargs, **generate_overrides(model, ids.shape[1] + stream.params.max_new_tokens))
             stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.tokenizer)
         finally:
             release()

@@ -93,13 +93,14 @@ def wants_checkpointing(model: PreTrainedModel, params: TrainingParams) -> bool:
     The estimate of what a step adds to the loaded weights (memory.step_bytes: LoRA state, activations, logits,
     the training method's own terms) is compared with the memory free now; checkpointing costs ~30% speed, so it is used only when needed.
     """
-    from llama_space.training import memory, planner
+    from llama_space.model.device_memory import free_memory
+    from llama_space.training import memory
 
     if params.gradient_checkpointing != "auto":
         return params.gradient_checkpointing == "on"
     device = "cuda" if next(model.parameters()).is_cuda else "cpu"
     need = memory.step_bytes(model.config, params, device=device, dtype=model.dtype, checkpointing=False)
-    free = planner.free_memory(device)
+    free = free_memory(device)
     log.info("activation checkpointing check: a step needs ~%.1f GB without it, %.1f GB free", need / 1e9,
              free / 1e9)
     return need > free

@@ -102,20 +102,3 @@ def _refusal(candidates: list[Estimate], free_bytes: int, params: TrainingParams
             f"({tried}): {advice}.")
 
 
-def free_memory(device: str) -> int:
-    """Bytes free for a job: torch.cuda.mem_get_info on CUDA, the kernel's MemAvailable RAM on CPU."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil  # not Linux: no /proc
-
-    return int(psutil.virtual_memory().available)

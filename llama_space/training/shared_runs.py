@@ -37,6 +37,7 @@ def plan_job(settings: Settings, manager: SharesWeights | None, params: Training
              ) -> tuple[TrainingParams, dict]:
     """(params with the planner's placement, quantization and checkpointing filled in, the plan's record for
     job.json and the status); UserError with the numbers when the job fits nowhere."""
+    from llama_space.model.device_memory import free_memory
     from llama_space.model.loading import pick_device
     from llama_space.training import memory, planner
 
@@ -45,7 +46,7 @@ def plan_job(settings: Settings, manager: SharesWeights | None, params: Training
     else:
         device = pick_device(settings.device)
         config, dtype = _config(settings), "bfloat16" if device.startswith("cuda") else "float32"
-    chosen = planner.plan(config, params, free_bytes=planner.free_memory(device), device=device,
+    chosen = planner.plan(config, params, free_bytes=free_memory(device), device=device,
                           served_dtype=dtype, served_in_process=manager is not None)
     checkpointing = params.gradient_checkpointing
     if checkpointing == "auto":  # as the estimate assumed it, so the job fits where the planner said
