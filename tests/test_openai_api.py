@@ -102,6 +102,7 @@ def test_system_and_developer_messages_and_text_parts(client):
 def test_models_lists_base_and_adapters_without_restart(client, adapters_dir, embedded_dir):
     assert [m.id for m in client.models.list()] == [BASE]
     assert client.models.retrieve(BASE).id == BASE
+    assert client.models.retrieve(BASE).model_extra["max_model_len"] == 8192  # SmolLM2's window: it fits in RAM
     random_adapter(embedded_dir, adapters_dir / "pirate", seed=5, alpha=64, base_model="")
     assert [m.id for m in client.models.list()] == [BASE, "pirate"]
     assert client.models.retrieve("pirate").owned_by == "llama-space"

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from llama_space.inference.tools import ToolCall
 
 
-def _model_card(model_id: str, created: int) -> dict:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "llama-space"}
+def _model_card(model_id: str, created: int, context: int) -> dict:
+    """OpenAI's model object, with vLLM's max_model_len: the tokens one request may use, prompt plus reply."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "llama-space", "max_model_len": context}
 
 
 def _tool_call_failed(exc: ToolCallFailed) -> RequestError:
@@ -73,7 +74,7 @@ def openai_router(backend: ChatBackend, runner: GenerationRunner, api_key: str =
             ids = schema.model_ids(backend)
         except Exception as exc:  # noqa: BLE001 - the boundary
             return error_response(exc, "listing models")
-        return JSONResponse({"object": "list", "data": [_model_card(i, started) for i in ids]})
+        return JSONResponse({"object": "list", "data": [_model_card(i, started, backend.context_window) for i in ids]})
 
     @router.get("/models/{model_id:path}", include_in_schema=False)
     async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
@@ -83,7 +84,7 @@ def openai_router(backend: ChatBackend, runner: GenerationRunner, api_key: str =
             schema.model_adapter(backend, model_id)
         except Exception as exc:  # noqa: BLE001 - the boundary
             return error_response(exc, "looking up a model")
-        return JSONResponse(_model_card(model_id, started))
+        return JSONResponse(_model_card(model_id, started, backend.context_window))
 
     @router.post("/chat/completions", include_in_schema=False)
     async def chat_completions(request: Request) -> Response:
