@@ -183,3 +183,22 @@ def test_free_gpu_memory_is_read_without_a_cuda_context(monkeypatch):
 def test_the_structure_matches_nvml_s_memory_record():
     assert [name for name, _ in device_memory._Memory._fields_] == ["total", "free", "used"]
     assert ctypes.sizeof(device_memory._Memory) == 24
+
+
+def test_the_planner_counts_the_workspaces_and_an_optimizer_step_larger_than_backward():
+    """Terms a CUDA job's measured peak holds: cuBLAS/cuBLASLt workspaces; and AdamW's temporaries, which matter only
+    when they outgrow what backward freed (a large adapter over a short micro-batch)."""
+    from llama_space.training import TrainingParams, memory
+
+    config = llama31_8b_config()
+    usual = memory.estimate(config, TrainingParams(), placement="shared", quantization="none", device="cuda",
+                            served_dtype="bfloat16")
+    assert usual.parts["cublas_workspace"] == memory.CUBLAS_WORKSPACE and usual.parts["optimizer_step"] == 0
+    cpu = memory.estimate(config, TrainingParams(), placement="process", quantization="none", device="cpu",
+                          served_dtype="float32")
+    assert "cublas_workspace" not in cpu.parts
+    wide = TrainingParams(lora_r=256, batch_size=1, max_length=16)
+    big = memory.estimate(config, wide, placement="shared", quantization="none", device="cuda",
+                          served_dtype="bfloat16")
+    lora = memory.lora_parameters(memory.model_shape(config), wide)
+    assert big.parts["optimizer_step"] == 4 * lora - big.parts["activations"] - big.parts["logits"] > 0

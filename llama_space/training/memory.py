@@ -14,6 +14,8 @@ from llama_space.training.params import TrainingParams
 
 GB = 1e9
 LOGIT_BYTES = 12  # per (token x vocab) logit at the loss's peak: saved fp32 log-softmax, its gradient in and out
+# A head running in a 16-bit dtype (CUDA autocast, bf16 weights) adds its own logits and their gradient in that dtype
+# beside the fp32 copy the loss takes: the chunk recomputed in backward holds all of them at once.
 
 # Llama-3.1-8B(-Instruct)'s config, for estimates without a download (tests, docs/fine-tuning.md's table, GPU checks).
 LLAMA_31_8B = {
@@ -26,7 +28,11 @@ LLAMA_31_8B = {
 NF4_BITS = 4.127  # NF4 with double quant: 4 bits, an 8-bit absmax per 64 weights, an fp32 absmax per 256 of those
 ADAMW_LORA_BYTES = 16  # per LoRA parameter: fp32 weight, gradient and AdamW's two moments
 KV_RESERVE_TOKENS = 4096  # KV cache kept free for chat beside a job: one long conversation
-CUDA_CONTEXT = int(0.5 * GB)  # a CUDA process's context and cuBLAS workspace, which torch's allocator never sees
+CUDA_CONTEXT = int(0.5 * GB)  # a CUDA process's context (kernels, libraries), which torch's allocator never sees
+# cuBLAS and cuBLASLt workspaces of the stream a job trains on (32 MiB each on Hopper, less on older GPUs): torch's
+# allocator hands them out, so they count in a job's measured peak.
+CUBLAS_WORKSPACE = 2 * 32 * 2**20
+ADAMW_TEMPORARY_BYTES = 4  # per LoRA parameter: the fp32 sqrt of the second moment AdamW's foreach step allocates
 CPU_PROCESS = int(0.55 * GB)  # a job process's RSS before its weights: 0.50 GB of imports, data and tokenizer
 SLACK = 0.10  # allocator fragmentation on what each step allocates and frees
 # On CPU a process keeps more than its live tensors: glibc's heap holds on to freed blocks under its largest
@@ -151,12 +157,14 @@ def activation_bytes(shape: Shape, params: TrainingParams, tokens: int, act: int
 
 
 def logits_bytes(shape: Shape, tokens: int, act: int, logits_budget: int | None) -> int:
-    """The loss's peak: all tokens' logits at once, or one chunk of at most `logits_budget` logit elements."""
+    """The loss's peak: all tokens' logits at once, or one chunk of at most `logits_budget` logit elements (each
+    chunk's logits recomputed in backward, with their gradients, in the head's `act`-byte dtype and in fp32)."""
+    per_logit = LOGIT_BYTES + (2 * act if act < 4 else 0)
     if logits_budget is None:
-        return LOGIT_BYTES * tokens * shape.vocab + 4 * tokens * shape.hidden
+        return per_logit * tokens * shape.vocab + 4 * tokens * shape.hidden
     rows = min(tokens, max(1, logits_budget // shape.vocab))
     # Beside the chunk: the trained positions' final hidden states, gathered, and their gradients.
-    return LOGIT_BYTES * rows * shape.vocab + tokens * shape.hidden * (3 * act + 4)
+    return per_logit * rows * shape.vocab + tokens * shape.hidden * (3 * act + 4)
 
 
 def step_parts(shape: Shape, params: TrainingParams, *, cuda: bool, weight_bytes: int, checkpointing: bool,
@@ -174,9 +182,15 @@ def step_parts(shape: Shape, params: TrainingParams, *, cuda: bool, weight_bytes
     lora_act = 2 if cuda else 4
     # A packed micro-batch at worst: every sequence of every example max_length long.
     tokens = params.batch_size * params.max_length * method.sequences_per_row
-    parts = {"lora_state": ADAMW_LORA_BYTES * lora_parameters(shape, params),
+    lora = lora_parameters(shape, params)
+    parts = {"lora_state": ADAMW_LORA_BYTES * lora,
              "activations": activation_bytes(shape, params, tokens, act, lora_act, checkpointing, cuda),
              "logits": logits_bytes(shape, tokens, act, logits_budget)}
+    # The optimizer step runs after backward has freed the activations and logits: its temporaries raise the peak
+    # only by what they exceed those by (an adapter large beside a short micro-batch).
+    parts["optimizer_step"] = max(0, ADAMW_TEMPORARY_BYTES * lora - parts["activations"] - parts["logits"])
+    if cuda:
+        parts["cublas_workspace"] = CUBLAS_WORKSPACE
     added = method.memory_terms(StepMemory(shape, params, tokens, act, lora_act, checkpointing, cuda))
     if taken := sorted(added.keys() & parts.keys()):
         raise ValueError(f"training method {method.name!r} names its memory terms {taken} as the core's own")
