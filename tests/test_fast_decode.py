@@ -5,6 +5,7 @@ Compiling with inductor takes over a minute on 2 cores, so these tests trace the
 plumbing under test; inductor's kernels are torch's responsibility.
 """
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -38,6 +39,9 @@ def plain(tiny_model_dir, tmp_path_factory):
     return tiny_manager(tiny_model_dir, tmp_path_factory)
 
 
+WARMED_UP_ON = []  # the thread the compiled fixture's decode step was warmed up on
+
+
 @pytest.fixture(scope="module")
 def fast(tiny_model_dir, tmp_path_factory):
     """compile=on, loaded as the app loads it (default concurrency), with dynamo's eager backend."""
@@ -45,6 +49,7 @@ def fast(tiny_model_dir, tmp_path_factory):
 
     def eager(model, tokenizer, mode, **kwargs):
         plans.append(prepare_decode(model, tokenizer, mode, backend="eager", **kwargs))
+        WARMED_UP_ON.append(threading.get_ident())
         return plans[-1]
 
     with pytest.MonkeyPatch.context() as patch:
@@ -98,6 +103,22 @@ def test_compiled_greedy_stream_equals_plain(plain, fast, compiled_steps):
         assert compiled.completion_tokens == expected.completion_tokens == 24
     # Every token after the prefill's first came from the compiled step, over the static cache.
     assert compiled_steps == ["StaticCache"] * 2 * 23
+
+
+def test_every_compiled_reply_decodes_on_the_thread_that_warmed_the_step_up(fast, monkeypatch):
+    """torch keeps compiled CUDA graphs per thread: replies decoded on a new thread each would record them again."""
+    threads = []
+    compiled = fast.model._compiled_call
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return compiled(*args, **kwargs)
+
+    monkeypatch.setattr(fast.model, "_compiled_call", recording)
+    params = GenerationParams(temperature=0, max_new_tokens=6)
+    for text in ("Hello", "Tell me about dragons.", "Hi"):
+        assert "".join(fast.stream(normalize_messages([], text), params))
+    assert len(threads) == 3 * 5 and set(threads) == set(WARMED_UP_ON) and len(WARMED_UP_ON) == 1
 
 
 def test_stop_ends_compiled_generation(fast, compiled_steps):

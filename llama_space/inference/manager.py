@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from llama_space.inference.admission import Admission, one_at_a_time, padded_bat
 from llama_space.inference.backend import HoldsModel, SharesWeights
 from llama_space.inference.batching import EngineHost, make_engine
 from llama_space.inference.context import ContextPlan, kv_bytes_per_token, model_window, plan_context
-from llama_space.inference.fast_decode import prepare_decode
+from llama_space.inference.fast_decode import prepare_decode, should_compile
 from llama_space.inference.fifo import FairLock, Turn
 from llama_space.inference.generation_params import GenerationParams
 from llama_space.inference.prompting import build_prompt, build_raw_prompt
@@ -53,6 +54,8 @@ class ModelManager(HoldsModel, SharesWeights):
         self.admission = Admission.for_settings(settings)
         self._engine = None  # BatchEngine when requests are batched
         self.context: ContextPlan | None = None  # set at load
+        # A compiled model's one decode thread: the warm-up and every reply's generate run on it (see _prepare).
+        self._decoder: ThreadPoolExecutor | None = None
 
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
@@ -77,12 +80,26 @@ class ModelManager(HoldsModel, SharesWeights):
         self.context = plan_context(model_window(model.config, tokenizer), per_token, free, device.type,
                                     self.settings.max_context)
         log.info("Context: %s", self.context.reason)
-        prepare_decode(model, tokenizer, self.settings.compile, max_context=self.context.max_context)
+        compiles, _why = should_compile(self.settings.compile, device.type)
+        if not compiles:
+            prepare_decode(model, tokenizer, self.settings.compile, max_context=self.context.max_context)
+            return
+        # torch records a compiled step's CUDA graphs per thread: warmed up and served on one thread that lives as
+        # long as the manager, they are recorded once (a thread per reply recorded them again for every reply).
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._decoder.submit(prepare_decode, model, tokenizer, self.settings.compile,
+                             max_context=self.context.max_context).result()
 
     def close(self) -> None:
-        """Stop the batch engine's thread (the weights go with the manager)."""
+        """Stop the batch engine's or the decode thread (the weights go with the manager)."""
         if self._engine is not None:
             self._engine.shutdown()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False)
+
+    def _decode_on(self, work):
+        """Run a serial reply's generate call: on the decode thread when the model is compiled, else right here."""
+        return work() if self._decoder is None else self._decoder.submit(work).result()
 
     def _current_model(self):
         """(the model to run, whether it is the PeftModel holding the adapters)."""
@@ -252,7 +269,7 @@ class ModelManager(HoldsModel, SharesWeights):
         # The place in the queue is taken here, in the caller's thread: worker threads may start in any order.
         turn = self._lock.request()
         try:
-            run_serial(stream, lambda stop: self._begin(turn, adapter, stop), self._lock.release)
+            run_serial(stream, lambda stop: self._begin(turn, adapter, stop), self._lock.release, self._decode_on)
         except BaseException:  # no worker: a place nobody gives back would block the model for good
             turn.cancel()
             stream.end()
