@@ -56,6 +56,7 @@ class ModelManager(HoldsModel, SharesWeights):
         self.context: ContextPlan | None = None  # set at load
         # A compiled model's one decode thread: the warm-up and every reply's generate run on it (see _prepare).
         self._decoder: ThreadPoolExecutor | None = None
+        self._chat_stream = None  # on CUDA: the high-priority stream chat decodes on (see chat_stream)
 
     def load(self) -> ModelManager:
         """Load the base model and tokenizer (the slow part of start-up)."""
@@ -75,6 +76,12 @@ class ModelManager(HoldsModel, SharesWeights):
         from llama_space.model.device_memory import free_memory
 
         device = model.device
+        if device.type == "cuda":
+            import torch
+
+            # Lower numbers are higher priorities; torch maps one beyond the GPU's range to its highest. The GPU's
+            # scheduler then starts chat's kernels before the training kernels a shared job has queued.
+            self._chat_stream = torch.cuda.Stream(device, priority=-100)
         per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
         free = free_memory(f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu")
         self.context = plan_context(model_window(model.config, tokenizer), per_token, free, device.type,
@@ -87,8 +94,8 @@ class ModelManager(HoldsModel, SharesWeights):
         # torch records a compiled step's CUDA graphs per thread: warmed up and served on one thread that lives as
         # long as the manager, they are recorded once (a thread per reply recorded them again for every reply).
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
-        self._decoder.submit(prepare_decode, model, tokenizer, self.settings.compile,
-                             max_context=self.context.max_context).result()
+        self._decode_on(lambda: prepare_decode(model, tokenizer, self.settings.compile,
+                                               max_context=self.context.max_context))
 
     def close(self) -> None:
         """Stop the batch engine's or the decode thread (the weights go with the manager)."""
@@ -97,9 +104,25 @@ class ModelManager(HoldsModel, SharesWeights):
         if self._decoder is not None:
             self._decoder.shutdown(wait=False)
 
+    @contextmanager
+    def chat_stream(self):
+        """Run chat's GPU work inside on its high-priority CUDA stream (nothing to do on a CPU)."""
+        if self._chat_stream is None:
+            yield
+            return
+        import torch
+
+        with torch.cuda.stream(self._chat_stream):
+            yield
+
     def _decode_on(self, work):
-        """Run a serial reply's generate call: on the decode thread when the model is compiled, else right here."""
-        return work() if self._decoder is None else self._decoder.submit(work).result()
+        """Run a serial reply's generate call on chat's stream: on the decode thread when the model is compiled,
+        else right here."""
+        def on_stream():
+            with self.chat_stream():
+                return work()
+
+        return on_stream() if self._decoder is None else self._decoder.submit(on_stream).result()
 
     def _current_model(self):
         """(the model to run, whether it is the PeftModel holding the adapters)."""

@@ -140,19 +140,14 @@ class _StopAndCount:
                           device=input_ids.device)
 
 
-def in_this_thread(work: Callable[[], Any]) -> Any:
-    """Run `work` here (how `run_serial` decodes unless given a long-lived decode thread)."""
-    return work()
-
-
 def run_serial(stream: GenerationStream, begin: Callable[[threading.Event], Started | None],
-               release: Callable[[], None], decode_on: Callable[[Callable[[], Any]], Any] = in_this_thread) -> None:
+               release: Callable[[], None], decode_on: Callable[[Callable[[], Any]], Any]) -> None:
     """Decode `stream` alone with `model.generate`, waiting for the model on a worker thread of its own.
 
     The worker calls `begin(stop_event)` to wait for the model (None: stopped while waiting) and
-    `release()` once generate is done with it. `decode_on(work)` runs the generate call and returns its result:
-    by default in the worker; a compiled model's manager passes its one long-lived decode thread's, since torch
-    keeps compiled CUDA graphs per thread and would record them again in every new one.
+    `release()` once generate is done with it. `decode_on(work)` runs the generate call and returns its result
+    (on chat's CUDA stream; for a compiled model on its one long-lived decode thread, since torch keeps compiled
+    CUDA graphs per thread and would record them again in every new one).
     """
     threading.Thread(target=_generate, args=(stream, begin, release, decode_on), daemon=True).start()
 
@@ -168,20 +163,21 @@ def _generate(stream: GenerationStream, begin, release, decode_on) -> None:
             return
         try:
             model, adapter_context = started
-            ids = torch.tensor([stream.input_ids], device=model.device)
-            processors, kwargs = _decoding(stream.params, ids.shape[1])
+            processors, kwargs = _decoding(stream.params, len(stream.input_ids))
 
-            def generate():
+            def generate() -> int:
+                """The reply, and its last token; every tensor made where it runs (on chat's CUDA stream)."""
+                ids = torch.tensor([stream.input_ids], device=model.device)
                 with adapter_context(), torch.inference_mode():
-                    return model.generate(
+                    out = model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), streamer=stream.streamer,
                         stopping_criteria=StoppingCriteriaList([_StopAndCount(stream), *decode_hooks(model)]),
                         pad_token_id=stream.tokenizer.pad_token_id,
                         logits_processor=LogitsProcessorList(processors),
                         **kwargs, **generate_overrides(model, ids.shape[1] + stream.params.max_new_tokens))
+                return int(out[0, -1])
 
-            out = decode_on(generate)
-            stream.ended_by_eos = int(out[0, -1]) in eos_token_ids(model, stream.tokenizer)
+            stream.ended_by_eos = decode_on(generate) in eos_token_ids(model, stream.tokenizer)
         finally:
             release()
     except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread

@@ -7,6 +7,10 @@ one copy of the base is in memory. The served model cannot be the trained one: P
 `adapter_names` on a model in training mode, and injecting the new adapter into the served tree would change
 what chat runs mid-reply.
 
+GPU share: on CUDA chat decodes on a high-priority stream (inference/manager.py) and the training thread keeps at
+most `RUN_AHEAD_LAYERS` decoder layers of work queued ahead of the GPU (`yield_gpu_to_chat`), forward and backward,
+so a chat step waits behind a layer or two of training, not a whole queued micro-batch.
+
 CPU share: on CPU the training thread runs with at most half the cores as its OpenMP team (`train_threads`)
 and at a lower scheduling priority (`TRAIN_NICE`, Linux per-thread nice), so it never takes every core from
 chat, whose thread governor counts it as this process's own work. On 2 cores chat still decodes at ~0.6x its
@@ -16,9 +20,11 @@ alone speed during training, about what it does without the limit: both loops al
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAIN_NICE = 10  # the training thread's nice value on Linux: a contended core goes ~90% to chat's threads
+RUN_AHEAD_LAYERS = 2  # decoder layers of GPU work a shared job may have queued: what a chat step can wait behind
 JOB_LOGGERS = ("llama_space.training", "transformers", "peft")  # what a shared job writes to its train.log
 
 
@@ -88,6 +95,62 @@ def yield_cpu_to_chat():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class RunAhead:
+    """Bounds how far a thread's GPU work runs ahead of the GPU: at each `mark` an event is recorded on the current
+    stream, and the thread waits for the one `depth` marks back. Kernels are queued asynchronously, so without
+    this a training thread queues a whole micro-batch (hundreds of milliseconds of work) in front of chat's next
+    decode step."""
+
+    def __init__(self, depth: int, make_event: Callable) -> None:
+        self.depth = depth
+        self.make_event = make_event
+        self.pending: collections.deque = collections.deque()
+        self.marks = 0
+        self.waits = 0
+
+    def mark(self) -> None:
+        event = self.make_event()
+        event.record()
+        self.pending.append(event)
+        self.marks += 1
+        while len(self.pending) > self.depth:
+            self.pending.popleft().synchronize()
+            self.waits += 1
+
+
+def decoder_layers(model) -> list:
+    """The model's decoder layers: its ModuleList as long as the config's layer count (none found: [])."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return list(module)
+    return []
+
+
+@contextmanager
+def yield_gpu_to_chat(model, depth: int = RUN_AHEAD_LAYERS, make_event: Callable | None = None):
+    """In the training thread on CUDA: mark every decoder layer's forward (recomputed ones under gradient
+    checkpointing too) and, through a hook on its output, its backward with a RunAhead of `depth` (yielded)."""
+    import torch
+
+    ahead = RunAhead(depth, make_event or torch.cuda.Event)
+
+    def after_layer(module, args, output):
+        ahead.mark()
+        hidden = output[0] if isinstance(output, tuple) else output
+        if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(lambda grad: ahead.mark())  # runs as backward passes this layer, on its thread
+
+    handles = [layer.register_forward_hook(after_layer) for layer in decoder_layers(model)]
+    try:
+        yield ahead
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class ThreadLog(logging.Handler):

@@ -120,8 +120,10 @@ class SharedRuns:
         job_dir = self.registry.job_dir(job_id)
         bound = chat_token_bound(self.registry.read_config(job_id).plan or {})
         try:
-            cpu_share = shared.yield_cpu_to_chat() if base.model.device.type == "cpu" else nullcontext()
-            with shared.ThreadLog(job_dir, threading.get_ident()), cpu_share:
+            device = base.model.device.type
+            share = (shared.yield_cpu_to_chat() if device == "cpu" else
+                     shared.yield_gpu_to_chat(base.model) if device == "cuda" else nullcontext())
+            with shared.ThreadLog(job_dir, threading.get_ident()), share:
                 self.manager.bound_chat_tokens(bound)
                 train.run(job_dir, resume, base)
         except BaseException as exc:  # the app must outlive any failure of its training thread
