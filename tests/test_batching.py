@@ -56,6 +56,35 @@ def outcomes(streams) -> list[str | BaseException]:
     return results
 
 
+def arriving_together(manager, jobs: list[tuple[str, GenerationParams, str]]) -> tuple[list, list[int]]:
+    """Queue every (prompt, params, adapter) while the engine waits for the model, so they arrive together;
+    (the streams, the rows of each prefill forward pass that ran for them)."""
+    engine = manager._engine
+    model = engine.host.model
+    prefills: list[int] = []
+
+    class Counted:
+        def __init__(self, inner):
+            self.inner, self.device, self.config = inner, inner.device, inner.config
+
+        def __call__(self, **kwargs):
+            if kwargs["cache"] is not engine._cache.cache:  # not the running rows' cache: a prefill
+                prefills.append(kwargs["input_ids"].shape[0])
+            return self.inner(**kwargs)
+
+    engine.host.model = lambda: (Counted(model()[0]), model()[1])
+    try:
+        with manager._lock:  # the engine cannot start a prefill until all are queued
+            streams = [manager.stream(ask(prompt), params, adapter) for prompt, params, adapter in jobs]
+        deadline = time.monotonic() + 60
+        while not all(stream.completion_tokens or stream._done.is_set() for stream in streams):
+            assert time.monotonic() < deadline, "the requests never joined the batch"
+            time.sleep(0.01)
+    finally:
+        engine.host.model = model
+    return streams, prefills
+
+
 def started(stream, tokens: int = 2):
     """`stream`, once it has produced `tokens` tokens (so it is decoding in the batch)."""
     deadline = time.monotonic() + 60
@@ -100,6 +129,20 @@ def test_batched_greedy_replies_equal_serial_ones(serial, batched):
     assert batched._engine.largest_batch == 4  # six requests, four at a time: the rest joined as rows left
 
 
+def test_prompts_arriving_together_are_prefilled_in_one_forward_pass(serial, batched):
+    """Four prompts of different lengths, with different adapters and sampling, arrive together: one prefill
+    forward pass of four rows admits them all, and each replies as it would alone."""
+    seeded = GenerationParams(temperature=0.9, top_p=0.8, top_k=40, repetition_penalty=1.3, seed=5,
+                              max_new_tokens=20)
+    jobs = [(PROMPTS[3], GREEDY, "one"), (PROMPTS[4], GREEDY, ""), (PROMPTS[2], GREEDY, "two"),
+            (PROMPTS[1], seeded, "one")]
+    expected = [serial.generate(ask(prompt), params, adapter) for prompt, params, adapter in jobs]
+    streams, prefills = arriving_together(batched, jobs)
+    assert len({stream.prompt_tokens for stream in streams}) == 4
+    assert outcomes(streams) == expected
+    assert prefills == [4]
+
+
 def test_rows_keep_their_own_adapter_and_sampling(serial, batched):
     seeded = GenerationParams(temperature=0.9, top_p=0.8, top_k=40, repetition_penalty=1.3, seed=7,
                               max_new_tokens=20)
@@ -130,24 +173,6 @@ def test_chat_never_touches_the_global_rng_and_seeded_replies_repeat(serial, bat
         assert texts[1] == texts[3] == texts[4]  # seeded: the same reply whatever ran beside it
     torch.rand(1000)  # whatever else moves the global generator does not change a seeded reply
     assert serial.generate(ask(PROMPTS[1]), seeded, "one") == replies[serial][1] == replies[batched][1]
-
-
-def test_a_row_samples_with_a_generator_on_its_logits_device():
-    """A model spread over GPUs takes its input on the first and gives its logits on the last: a sampler is built
-    without a device and draws on the device of the logits it is handed."""
-    import torch
-
-    from llama_space.inference.sampling import RowSampler
-
-    params = GenerationParams(temperature=0.8, seed=3)
-    logits = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    sampler = RowSampler(params)
-    assert sampler.generator is None  # no device known yet
-    first = [int(sampler.choose(logits, [1, 2])) for _ in range(5)]
-    assert sampler.generator.device == logits.device
-    again = RowSampler(params)
-    assert [int(again.choose(logits, [1, 2])) for _ in range(5)] == first  # seeded: the same draws
-    assert RowSampler(GenerationParams(temperature=0)).choose(logits, []) == logits.argmax()
 
 
 def test_short_and_long_replies_in_one_batch(serial, batched):
@@ -215,14 +240,18 @@ def test_compiled_decode_or_one_at_a_time_serves_serially(tiny_model_dir, adapte
 
 
 def test_embedded_model_batched_answers_match(embedded_dir):
-    """The real model: four questions decoded together answer as they do one by one."""
+    """The real model: four questions of different lengths, prefilled together in one forward pass and decoded
+    together, answer as they do one by one."""
     settings = Settings(data_dir=MODEL_CACHE.parent, dtype="float32", concurrency=4)
     manager = ModelManager(settings).load()
     params = GenerationParams(temperature=0, max_new_tokens=32)
-    alone = [manager.generate(ask(prompt), params) for prompt in PROMPTS[:4]]
+    prompts = [PROMPTS[0], "Hi", PROMPTS[3], "Name three colours of the rainbow, then say why the sky is blue."]
+    alone = [manager.generate(ask(prompt), params) for prompt in prompts]
     assert "Paris" in alone[0]
-    assert together(manager, [(prompt, params, "") for prompt in PROMPTS[:4]]) == alone
-    assert manager._engine.largest_batch == 4
+    streams, prefills = arriving_together(manager, [(prompt, params, "") for prompt in prompts])
+    assert len({stream.prompt_tokens for stream in streams}) == 4
+    assert outcomes(streams) == alone
+    assert prefills == [4] and manager._engine.largest_batch == 4
 
 
 def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(batched, monkeypatch):
@@ -253,25 +282,23 @@ def test_a_failing_step_fails_its_rows_and_the_engine_goes_on(batched, monkeypat
 def test_a_row_with_invalid_probabilities_fails_alone(serial, batched, monkeypatch):
     """Rows whose sampling turns NaN (at their first token, or mid-reply) end with a clear error; the rows
     decoding with them reply exactly as they would alone."""
-    from llama_space.inference import prefill, sampling
+    import collections
 
-    class NaNAfter:
-        """A warper that turns every score to NaN from its `calls`-th call on."""
+    from llama_space.inference.sampling import BatchSampler
 
-        def __init__(self, calls: int) -> None:
-            self.calls = calls
+    penalized = BatchSampler._penalized
+    choices: collections.Counter = collections.Counter()  # per request (its params), the choices made so far
 
-        def __call__(self, input_ids, scores):
-            self.calls -= 1
-            return scores * float("nan") if self.calls <= 0 else scores
+    def poisoned(self, scores):
+        """The scores of requests seeded 101 (from their first choice) and 102 (from their fourth) turn NaN."""
+        scores = penalized(self, scores)
+        for i, params in enumerate(self.params):
+            choices[id(params)] += 1
+            if choices[id(params)] >= {101: 1, 102: 4}.get(params.seed, 10**9):
+                scores[i] = float("nan")
+        return scores
 
-    class Poisoned(sampling.RowSampler):
-        def __init__(self, params) -> None:
-            super().__init__(params)
-            if params.seed in (101, 102):
-                self.warpers.append(NaNAfter(1 if params.seed == 101 else 4))
-
-    monkeypatch.setattr(prefill, "RowSampler", Poisoned)  # where the engine builds each row's sampler
+    monkeypatch.setattr(BatchSampler, "_penalized", poisoned)
     long = GenerationParams(temperature=0, max_new_tokens=40)
     expected = [serial.generate(ask(prompt), long) for prompt in PROMPTS[:2]]
     healthy = [started(batched.stream(ask(prompt), long)) for prompt in PROMPTS[:2]]
@@ -286,20 +313,27 @@ def test_a_row_with_invalid_probabilities_fails_alone(serial, batched, monkeypat
 
 
 def test_a_row_whose_sampler_raises_fails_alone(serial, batched, monkeypatch):
-    from llama_space.inference import prefill, sampling
+    """A batch whose choice raises chooses row by row, so only the row it raises for ends."""
+    import collections
 
-    class Raising(sampling.RowSampler):
-        """Raises at its request's third token when seeded with 103."""
+    from llama_space.inference.sampling import BatchSampler
 
-        calls = 0
+    sample, record = BatchSampler._sample, BatchSampler._record
+    chosen: collections.Counter = collections.Counter()  # per request (its params), the tokens chosen so far
 
-        def choose(self, logits, tokens):
-            self.calls += 1
-            if self.generator is not None and self.generator.initial_seed() == 103 and self.calls == 3:
-                raise RuntimeError("sampler broke (simulated)")
-            return super().choose(logits, tokens)
+    def raising(self, scores):
+        """Raises at the third token of the request seeded 103, in any batch that holds it."""
+        if any(params.seed == 103 and chosen[id(params)] == 2 for params in self.params):
+            raise RuntimeError("sampler broke (simulated)")
+        return sample(self, scores)
 
-    monkeypatch.setattr(prefill, "RowSampler", Raising)
+    def counted(self, tokens):
+        for params in self.params:
+            chosen[id(params)] += 1
+        record(self, tokens)
+
+    monkeypatch.setattr(BatchSampler, "_sample", raising)
+    monkeypatch.setattr(BatchSampler, "_record", counted)
     expected = serial.generate(ask(PROMPTS[1]), GREEDY)
     healthy = started(batched.stream(ask(PROMPTS[1]), GREEDY))
     doomed = batched.stream(ask(PROMPTS[3]), GenerationParams(temperature=0.8, seed=103, max_new_tokens=400))
@@ -310,27 +344,30 @@ def test_a_row_whose_sampler_raises_fails_alone(serial, batched, monkeypatch):
 
 def test_a_sampler_that_cannot_be_built_ends_only_its_stream(serial, batched, monkeypatch):
     """A failure while admitting a request (building its sampler) ends that request with the error and gives
-    back its queue place; the rows decoding meanwhile reply as they would alone."""
-    from llama_space.inference import prefill, sampling
+    back its queue place; the rows decoding meanwhile, and the request prefilled with it, reply as they would
+    alone."""
+    from llama_space.inference.sampling import BatchSampler
 
-    class Unbuildable(sampling.RowSampler):
-        def __init__(self, params) -> None:
-            if params.seed == 104:
-                raise ValueError("sampler cannot be built (simulated)")
-            super().__init__(params)
+    for_row = BatchSampler.for_row
 
-    monkeypatch.setattr(prefill, "RowSampler", Unbuildable)
+    def unbuildable(params, *args):
+        if params.seed == 104:
+            raise ValueError("sampler cannot be built (simulated)")
+        return for_row(params, *args)
+
+    monkeypatch.setattr(BatchSampler, "for_row", unbuildable)
     long = GenerationParams(temperature=0, max_new_tokens=40)
-    expected = serial.generate(ask(PROMPTS[1]), long)
+    expected = [serial.generate(ask(prompt), long) for prompt in PROMPTS[:2]]
     healthy = started(batched.stream(ask(PROMPTS[1]), long))
-    doomed = batched.stream(ask(PROMPTS[2]), GenerationParams(temperature=0.8, seed=104, max_new_tokens=40))
+    doomed, neighbour = arriving_together(batched, [
+        (PROMPTS[2], GenerationParams(temperature=0.8, seed=104, max_new_tokens=40), ""), (PROMPTS[0], long, "")])[0]
     results: list = []
-    reader = threading.Thread(target=lambda: results.extend(outcomes([healthy, doomed])), daemon=True)
+    reader = threading.Thread(target=lambda: results.extend(outcomes([healthy, doomed, neighbour])), daemon=True)
     reader.start()
     reader.join(60)
     assert not reader.is_alive(), "a stream whose sampler could not be built never ended"
-    reply, error = results
-    assert reply == expected
+    reply, error, neighbour_reply = results
+    assert [neighbour_reply, reply] == expected
     assert isinstance(error, ValueError) and "simulated" in str(error) and doomed.completion_tokens == 0
     assert batched.admission.in_flight == 0
 

@@ -22,19 +22,18 @@ class BatchCache:
         """Cached positions per row, padding included."""
         return 0 if self.mask is None else self.mask.shape[1]
 
-    def add(self, cache: DynamicCache, length: int) -> None:
-        """Append a prefilled row's cache (`length` real tokens, no padding) as the last row."""
+    def extend(self, other: BatchCache) -> None:
+        """Append `other`'s rows (left-padded prompts, their mask with them) after this batch's."""
         import torch
 
-        mask = torch.ones((1, length), dtype=torch.long, device=cache.layers[0].keys.device)
         if self.cache is None:
-            self.cache, self.mask = cache, mask
+            self.cache, self.mask = other.cache, other.mask
             return
-        width = max(self.width, length)
-        for ours, theirs in zip(self.cache.layers, cache.layers):
+        width = max(self.width, other.width)
+        for ours, theirs in zip(self.cache.layers, other.cache.layers):
             ours.keys = torch.cat([_left_pad(ours.keys, width), _left_pad(theirs.keys, width)])
             ours.values = torch.cat([_left_pad(ours.values, width), _left_pad(theirs.values, width)])
-        self.mask = torch.cat([_left_pad_mask(self.mask, width), _left_pad_mask(mask, width)])
+        self.mask = torch.cat([_left_pad_mask(self.mask, width), _left_pad_mask(other.mask, width)])
 
     def next_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention mask, position ids [rows, 1]) for decoding one more token in every row."""

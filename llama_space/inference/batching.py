@@ -5,15 +5,17 @@ eight sequences cost about 1.7x one step on 2 CPU cores and far less than that o
 requests together gives several times the throughput of serving them in turn (BENCHMARKS.md).
 One engine thread owns the model between steps:
 
-- a new request is prefilled alone, `prefill.PREFILL_CHUNK` prompt tokens per round with a decode step of
-  the running rows between chunks, then joins the batch with its first token;
+- new requests are prefilled `prefill.PREFILL_CHUNK` prompt positions per round, several short prompts in one
+  forward pass or a long one chunk by chunk, with a decode step of the running rows between rounds; they
+  join the batch with their first tokens;
 - each step decodes one token for every request in the batch: their KV caches live in one
   DynamicCache, left-padded to a common length, with the padding masked out;
-- each row samples with its own parameters (`sampling.RowSampler`) and its own LoRA adapter (PEFT's
-  mixed-adapter batches: `adapter_names`, "__base__" for the base model);
+- every row's token is chosen in one batched `sampling.BatchSampler` call, each row with its own parameters,
+  history and generator, and each row runs its own LoRA adapter (PEFT's mixed-adapter batches:
+  `adapter_names`, "__base__" for the base model);
 - a row leaves when it ends (end of sequence, token limit, stopped, or a failure of its own: its adapter
   would not load, its scores turned NaN) and the padding columns no row needs any more are cut off;
-  only a failure of the shared forward pass fails every row in it.
+  only a failure of a shared forward pass (a decode step, a prefill of several prompts) fails every row in it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from llama_space.inference import prefill
 from llama_space.inference.batch_cache import BatchCache
 from llama_space.inference.fast_decode import decode_hooks
 from llama_space.inference.prefill import Prefill
-from llama_space.inference.sampling import RowSampler, choose_rows, eos_token_ids
+from llama_space.inference.sampling import BatchSampler, choose_rows, eos_token_ids
 
 if TYPE_CHECKING:
     from llama_space.inference.fifo import FairLock
@@ -54,13 +56,8 @@ class _Row:
 
     stream: GenerationStream
     adapter: str
-    sampler: RowSampler
-    tokens: list[int]  # prompt + generated so far
+    last: int  # the latest token (the batch sampler keeps the rest of the history)
     generated: int = 0
-
-    @property
-    def last(self) -> int:
-        return self.tokens[-1]
 
 
 @dataclass
@@ -95,8 +92,9 @@ class BatchEngine:
         self.max_batch = max_batch
         self._waiting: collections.deque[tuple[GenerationStream, str]] = collections.deque()
         self._rows: list[_Row] = []
-        self._joining: Prefill | None = None  # the request being prefilled, a chunk per round
+        self._joining: Prefill | None = None  # the requests being prefilled (a long prompt takes several rounds)
         self._cache = BatchCache()
+        self._sampler = BatchSampler()  # the rows' sampling state, in row order
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()  # guards starting and ending the thread
@@ -163,7 +161,7 @@ class BatchEngine:
             log.exception("Batch engine failed with %d rows in flight", len(self._rows))
             for row in self._rows:
                 row.stream.end(exc)
-            self._rows, self._cache = [], BatchCache()
+            self._rows, self._cache, self._sampler = [], BatchCache(), BatchSampler()
 
     def _exit_if_idle(self) -> bool:
         """End the thread unless a request arrived meanwhile (then submit saw a running thread)."""
@@ -178,62 +176,95 @@ class BatchEngine:
             if stream.stop_requested:
                 self._waiting.remove((stream, adapter))
                 stream.end()
-        if self._joining is not None and self._joining.stream.stop_requested:
-            self._joining.stream.end()
+        if self._joining is not None and all(stream.stop_requested for stream in self._joining.streams):
+            for stream in self._joining.streams:
+                stream.end()
             self._joining = None
         kept = [i for i, row in enumerate(self._rows) if not row.stream.stop_requested]
         if len(kept) < len(self._rows):
             self._keep_rows(kept)
 
     def _admit(self) -> None:
-        """Prefill up to PREFILL_CHUNK prompt tokens of waiting requests while the batch has room; each
-        joins the batch once its whole prompt is in (a long prompt takes several rounds)."""
-        budget = prefill.PREFILL_CHUNK
-        while budget > 0 and len(self._rows) < self.max_batch and (self._joining is not None or self._waiting):
-            joining = self._joining
-            if joining is None:
-                stream, adapter = self._waiting.popleft()
-                if stream.stop_requested:
-                    stream.end()
-                    continue
-            else:
-                stream = joining.stream
-            # Whatever fails for this request (its sampler, its adapter, its prompt's forward pass) ends it
-            # alone with the error: a request that never ends keeps its client waiting and its queue place.
+        """One prefill forward pass: the next chunk of a long prompt, or several waiting prompts together
+        (prefill.PREFILL_CHUNK positions at most); requests whose whole prompt is in join the batch."""
+        if self._joining is None:
+            self._joining = self._next_group()
+        joining = self._joining
+        if joining is None:
+            return
+        # Whatever fails for these requests (their adapter, their prompts' forward pass) ends them with the
+        # error: a request that never ends keeps its client waiting and its queue place.
+        try:
+            logits = self._feed(joining)
+        except Exception as exc:
+            if not isinstance(exc, UserError):
+                log.exception("Prefilling %d requests failed", len(joining.streams))
+            self._joining = None
+            for stream in joining.streams:
+                stream.end(exc)
+            return
+        if logits is not None:
+            self._joining = None
+            self._join(joining, logits)
+
+    def _next_group(self) -> Prefill | None:
+        """Waiting requests to prefill together, in arrival order, while the batch has room: short prompts as
+        many as fit in one round, or one long prompt. A request whose adapter cannot be loaded ends here."""
+        streams, names = [], []
+        while self._waiting and len(self._rows) + len(streams) < self.max_batch:
+            stream, adapter = self._waiting[0]
+            if streams and not prefill.fits([s.input_ids for s in streams] + [stream.input_ids],
+                                             prefill.PREFILL_CHUNK):
+                break
+            self._waiting.popleft()
+            if stream.stop_requested:
+                stream.end()
+                continue
+            name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
             try:
-                if joining is None:
-                    name = PEFT_BASE if adapter in adapters.BASE_NAMES else adapter
-                    joining = self._joining = Prefill(stream, name, self.host.model()[0])
-                budget -= self._feed(joining, budget)
+                if name != PEFT_BASE:
+                    self.host.prepare_adapter(name)  # UserError when it cannot be loaded
             except Exception as exc:  # this request fails; the others go on
                 if not isinstance(exc, UserError):
-                    log.exception("Admitting a request failed")
-                self._joining = None
+                    log.exception("Loading an adapter for a request failed")
                 stream.end(exc)
                 continue
-            if joining.first is not None:
-                self._joining = None
-                self._join(joining)
+            streams.append(stream)
+            names.append(name)
+        if not streams:
+            return None
+        return Prefill(streams, names, self.host.model()[0], getattr(self.host.tokenizer, "pad_token_id", None))
 
-    def _feed(self, joining: Prefill, budget: int) -> int:
-        """One chunk of `joining`'s prompt, its adapter (re)loaded first if need be; the tokens it took."""
-        if joining.adapter != PEFT_BASE:
-            self.host.prepare_adapter(joining.adapter)  # UserError when it cannot be loaded
+    def _feed(self, joining: Prefill):
+        """One forward pass of `joining`'s prompts (a long prompt's adapter reloaded first if it was unloaded
+        meanwhile); their last logits once the whole prompts are in."""
+        for name in set(joining.adapters) - {PEFT_BASE}:
+            self.host.prepare_adapter(name)  # a no-op while it stays loaded
         model, is_peft = self.host.model()
-        return joining.feed(model, is_peft, budget)
+        return joining.feed(model, is_peft, prefill.PREFILL_CHUNK)
 
-    def _join(self, joining: Prefill) -> None:
-        """Move a prefilled request into the batch, with its first token."""
+    def _join(self, joining: Prefill, logits) -> None:
+        """Move prefilled requests into the batch, with their first tokens (those whose first token fails end)."""
         import torch
 
-        stream = joining.stream
-        row = _Row(stream, joining.adapter, joining.sampler, list(stream.input_ids))
-        self._rows.append(row)  # first: should anything below fail, _work's handler ends this stream too
-        stream.streamer.put(torch.tensor(stream.input_ids))  # the prompt, as generate hands it over: skipped
-        self._cache.add(joining.cache, joining.length)
-        self._take(row, joining.first)
-        if self._finished(row):  # a one-token reply, or end of sequence at once
-            self._keep_rows(list(range(len(self._rows) - 1)))
+        firsts, failed = joining.first_tokens(logits)
+        for stream, error in failed:
+            stream.end(error)
+        if not firsts:
+            return
+        start = len(self._rows)
+        # The rows come first: should anything below fail, _work's handler ends these streams too.
+        self._rows += [_Row(stream, adapter, stream.input_ids[-1])
+                       for stream, adapter in zip(joining.streams, joining.adapters)]
+        self._cache.extend(joining.cache)
+        self._sampler.extend(joining.sampler)
+        for row, first in zip(self._rows[start:], firsts):
+            row.stream.streamer.put(torch.tensor(row.stream.input_ids))  # the prompt, as generate hands it over
+            self._take(row, first)
+        # A one-token reply, or end of sequence at once.
+        ended = [i for i in range(start, len(self._rows)) if self._finished(self._rows[i])]
+        if ended:
+            self._keep_rows([i for i in range(len(self._rows)) if i not in ended])
 
     def _step(self) -> None:
         """One token for every row."""
@@ -251,8 +282,7 @@ class BatchEngine:
                     cache=self._cache.cache, use_cache=True, logits_to_keep=1, **kwargs)
         for hook in self.host.hooks:
             hook(ids, None)
-        rows = self._rows
-        picks = choose_rows([row.sampler for row in rows], out.logits[:, -1], [row.tokens for row in rows])
+        picks = choose_rows(self._sampler, out.logits[:, -1])
         for row, pick in zip(self._rows, picks):
             if isinstance(pick, Exception):
                 row.stream.end(pick)
@@ -264,7 +294,7 @@ class BatchEngine:
             self._keep_rows([i for i in range(len(self._rows)) if i not in ended])
 
     def _take(self, row: _Row, token: int) -> None:
-        row.tokens.append(token)
+        row.last = token
         row.generated += 1
         row.stream.put(token)
 
@@ -288,6 +318,7 @@ class BatchEngine:
                 row.stream.end()
         self._rows = [self._rows[i] for i in keep]
         self._cache.keep(keep)
+        self._sampler.keep(keep)
 
 
 @atexit.register

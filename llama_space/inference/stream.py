@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from llama_space.inference.detokenize import ReplyStreamer
 from llama_space.inference.fast_decode import decode_hooks, generate_overrides
 from llama_space.inference.generation_params import GenerationParams
-from llama_space.inference.sampling import RowSampler, SampledChoice, eos_token_ids, penalty_processors
+from llama_space.inference.sampling import SampledChoice, eos_token_ids, penalty_processors
 from llama_space.inference.stats import ReplyStats
 
 if TYPE_CHECKING:
@@ -188,11 +188,11 @@ def _generate(stream: GenerationStream, begin, release, decode_on) -> None:
 
 def _decoding(params: GenerationParams, prompt_length: int) -> tuple[list, dict]:
     """(logits processors, `generate` kwargs) for `params`: greedy as `generate` does it; sampled by the
-    request's own sampling.RowSampler (its own generator, as in the batch engine), whose token greedy search
+    request's own sampling.BatchSampler (its own generator, as in the batch engine), whose token greedy search
     then takes, so no reply draws from torch's global generator."""
     if params.greedy:
         return penalty_processors(params, prompt_length), params.generate_kwargs()
-    choose = SampledChoice(RowSampler(params))  # applies the penalties and warpers itself
+    choose = SampledChoice(params)  # applies the penalties and warpers itself
     return [choose], replace(params, temperature=0.0, repetition_penalty=1.0).generate_kwargs()
 
 
