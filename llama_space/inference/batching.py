@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ class EngineHost:
     adapter_loaded: Callable[[str], bool]
     tokenizer: Any = None
     hooks: list = field(default_factory=list)  # per-step callbacks (CPU thread governor)
+    device_context: Callable[[], AbstractContextManager] = nullcontext  # entered around the engine thread's work
 
 
 def supports_batching(model) -> tuple[bool, str]:
@@ -137,7 +139,7 @@ class BatchEngine:
         import torch
 
         idle_since = time.monotonic()
-        with torch.inference_mode():
+        with torch.inference_mode(), self.host.device_context():
             while not self._closing:
                 self._wake.clear()
                 if self._rows or self._waiting or self._joining:

@@ -65,7 +65,8 @@ class ModelManager(HoldsModel, SharesWeights):
             prepare=self._prepare, offload=self.settings.offload)
         log.info("Loaded %s from %s (%s, %s)", self.base_name, self.source, self.model.dtype, self.model.device)
         host = EngineHost(lock=self._lock, model=self._current_model, prepare_adapter=self._load_adapter_locked,
-                          adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer)
+                          adapter_loaded=self._loaded_adapters.__contains__, tokenizer=self.tokenizer,
+                          device_context=self.chat_stream)
         self._engine = make_engine(host, self.settings.concurrency)
         self.admission.measure(padded_batch if self._engine is not None else one_at_a_time)
         self.admission.set_capacity(self.context.kv_tokens)
