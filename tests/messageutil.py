@@ -125,3 +125,44 @@ def raise_sites(root: Path = CORE) -> list[Site]:
                     sites.append(Site(str(path.relative_to(root.parent)), getattr(function, "name", "<module>"),
                                       node.lineno, tuple(sorted(module.texts(node.args[0], scope)))))
     return sites
+
+
+# Where the core writes text the UI shows besides its errors: dict keys and keyword arguments of statuses and
+# reports, a stage's name given to an export's Reporter, an evaluation's progress line, and the functions that
+# word a summary, a plan's reason, a job's end or what an export needs.
+STATUS_KEYS = {"message", "error", "summary", "reason", "stage"}
+STATUS_CALLS = {"Reporter": 1, "_update": 3}  # function name: the position of its text argument
+STATUS_FUNCTIONS = {"_summary", "_reason", "describe", "_needs", "failure_message", "died_message",
+                    "interrupted_message", "_formula_warning", "_budget_warning", "changes_disabled_reason",
+                    "summary_line"}
+
+
+def status_texts(root: Path = CORE) -> list[Site]:
+    """Every status text of the core (see STATUS_KEYS, STATUS_CALLS, STATUS_FUNCTIONS) outside the web layer."""
+    paths = [p for p in sorted(root.rglob("*.py")) if "web" not in p.relative_to(root).parts]
+    functions: dict[str, list[ast.FunctionDef]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.setdefault(node.name, []).append(node)
+    sites = []
+    for path in paths:
+        module = _Module(path, functions)
+        for function in (n for n in ast.walk(module.tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            found = []
+            for node in ast.walk(function):
+                if isinstance(node, ast.Dict):
+                    found += [v for k, v in zip(node.keys, node.values, strict=True)
+                              if isinstance(k, ast.Constant) and k.value in STATUS_KEYS]
+                elif isinstance(node, ast.Call):
+                    found += [kw.value for kw in node.keywords if kw.arg in STATUS_KEYS]
+                    name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                    if name in STATUS_CALLS and len(node.args) > STATUS_CALLS[name]:
+                        found.append(node.args[STATUS_CALLS[name]])
+                elif isinstance(node, ast.Return) and function.name in STATUS_FUNCTIONS and node.value is not None:
+                    found.append(node.value)
+            for node in found:
+                texts = tuple(sorted(t for t in module.texts(node, function) if t.strip(WILD)))
+                if texts:
+                    sites.append(Site(str(path.relative_to(root.parent)), function.name, node.lineno, texts))
+    return sites

@@ -8,7 +8,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from messageutil import WILD, raise_sites
+from messageutil import WILD, raise_sites, status_texts
 
 from llama_space.web.core_messages import OPTIONAL, catalogue, localize, match, template_fields
 
@@ -42,9 +42,14 @@ BUILT_ELSEWHERE = {
 }
 
 
-def _sample(text: str) -> str:
-    """The message with each piece the source does not spell out as a value ("7" fits every field's pattern)."""
-    return text.replace(WILD, "7")
+def _samples(text: str) -> list[str]:
+    """The message with each piece the source does not spell out as a value: "7" fits every field's pattern, and
+    nothing stands for a piece left out (an optional part)."""
+    return [text.replace(WILD, "7"), text.replace(WILD, "")]
+
+
+def _translated(text: str) -> bool:
+    return any(match(sample) for sample in _samples(text))
 
 
 def _api_only(text: str) -> str | None:
@@ -61,9 +66,8 @@ def test_every_core_error_a_ui_visitor_can_meet_has_chinese():
                 if (site.file, site.function) not in BUILT_ELSEWHERE:
                     unexplained.append(f"{site.file}:{site.line} {site.function}")
                 continue
-            sample = _sample(text)
-            if match(sample) is None and _api_only(sample) is None:
-                missing.append(f"{site.file}:{site.line}: {sample!r}")
+            if not _translated(text) and _api_only(_samples(text)[0]) is None:
+                missing.append(f"{site.file}:{site.line}: {_samples(text)[0]!r}")
     assert not unexplained, "a message built elsewhere, not in BUILT_ELSEWHERE:\n" + "\n".join(unexplained)
     assert not missing, "core messages without Chinese (add them to web/strings/messages_*.py):\n" + "\n".join(
         sorted(set(missing)))
@@ -72,11 +76,28 @@ def test_every_core_error_a_ui_visitor_can_meet_has_chinese():
 def test_the_lists_of_exceptions_are_in_use():
     """An API-only pattern or a built-elsewhere site nothing in the source matches any more is stale."""
     sites = raise_sites()
-    texts = [_sample(text) for site in sites for text in site.texts if text != WILD]
+    texts = [_samples(text)[0] for site in sites for text in site.texts if text != WILD]
     for pattern, why in API_ONLY:
         assert any(re.fullmatch(pattern, text, re.DOTALL) for text in texts), (pattern, why)
     places = {(site.file, site.function) for site in sites if WILD in site.texts}
     assert set(BUILT_ELSEWHERE) <= places, set(BUILT_ELSEWHERE) - places
+
+
+# Status texts the UI does not show: by the function that writes them, or by the text.
+NOT_SHOWN = {("llama_space/export/card.py", "_summary"): "the model card pushed to the Hub, written in English"}
+NOT_SHOWN_TEXTS = {"data": "an evaluation's stage id; the UI shows its message"}
+
+
+def test_every_status_text_the_ui_shows_has_chinese():
+    """The data report's summary and warnings, a plan's reason, how a job ended, an export's needs and stages, an
+    evaluation's progress: every such text the core writes (read from its source) has a catalogue entry."""
+    sites = status_texts()
+    assert len(sites) > 40
+    missing = [f"{site.file}:{site.line} {site.function}: {_samples(text)[0]!r}" for site in sites
+               for text in site.texts if (site.file, site.function) not in NOT_SHOWN
+               and text not in NOT_SHOWN_TEXTS and not _translated(text)]
+    assert not missing, "status texts without Chinese:\n" + "\n".join(missing)
+    assert set(NOT_SHOWN) <= {(site.file, site.function) for site in sites}
 
 
 def _parts(template: str) -> tuple[set[str], set[str]]:

@@ -11,9 +11,9 @@ MESSAGES = [
     # ---- what an export needs, its stages and its end (export/merge.py, export/export_jobs.py, export/process.py,
     # export/resources.py) ----
     (NEEDS, NEEDS_ZH),
-    (NEEDS + " The base's {qtype} GGUF is cached already.", NEEDS_ZH + "基础模型的 {qtype} GGUF 已经缓存。"),
-    (NEEDS + " The base's {qtype} GGUF is written once, then reused by its other adapters.",
-     NEEDS_ZH + "基础模型的 {qtype} GGUF 只写一次，之后供它的其他适配器复用。"),
+    ("{needs} The base's {qtype} GGUF is cached already.", "{needs}基础模型的 {qtype} GGUF 已经缓存。"),
+    ("{needs} The base's {qtype} GGUF is written once, then reused by its other adapters.",
+     "{needs}基础模型的 {qtype} GGUF 只写一次，之后供它的其他适配器复用。"),
     (("{what} needs about {needed} of disk but only {free} is free there; delete old exports or other files and try "
       "again."), "{what}约需 {needed} 磁盘，但那里只剩 {free}；请删除旧的导出或其他文件后重试。"),
     (("{what} needs about {needed} of memory but only {free} is available; stop other work (a training job, the chat "
@@ -28,6 +28,7 @@ MESSAGES = [
     ("writing GGUF", "写入 GGUF"),
     ("writing the base GGUF", "写入基础模型 GGUF"),
     ("writing the adapter GGUF", "写入适配器 GGUF"),
+    ("packing the zip", "打包 zip"),
     ("done", "完成"),
     ("The export failed ({kind}); the export log ({file}) has the details.", "导出失败（{kind}）；详情见导出日志（{file}）。"),
     ("The export stopped before it finished (its process is gone); start it again.", "导出在完成前停止了（其进程已不存在）；请重新开始。"),

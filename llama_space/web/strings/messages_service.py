@@ -43,6 +43,7 @@ MESSAGES = [
     ("The evaluation stopped before it finished (the app that ran it ended); start it again.",
      "评估在完成前停止了（运行它的应用已结束）；请重新开始。"),
     ("Reading the data...", "正在读取数据……"),
+    ("Cancelled; nothing was saved.", "已取消；没有保存任何内容。"),
     ("Loss of {model}: {done}/{total} rows", "{model} 的损失：{done}/{total} 行"),
     ("Preference of {model}: {done}/{total} pairs", "{model} 的偏好：{done}/{total} 对"),
     ("Answers: {done}/{total} prompts", "回答：{done}/{total} 个提示"),
