@@ -1,9 +1,9 @@
 """The one error boundary: how any failure reaches each surface (UI, Gradio API, REST, /v1), before and
 during a stream.
 
-A UserError's text is shown as is, with the status its kind says (400, 404 not found, 429 queue full,
-502 chat backend unusable); anything else is logged with its traceback here and the client gets a
-generic message: no paths, tracebacks or CUDA messages ever reach a client.
+A UserError's text is shown as is (the UI's in the visitor's language: web/core_messages.py), with the status
+its kind says (400, 404 not found, 429 queue full, 502 chat backend unusable); anything else is logged with its
+traceback here and the client gets a generic message: no paths, tracebacks or CUDA messages ever reach a client.
 """
 
 from __future__ import annotations
@@ -72,12 +72,15 @@ def openai_body(fail: Failure) -> dict:
 
 # ---- Gradio (UI and named endpoints): gr.Error ----------------------------------------------------------
 def gradio_error(exc: BaseException, what: str = "answering the request"):
-    """The gr.Error to raise for `exc` (a gr.Error raised on purpose passes through unchanged)."""
+    """The gr.Error to raise for `exc`, in the language of the request (a gr.Error raised on purpose passes through
+    unchanged: its text is the UI's own, translated already)."""
     import gradio as gr
+
+    from llama_space.web.i18n import core_text
 
     if isinstance(exc, gr.Error):
         return exc
-    return gr.Error(failure(exc, what).message)
+    return gr.Error(core_text(failure(exc, what).message))
 
 
 def user_facing(fn: Callable, what: str = "") -> Callable:

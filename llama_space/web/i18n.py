@@ -3,7 +3,9 @@
 Every piece of text the UI shows has a key in the tables of `llama_space.web.strings`, with both languages.
 Static text (labels, buttons, placeholders, help lines) is a `L(key)` marker that the browser renders in its
 locale (Gradio's `gr.I18n`); text built on the server (status lines, errors, progress messages) is `t(key)`, in the
-language of the request it answers: the language switch's cookie, else the browser's Accept-Language.
+language of the request it answers: the language switch's cookie, else the browser's Accept-Language. Messages the
+core built in English (its errors, the data report, an export's needs, a job's plan) reach the UI through
+`core_text(message)`, which turns them into that language by the catalogue of web/core_messages.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from llama_space.compat import LOCALE_STORE_JS, current_request
+from llama_space.web.core_messages import localize
 from llama_space.web.strings import STRINGS
 
 if TYPE_CHECKING:
@@ -41,6 +44,11 @@ def t(key: str, lang: str | None = None, **values) -> str:
     pair = STRINGS[key]
     text = pair[LANGUAGES.index(lang or language())]
     return text.format(**values) if values else text
+
+
+def core_text(message: str, lang: str | None = None) -> str:
+    """A message the core built in English, in `lang` or else the language of the request being answered."""
+    return localize(message, lang or language())
 
 
 def language(request=None) -> str:

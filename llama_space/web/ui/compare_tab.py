@@ -12,7 +12,7 @@ from llama_space.errors import UserError
 from llama_space.service.compare import MAX_ADAPTERS, greedy
 from llama_space.service.evaluation_jobs import EvalOptions
 from llama_space.web.error_boundary import user_facing
-from llama_space.web.i18n import L, t
+from llama_space.web.i18n import L, core_text, t
 from llama_space.web.ui.compare_api import register_compare_api, results_dir
 from llama_space.web.ui.feedback import add_compare_picks
 
@@ -36,7 +36,7 @@ def job_dropdown(actions: Actions, **layout) -> gr.Dropdown:
                    for job in actions.jobs()]
         hidden = None
     except UserError as exc:
-        choices, hidden = [], str(exc)
+        choices, hidden = [], core_text(str(exc))
     return gr.Dropdown(choices=choices, info=hidden, **layout)
 
 
@@ -68,7 +68,7 @@ def _eval_message(result: dict) -> str:
     if result.get("saved"):
         text += t("cmp.saved", names=", ".join(result["saved"]))
     for name, why in (result.get("not_saved") or {}).items():
-        text += f" {name}: {why}"
+        text += f" {name}: {core_text(why)}"
     return text
 
 
@@ -155,14 +155,16 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> t
         with gr.Row():
             run = gr.Button(L("cmp.evaluate_run"), variant="primary", interactive=allowed, elem_id="evaluate-run")
             cancel = gr.Button(L("cmp.evaluate_cancel"), interactive=allowed, elem_id="evaluate-cancel")
-        progress = gr.Markdown(actions.permissions.disabled_reason, elem_id="evaluate-progress")
+        # Why evaluating is off: a function, which Gradio renders on each page load, in that visitor's language.
+        why_off = None if allowed else lambda: core_text(actions.permissions.disabled_reason)
+        progress = gr.Markdown(why_off, elem_id="evaluate-progress")
         table = gr.Dataframe(interactive=False, label=L("cmp.figures"), elem_id="evaluate-table", visible=False)
     jobs.append(job)
 
     def shown(updates):
         for update in updates:
             if update["state"] == "running":
-                yield update["message"], gr.skip()
+                yield core_text(update["message"]), gr.skip()
             else:
                 yield _eval_message(update), _eval_table(_eval_rows(update))
 
@@ -186,7 +188,7 @@ def _evaluate(evaluator: Evaluator, actions: Actions, adapters, jobs: list) -> t
         try:
             yield from shown(evaluator.follow(latest["evaluation_id"]))
         except UserError as exc:  # it failed or was interrupted: say so, as a click would have
-            yield str(exc), gr.skip()
+            yield core_text(str(exc)), gr.skip()
 
     run.click(user_facing(on_evaluate, "evaluating adapters"),
               inputs_kwargs={"adapters": adapters, "file": file, "job_id": job, "max_examples": max_examples,

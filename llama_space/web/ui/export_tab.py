@@ -10,7 +10,7 @@ import gradio as gr
 
 from llama_space.export.gguf_types import QTYPES
 from llama_space.web.error_boundary import user_facing
-from llama_space.web.i18n import L, t
+from llama_space.web.i18n import L, core_text, t
 from llama_space.web.strings import STRINGS
 from llama_space.web.ui.export_api import download_paths, register_export_api
 
@@ -47,14 +47,14 @@ def status_markdown(status: dict | None) -> str:
     if status["state"] in ("queued", "running"):
         done = 100 * (status.get("progress") or 0)
         parts.append(f"<progress class='export-bar' value='{done:.0f}' max='100' style='width:100%'></progress>"
-                     f"<div>{html.escape(status.get('stage') or '')} {done:.0f}%</div>")
-    parts.append(f"<div>{html.escape(t('ex.needs', needs=status.get('needs') or '?'))}</div>")
+                     f"<div>{html.escape(core_text(status.get('stage') or ''))} {done:.0f}%</div>")
+    parts.append(f"<div>{html.escape(t('ex.needs', needs=core_text(status.get('needs') or '?')))}</div>")
     if status.get("elapsed_seconds") is not None:
         parts.append(f"<div>{html.escape(t('ex.elapsed', seconds=round(status['elapsed_seconds'])))}</div>")
     if status.get("files"):
         parts.append(f"<div>{html.escape(t('ex.file_list', files=', '.join(status['files'])))}</div>")
     if status.get("error"):
-        parts.append(f"<div class='status-error'>{html.escape(status['error'])}</div>")
+        parts.append(f"<div class='status-error'>{html.escape(core_text(status['error']))}</div>")
     return "".join(parts)
 
 
@@ -69,9 +69,9 @@ def add_export_tab(exports: ExportActions) -> None:
 def build_export_tab(exports: ExportActions) -> None:
     """Lay out the tab and wire its events; a timer shows the running (or latest) export, after a reload too."""
     allow = exports.permissions.controls_on
-    if not allow:
-        gr.Markdown(f"<div class='status-error'>{html.escape(exports.permissions.disabled_reason)}</div>",
-                    elem_id="export-disabled")
+    if not allow:  # a function: Gradio renders it on each page load, in that visitor's language
+        gr.Markdown(lambda: f"<div class='status-error'>{html.escape(core_text(exports.permissions.disabled_reason))}"
+                            "</div>", elem_id="export-disabled")
     with gr.Row():
         adapter = gr.Dropdown(exports.adapter_names(), value=None, label=L("common.adapter"),
                               elem_id="export-adapter")
@@ -104,7 +104,7 @@ def build_export_tab(exports: ExportActions) -> None:
 
     def on_needs(adapter_name, export_kind, qtype):
         text = exports.needs(adapter_name or "", export_kind, qtype)
-        return t("ex.needs", needs=text) if text else t("ex.needs_unknown")
+        return t("ex.needs", needs=core_text(text)) if text else t("ex.needs_unknown")
 
     def on_start(adapter_name, export_kind, qtype):
         started = exports.start_export(adapter_name or "", export_kind, qtype)

@@ -15,7 +15,7 @@ from llama_space.data import hub_dataset
 from llama_space.errors import UserError
 from llama_space.training.params import PLACEMENTS, QUANTIZATIONS, TRACKERS, TrainingParams, method_names
 from llama_space.web.error_boundary import user_facing
-from llama_space.web.i18n import L, t
+from llama_space.web.i18n import L, core_text, t
 from llama_space.web.strings import STRINGS
 from llama_space.web.ui.feedback import build_feedback_panel
 from llama_space.web.ui.jobs_view import job_view, no_job_view
@@ -45,7 +45,7 @@ def status_line(ok: bool, text: str) -> str:
 
 def _report_markdown(report: dict) -> str:
     stats = report.get("token_stats") or {}
-    lines = [status_line(report["ok"], report["summary"]),
+    lines = [status_line(report["ok"], core_text(report["summary"])),
              t("ft.report_line", format=f"`{report['format']}`", kind=_data_kind(report), rows=report["rows"], valid=report["valid_rows"],
                skipped=report["skipped_rows"], duplicates=report["duplicates"], max_length=report["max_length"],
                too_long=report["too_long"])]
@@ -64,7 +64,7 @@ def _problem_table(report: dict | None) -> gr.Dataframe:
     """The report's errors and warnings, hidden when there are none (no table of bare headers)."""
     items = [] if report is None else [("error", item) for item in report["errors"]] + [
         ("warning", item) for item in report["warnings"]]
-    rows = [[t(f"ft.kind.{kind}"), item["row"] or "", item["message"]] for kind, item in items]
+    rows = [[t(f"ft.kind.{kind}"), item["row"] or "", core_text(item["message"])] for kind, item in items]
     return gr.Dataframe(rows, headers=[t(key) for key in PROBLEM_COLUMNS], visible=bool(rows))
 
 
@@ -150,9 +150,9 @@ def build_finetune_tab(actions: Actions, feedback: Feedback | None = None):
     """Lay out the tab (with the collected feedback's panel when `feedback` is given) and wire its events; returns
     the job poller for the page-load hook."""
     allow_changes = actions.permissions.controls_on
-    if not allow_changes:
-        gr.Markdown(f"<div class='status-error'>{html.escape(actions.permissions.disabled_reason)}</div>",
-                    elem_id="training-disabled")
+    if not allow_changes:  # a function: Gradio renders it on each page load, in that visitor's language
+        gr.Markdown(lambda: f"<div class='status-error'>{html.escape(core_text(actions.permissions.disabled_reason))}"
+                            "</div>", elem_id="training-disabled")
     with gr.Row():
         with gr.Column():
             upload = gr.File(label=L("ft.upload"), file_types=[
@@ -199,7 +199,7 @@ def build_finetune_tab(actions: Actions, feedback: Feedback | None = None):
             source = hub_dataset(dataset_id, dataset_config, dataset_split, dataset_revision)
             report = actions.validate(file, max_length or TrainingParams.max_length, source)
         except UserError as exc:
-            return status_line(False, str(exc)), _problem_table(None), "", 0
+            return status_line(False, core_text(str(exc))), _problem_table(None), "", 0
         return (_report_markdown(report), _problem_table(report), "".join(report["preview"]),
                 report["valid_rows"] if report["ok"] else 0)
 
@@ -226,7 +226,7 @@ def build_finetune_tab(actions: Actions, feedback: Feedback | None = None):
         try:
             status = actions.current(current)
         except UserError as exc:  # a visitor who may not see jobs: the panel says why, every poll alike
-            return "", *no_job_view(str(exc)), *controls(None)
+            return "", *no_job_view(core_text(str(exc))), *controls(None)
         if not status:
             return "", *no_job_view(), *controls(None)
         return status["job_id"], *job_view(status), *controls(status)

@@ -9,7 +9,7 @@ import re
 import gradio as gr
 import pandas as pd
 
-from llama_space.web.i18n import t
+from llama_space.web.i18n import core_text, t
 
 # Library noise in a job's log: Python's warning lines (the message line and the `warnings.warn(` source line
 # under it) and tracebacks' file lines are left out; the app's own lines and errors stay.
@@ -58,7 +58,7 @@ def progress_html(status: dict) -> str:
         where = f"<code>{html.escape(status['tracking'])}</code>"
         bar += f"<div class='job-tracking'>{t('job.tracking', where=where)}</div>"
     if status.get("error"):
-        bar += f"<div class='job-error status-error'>{html.escape(status['error'])}</div>"
+        bar += f"<div class='job-error status-error'>{html.escape(core_text(status['error']))}</div>"
     return bar
 
 
@@ -68,7 +68,8 @@ def plan_html(plan: dict | None) -> str:
         return ""
     head = t("job.plan", placement=f"<b class='job-placement'>{html.escape(str(plan.get('placement')))}</b>",
              quantization=html.escape(str(plan.get("quantization"))), device=html.escape(str(plan.get("device"))))
-    return f"<div class='job-plan'>{head} — {html.escape(str(plan.get('reason', '')))}</div>"  # the reason has the GB
+    reason = core_text(str(plan.get("reason", "")))  # it has the GB
+    return f"<div class='job-plan'>{head} — {html.escape(reason)}</div>"
 
 
 def loss_frame(metrics: list[dict]) -> pd.DataFrame:
