@@ -192,7 +192,7 @@ def test_chat_stop_upload_train_reload_and_use_the_adapter(app, page):
     # 5. Start a short training run (quick preset, 8 steps) and watch the progress bar move.
     page.fill("#adapter-name textarea, #adapter-name input", "pirate")
     page.locator("#preset").get_by_text("quick", exact=True).click()
-    poll("the quick preset values", lambda: page.locator("#param-max_steps input").input_value() == "60")
+    poll("the quick preset values", lambda: page.locator("#param-max_steps input").input_value() == "30")
     set_number(page, "#param-max_steps input", 8)
     doc_image(page, "finetune")
     page.click("#start-training")

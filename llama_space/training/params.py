@@ -151,7 +151,8 @@ class TrainingParams:
 PRESETS: dict[str, dict] = {
     # The defaults: a careful run for real datasets.
     "standard": {},
-    # A visible change on the embedded 135M model within a few minutes on 2 CPU cores: a high learning
-    # rate, no accumulation, a fixed small number of steps and short rows.
-    "quick": {"learning_rate": 2e-3, "grad_accum": 1, "max_steps": 60, "max_length": 256, "save_steps": 20},
+    # A visible change on the embedded 135M model within a few minutes on 2 CPU cores: a high learning rate, no
+    # accumulation, a fixed small number of steps and short rows. examples/persona.jsonl's loss falls from 4.3 to
+    # about 1.6 by step 15; a step took 3-4.5 s on a 2-core AMD EPYC (4.5 with another process busy beside it).
+    "quick": {"learning_rate": 2e-3, "grad_accum": 1, "max_steps": 30, "max_length": 256, "save_steps": 10},
 }

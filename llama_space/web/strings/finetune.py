@@ -17,10 +17,11 @@ STRINGS = {
     "ft.adapter_name_info": ("The name it gets in the Chat, Adapters and Export tabs.",
                              "它在“对话”“适配器”“导出”页中显示的名称。"),
     "ft.preset": ("Preset", "预设"),
-    "ft.preset_info": (("standard: the defaults for a real run. quick: a short run (60 steps, higher learning rate) "
-                       "to check that everything works; about 1 s a step for the embedded model on 2 CPU cores."),
-                       ("标准：正式训练的默认值。快速：短训练（60 步、较高学习率），用来确认流程可用；"
-                       "内置模型在 2 个 CPU 核上每步约 1 秒。")),
+    "ft.preset_info": (("standard: the defaults for a real run. quick: a short run (30 steps, higher learning rate) "
+                       "to see the model change; with the embedded model and the persona example, 3-4.5 s a step "
+                       "on 2 CPU cores, about 2 minutes in all."),
+                       ("标准：正式训练的默认值。快速：短训练（30 步、较高学习率），用来看到模型的变化；"
+                       "内置模型配合 persona 示例，在 2 个 CPU 核上每步 3-4.5 秒，共约 2 分钟。")),
     "ft.preset.standard": ("standard", "标准"),
     "ft.preset.quick": ("quick", "快速"),
     "ft.settings": ("Training settings", "训练设置"),
