@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, the embedded model and its GGUF exports."""
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, the embedded model, its GGUF exports, and
+a launched app on the embedded model for the modules that need only a default running app on it."""
 
 from __future__ import annotations
 
@@ -104,4 +105,18 @@ class EmbeddedGGUF:
 @pytest.fixture(scope="session")
 def embedded_gguf(embedded_dir, tmp_path_factory) -> EmbeddedGGUF:
     return EmbeddedGGUF(embedded_dir, tmp_path_factory.mktemp("embedded-gguf"))
+
+
+@pytest.fixture(scope="session")
+def embedded_app(embedded_dir, tmp_path_factory):
+    """One launched app (apputil.LaunchedApp) on the embedded model in float32, shared by the modules that need the
+    default app on the real model: launching it loads and warms the model, seconds on 2 cores. Its adapters, jobs
+    and feedback start empty; a module using it may add its own but never assumes it is alone there."""
+    import dataclasses
+
+    from apputil import embedded_settings, launched_app
+
+    settings = dataclasses.replace(embedded_settings(tmp_path_factory.mktemp("embedded-app")), dtype="float32")
+    with launched_app(settings) as launched:
+        yield launched
 
