@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, the embedded model, its GGUF exports, and
-a launched app on the embedded model for the modules that need only a default running app on it."""
+launched apps on either model for the modules that need only a default running app."""
 
 from __future__ import annotations
 
@@ -120,3 +120,17 @@ def embedded_app(embedded_dir, tmp_path_factory):
     with launched_app(settings) as launched:
         yield launched
 
+
+@pytest.fixture(scope="session")
+def tiny_app(tiny_model_dir, tmp_path_factory):
+    """One launched app (apputil.LaunchedApp) on the tiny model with default settings, shared by the modules that
+    only need a default running app (a launch takes seconds). A module using it may add adapters or jobs but never
+    assumes it is alone there, and leaves no job running."""
+    from llama_space.settings import Settings
+
+    from apputil import launched_app
+
+    root = tmp_path_factory.mktemp("tiny-app")
+    settings = Settings(model=str(tiny_model_dir), adapters_dir=root / "adapters", data_dir=root / "data")
+    with launched_app(settings) as launched:
+        yield launched
