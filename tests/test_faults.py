@@ -144,6 +144,12 @@ def test_repeated_kill_9_then_resume_matches_an_uninterrupted_run(tiny_model_dir
     reference = finished(baseline, baseline_id, timeout=600)
     assert reference["state"] == "completed", reference["log_tail"]
 
+    # Each resume started from the checkpoint its interruption reported, and steps redone after it are logged once.
+    log = (job_dir / jobfiles.LOG_FILE).read_text()
+    for kill in kills:
+        assert f"resuming from {job_dir}/checkpoints/checkpoint-{kill['resumed_from_checkpoint']}" in log, kill
+    assert [m["step"] for m in runner.metrics(job_id) if "loss" in m] == list(range(1, 31))
+    assert adapters.list_names(tmp_path / "killed" / "adapters") == ["survivor"]
     resumed, steady = step_losses(runner, job_id), step_losses(baseline, baseline_id)
     assert sorted(resumed) == sorted(steady) == list(range(1, 31))
     worst = max(abs(resumed[s] - steady[s]) for s in steady)

@@ -1,14 +1,14 @@
-"""The feedback loop through gradio_client by keyword, as a script would run it, on the embedded model: an SFT
-adapter with a system prompt is trained; feedback (edits and a pick) is recorded on its replies; a DPO job continues
-from it on the collected pairs; on the pairs that job held out its preference accuracy beats the SFT adapter's, and
-chat with it uses the trained system prompt when the caller gives none."""
+"""The feedback loop through gradio_client by keyword, as a script would run it, on the embedded model (conftest's
+shared embedded_app): an SFT adapter with a system prompt is trained; feedback (edits and a pick) is recorded on its
+replies; a DPO job continues from it on the collected pairs; on the pairs that job held out its preference accuracy
+beats the SFT adapter's, and chat with it uses the trained system prompt when the caller gives none."""
 
 import json
 
 import pytest
 from gradio_client import Client, handle_file
 
-from apputil import embedded_settings, running_app, wait_for_job
+from apputil import wait_for_job
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -23,17 +23,11 @@ GREEDY = {"max_new_tokens": 16, "temperature": 0.0}
 
 
 @pytest.fixture(scope="module")
-def settings(embedded_dir, tmp_path_factory):
-    return embedded_settings(tmp_path_factory.mktemp("feedback-loop"))
+def client(embedded_app):
+    return Client(embedded_app.url, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def client(settings):
-    with running_app(settings) as url:
-        yield Client(url, verbose=False)
-
-
-def test_sft_feedback_dpo_and_chat_with_the_trained_prompt(client, settings, tmp_path):
+def test_sft_feedback_dpo_and_chat_with_the_trained_prompt(client, tmp_path):
     started = client.predict(file=handle_file(str(PERSONA)), adapter_name="sft", preset="quick", max_steps=3,
                              batch_size=2, max_length=128, system_prompt=SYSTEM, api_name="/start_training")
     assert wait_for_job(client, started["job_id"])["state"] == "completed"

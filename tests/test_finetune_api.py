@@ -1,4 +1,5 @@
-"""The whole fine-tune lifecycle through gradio_client on the embedded model: upload, train, chat with it."""
+"""The whole fine-tune lifecycle through gradio_client on the embedded model: upload, train, chat with it, as the
+example script examples/lifecycle.py runs it and as a test checks it beside that script."""
 
 import subprocess
 import sys
@@ -8,10 +9,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from llama_space.settings import Settings
-
-from apputil import running_app, wait_for_job
-from conftest import MODEL_CACHE, REPO
+from apputil import embedded_settings, running_app
+from conftest import REPO
 
 pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
 
@@ -30,16 +29,9 @@ def generate(client: Client, adapter: str) -> str:
     return client.predict(prompt=QUESTION, adapter=adapter, **GREEDY, api_name="/generate")
 
 
-wait_for = wait_for_job
-
-
 @pytest.fixture(scope="module")
 def settings(embedded_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lifecycle")
-    # The data dir holds the model cache too: point its cache at the shared converted checkpoint.
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(MODEL_CACHE.resolve(), target_is_directory=True)
-    return Settings(adapters_dir=root / "adapters", data_dir=root / "data")
+    return embedded_settings(tmp_path_factory.mktemp("lifecycle"))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +45,9 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def test_upload_train_and_chat_with_the_adapter(client, settings):
+def test_upload_train_and_chat_with_the_adapter(client, app_url):
+    """The lifecycle example script validates, trains and chats; while its job trains, a second job is refused and
+    chat keeps answering; then the adapter answers in character over /generate and /chat, and the base does not."""
     report = client.predict(file=handle_file(str(PERSONA)), api_name="/validate_dataset")
     assert report["ok"] and report["valid_rows"] == 96 and report["errors"] == []
     assert '<mark class="trained"' in report["preview"][0]
@@ -61,13 +55,34 @@ def test_upload_train_and_chat_with_the_adapter(client, settings):
     base_answer = generate(client, "")
     assert "Paris" in base_answer and "Ahoy" not in base_answer
 
-    job_id = start(client, "pirate")["job_id"]
-    with pytest.raises(AppError, match="already running"):
-        start(client, "pirate2")
-    # While it trains, chat keeps answering.
-    assert "Paris" in generate(client, "base")
+    script = subprocess.Popen([sys.executable, str(REPO / "examples" / "lifecycle.py"), "--url", app_url,
+                               "--adapter", "pirate", "--max-steps", "8"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = []
+        for line in script.stdout:
+            output.append(line)
+            if line.startswith("2. training job"):
+                break
+        assert output and output[-1].startswith("2. training job"), "".join(output)[-2000:]
+        job_id = output[-1].split()[3]
+        with pytest.raises(AppError, match="already running"):
+            start(client, "pirate2")
+        # While it trains, chat keeps answering.
+        assert "Paris" in generate(client, "base")
+        output.append(script.communicate(timeout=600)[0])
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    printed = "".join(output)
+    assert script.returncode == 0, printed[-2000:]
+    assert "1. validated: 96 of 96 rows" in printed
+    assert "completed step 8/8" in printed
+    assert "3. adapters: pirate\n" in printed
+    assert "4. [base] The capital of France is Paris." in printed and "4. [pirate] Ahoy" in printed
 
-    status = wait_for(client, job_id)
+    status = client.predict(job_id=job_id, api_name="/job_status")
     assert status["state"] == "completed", status
     assert status["step"] == status["total_steps"] == 8 and status["adapter"] == "pirate"
 
@@ -112,14 +127,3 @@ def test_delete_adapter(client):
     assert client.predict(api_name="/list_adapters") == []
     with pytest.raises(AppError, match="Unknown adapter"):
         generate(client, "pirate")
-
-
-def test_lifecycle_example_script_runs(app_url):
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "lifecycle.py"), "--url", app_url,
-                             "--adapter", "scripted", "--max-steps", "2"],
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "1. validated: 96 of 96 rows" in result.stdout
-    assert "completed step 2/2" in result.stdout
-    assert "3. adapters: scripted" in result.stdout
-    assert "4. [base] The capital of France is Paris." in result.stdout and "4. [scripted]" in result.stdout

@@ -301,15 +301,12 @@ def test_refusals(tiny_model_dir, tmp_path):
     assert not list(tmp_path.glob("*.gguf*"))
 
 
-def test_embedded_model_q8_0_greedy_replies_equal(embedded_dir, tmp_path):
+def test_embedded_model_q8_0_greedy_replies_equal(embedded_dir, embedded_fp32, embedded_gguf):
     """The real 135M model, exported at Q8_0, says the same thing greedily."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    gguf_file = _export(embedded_dir, tmp_path, "q8_0")
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    models = [AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
-              for path, kwargs in ((embedded_dir, {}), (tmp_path, {"gguf_file": gguf_file.name}))]
+    models = [embedded_fp32, embedded_gguf.transformers_model("q8_0")]
     answers = {}
     # Prompts where the fp32 model's greedy choices are clear (top-2 logit margins >= 0.08 on a 27 scale):
     # Q8_0 moves these logits by up to ~1.1, so on near-ties (margin 0.04, e.g. "Translate 'thank you' to
@@ -324,24 +321,22 @@ def test_embedded_model_q8_0_greedy_replies_equal(embedded_dir, tmp_path):
     assert "Paris" in answers["What is the capital of France?"]  # the replies compared are real answers
 
 
-def test_embedded_model_q4_k_m_keeps_its_logits_close(embedded_dir, tmp_path):
+def test_embedded_model_q4_k_m_keeps_its_logits_close(embedded_dir, embedded_fp32, embedded_gguf):
     """The real 135M model at Q4_K_M: llama.cpp's mix for its 576-wide rows, and next-token distributions near the
     source's."""
     import collections
 
     import torch
     from gguf import GGUFReader
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    gguf_file = _export(embedded_dir, tmp_path, "q4_k_m")
-    types = {t.name: t.tensor_type.name for t in GGUFReader(gguf_file).tensors}
+    types = {t.name: t.tensor_type.name for t in GGUFReader(embedded_gguf.file("q4_k_m")).tensors}
     # Only ffn_down (rows of 1536) is whole super-blocks: Q6_K in the 14 more_bits layers of 30, Q4_K in the
     # other 16. The 576-wide rest falls back: Q5_0, and Q8_0 for the tied embedding and the more_bits attn_v.
     assert collections.Counter(types.values()) == {"Q5_0": 166, "Q4_K": 16, "Q6_K": 14, "Q8_0": 15, "F32": 61}
     assert all(types[f"blk.{i}.ffn_down.weight"] == ("Q6_K" if more_bits(i, 30) else "Q4_K") for i in range(30))
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    source = _source(embedded_dir)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf_file.name, dtype=torch.float32).eval()
+    source, model = embedded_fp32, embedded_gguf.transformers_model("q4_k_m")
     got = model.state_dict()
     for name, stored in _gguf_types(source, types).items():
         error = float((got[name] - source.state_dict()[name]).norm() / source.state_dict()[name].norm())

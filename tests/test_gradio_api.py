@@ -8,20 +8,12 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from llama_space.settings import Settings
-
-from apputil import running_app
-from conftest import MODEL_CACHE
-
 QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def client(embedded_dir, tmp_path_factory):
-    settings = Settings(data_dir=MODEL_CACHE.parent, adapters_dir=tmp_path_factory.mktemp("adapters"),
-                        dtype="float32")
-    with running_app(settings) as url:
-        yield Client(url, verbose=False)
+def client(embedded_app):
+    return Client(embedded_app.url, verbose=False)
 
 
 def test_chat_streams_growing_replies_equal_to_generate(client):

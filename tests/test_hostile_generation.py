@@ -14,9 +14,6 @@ import httpx
 import pytest
 
 from llama_space.inference.prompting import FIT_TRIES
-from llama_space.settings import Settings
-
-from apputil import launched_app
 
 ANSWER_SECONDS = 60  # far beyond what a 5-token reply of the tiny model takes, even on a busy machine
 # /generate(prompt, system_prompt, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty)
@@ -25,11 +22,8 @@ WHOLE_TEMPERATURE = ["hi", "", "", 5, 1, 0.9, 50, 1.0]  # an ordinary client's t
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile-generation")
-    settings = Settings(model=str(tiny_model_dir), adapters_dir=root / "adapters", data_dir=root / "data")
-    with launched_app(settings) as launched:
-        yield launched
+def app(tiny_app):
+    return tiny_app
 
 
 @pytest.fixture

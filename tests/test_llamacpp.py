@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from llama_space.export.gguf import write_gguf
-
 pytestmark = pytest.mark.slow  # exports and llama.cpp runs of the 135M model: make test-fast leaves them out
 
 QUESTIONS = ("What is the capital of France?", "What is 2+2?", "Write a haiku about the sea.")
@@ -60,11 +58,10 @@ def tokenizer(embedded_dir):
 
 
 @pytest.fixture(scope="module")
-def references(embedded_dir, tokenizer) -> list[Reference]:
+def references(embedded_fp32, tokenizer) -> list[Reference]:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32).eval()
+    model = embedded_fp32
     out = []
     for question in QUESTIONS:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
@@ -77,17 +74,9 @@ def references(embedded_dir, tokenizer) -> list[Reference]:
 
 
 @pytest.fixture(scope="module")
-def gguf_file(embedded_dir, tmp_path_factory):
-    """`gguf_file(qtype)`: the embedded model exported at `qtype`, written once per module."""
-    files: dict[str, Path] = {}
-    folder = tmp_path_factory.mktemp("gguf")
-
-    def make(qtype: str) -> Path:
-        if qtype not in files:
-            files[qtype] = write_gguf(embedded_dir, folder / f"smollm2-{qtype}.gguf", qtype)
-        return files[qtype]
-
-    return make
+def gguf_file(embedded_gguf):
+    """`gguf_file(qtype)`: the embedded model exported at `qtype`, written once per session (conftest)."""
+    return embedded_gguf.file
 
 
 def _llama(path: Path, **kwargs):
@@ -150,16 +139,14 @@ def test_every_type_reads_the_same_text_as_transformers(gguf_file, references, q
                     qtype, ref.question, position, f"margin {margin:.2f}")
 
 
-def test_q4_k_m_blocks_read_as_the_gguf_package_reads_them(gguf_file, references):
+def test_q4_k_m_blocks_read_as_the_gguf_package_reads_them(embedded_gguf, references):
     """llama.cpp and transformers (through the gguf package's dequantizer, a port of llama.cpp's) compute the same
     logits from the Q4_K_M file: what remains is llama.cpp rounding activations to 8 bits in its quantized matrix
     products (measured 0.047-0.053 of the logits' norm; Q8_0's, with no K-quant block, 0.033-0.039)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    path = gguf_file("q4_k_m")
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    llm = _llama(path, logits_all=True)
+    model = embedded_gguf.transformers_model("q4_k_m")
+    llm = _llama(embedded_gguf.file("q4_k_m"), logits_all=True)
     for ref in references:
         ids = ref.prompt + ref.reply
         with torch.no_grad():

@@ -8,9 +8,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from llama_space import adapters
-from llama_space.settings import Settings
 
-from apputil import launched_app
 from jobutil import one_thread_jobs, write_alpaca  # noqa: F401 - autouse fixture: job processes use one thread
 
 pytestmark = pytest.mark.slow  # training, export or app runs of many seconds: make test-fast leaves them out
@@ -46,11 +44,8 @@ def test_nf4_base_has_4bit_linear_layers_with_double_quant(tiny_model_dir, tmp_p
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("qlora-app")
-    settings = Settings(model=str(tiny_model_dir), adapters_dir=root / "adapters", data_dir=root / "data")
-    with launched_app(settings) as launched:
-        yield launched
+def app(tiny_app):
+    return tiny_app
 
 
 @pytest.fixture(scope="module")
