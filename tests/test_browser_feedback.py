@@ -1,5 +1,6 @@
-"""Feedback in a real Chromium on the tiny model: a thumbs up and an edit in Chat, a pick in Compare, each saved as
-a mark; the Chat tab's header says which system prompt is in force; Fine-tune counts the marks."""
+"""Feedback in a real Chromium on the tiny model: a thumbs up and an edit (in the box "Edit reply" opens) in Chat,
+a pick in Compare, each saved as a mark; the Chat tab's header says which system prompt is in force; Fine-tune
+counts the marks."""
 
 from __future__ import annotations
 
@@ -55,9 +56,16 @@ def test_thumbs_edit_and_pick_are_saved(app):
         playwright_api.expect(page.locator("#chat-stats")).to_contain_text("tokens")
         page.locator("#chatbot button[aria-label='Like']").first.click()
         poll("the thumbs up", lambda: [m for m in marks(app) if m["kind"] == "up"] or None)
-        page.locator("#feedback-edit textarea").fill("Ahoy there, matey!")
+        # "Edit reply" opens the edit box right under the conversation with the last reply in it; saving closes it.
+        reply = page.locator("#chatbot [data-testid=bot]").last.inner_text()
+        box = page.locator("#feedback-edit textarea")
+        assert not box.is_visible()
+        page.locator("#feedback-edit-open").click()
+        poll("the edit box with the last reply", lambda: box.is_visible() and box.input_value().strip() == reply.strip())
+        box.fill("Ahoy there, matey!")
         page.locator("#feedback-save-edit").click()
         [edit] = poll("the edit", lambda: [m for m in marks(app) if m["kind"] == "edit"] or None)
+        poll("the edit box to close", lambda: not box.is_visible())
         assert edit["edited"] == "Ahoy there, matey!" and edit["adapter"] == "pirate"
         assert edit["conversation"][-1] == {"role": "user", "content": "Hello there"}
 

@@ -5,6 +5,8 @@ STRINGS = {
     "fb.edit_info": ("Write the better reply and save it: it is kept as preferred over the model's, for training.",
                      "写下更好的回复并保存：它会被记为优于模型的回复，用于训练。"),
     "fb.save_edit": ("Save edit", "保存修改"),
+    "fb.edit_open": ("Edit reply", "修改回复"),
+    "fb.edit_close": ("Close", "关闭"),
     "fb.saved": ("Feedback saved.", "反馈已保存。"),
     "fb.no_reply": ("There is no reply to edit yet.", "还没有可以修改的回复。"),
     "fb.edit_saved": ("Edit saved: the edited reply is preferred over the original.",

@@ -21,7 +21,7 @@ STRINGS = {
                        "to see the model change; with the embedded model and the persona example, 3-4.5 s a step "
                        "on 2 CPU cores, about 2 minutes in all."),
                        ("标准：正式训练的默认值。快速：短训练（30 步、较高学习率），用来看到模型的变化；"
-                       "内置模型配合 persona 示例，在 2 个 CPU 核上每步 3-4.5 秒，共约 2 分钟。")),
+                       "内置模型配合 persona.jsonl 示例，在 2 个 CPU 核上每步 3-4.5 秒，共约 2 分钟。")),
     "ft.preset.standard": ("standard", "标准"),
     "ft.preset.quick": ("quick", "快速"),
     "ft.settings": ("Training settings", "训练设置"),

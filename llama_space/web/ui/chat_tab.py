@@ -17,7 +17,7 @@ from llama_space.inference.prompting import normalize_messages
 from llama_space.web.error_boundary import user_facing
 from llama_space.web.i18n import L, t
 from llama_space.web.ui import chat_history
-from llama_space.web.ui.feedback import add_chat_feedback
+from llama_space.web.ui.feedback import add_chat_feedback, chat_edit_box
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -170,6 +170,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | N
                 previous = gr.Button(L("chat.previous"), size="sm", elem_id="version-previous", min_width=60)
                 version_md = gr.Markdown(elem_id="version-label")
                 following = gr.Button(L("chat.next"), size="sm", elem_id="version-next", min_width=60)
+            edit_box = chat_edit_box() if feedback is not None else None
             # One line that grows: Gradio sends on Enter only for lines=1; Shift+Enter then breaks the line.
             message = gr.Textbox(placeholder=L("chat.placeholder"), label=L("chat.message"), show_label=False, elem_id="chat-input", lines=1,
                                  max_lines=8)
@@ -179,6 +180,8 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | N
                 retry = gr.Button(L("chat.retry"), elem_id="retry", min_width=70)
                 resume = gr.Button(L("chat.continue"), elem_id="continue", visible=False, min_width=70)
                 clear = gr.Button(L("chat.clear"), elem_id="clear", min_width=70)
+                open_edit = gr.Button(L("fb.edit_open"), elem_id="feedback-edit-open", min_width=70,
+                                      visible=feedback is not None)
             stats = gr.Markdown(elem_id="chat-stats")
             gr.Markdown(L("chat.edit_hint"), elem_id="chat-edit-hint")
         with gr.Column(scale=1, min_width=240):
@@ -200,7 +203,7 @@ def build_chat_tab(backend: ChatBackend, demo: gr.Blocks, feedback: Feedback | N
     sampling = {"system_prompt": system_prompt, "adapter": adapter, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
     if feedback is not None:
-        add_chat_feedback(feedback, chatbot, sampling)
+        add_chat_feedback(feedback, chatbot, sampling, open_edit, edit_box)
     switch = gr.State(StopSwitch())
     ticket = gr.State(0)  # the switch's ticket for the reply asked for last
     store = gr.BrowserState(chat_history.EMPTY_STORE, storage_key="llama-space-chats",

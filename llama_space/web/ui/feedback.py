@@ -3,6 +3,7 @@ collected feedback as datasets in Fine-tune. Each callback is one call into serv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -33,11 +34,38 @@ def _before(history: list[dict], index: int, system_prompt: str) -> list[dict]:
                               system_prompt=system_prompt)
 
 
-def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component]) -> None:
-    """Thumbs on every reply and an edit of the last reply."""
-    with gr.Row():
-        edited = gr.Textbox(label=L("fb.edit"), info=L("fb.edit_info"), lines=2, elem_id="feedback-edit", scale=4)
-        save_edit = gr.Button(L("fb.save_edit"), elem_id="feedback-save-edit", scale=1)
+@dataclass
+class EditBox:
+    """Chat's "the last reply as it should have been": a box under the conversation, shown by "Edit reply"."""
+
+    box: gr.Column
+    text: gr.Textbox
+    save: gr.Button
+    close: gr.Button
+
+
+def chat_edit_box() -> EditBox:
+    """Lay out the edit box where it is called (right under the chat box), hidden until "Edit reply" opens it."""
+    with gr.Column(visible=False, elem_id="feedback-edit-box") as box:
+        text = gr.Textbox(label=L("fb.edit"), info=L("fb.edit_info"), lines=2, max_lines=8, elem_id="feedback-edit")
+        with gr.Row(elem_id="feedback-edit-buttons"):
+            save = gr.Button(L("fb.save_edit"), variant="primary", size="sm", elem_id="feedback-save-edit",
+                             min_width=90)
+            close = gr.Button(L("fb.edit_close"), size="sm", elem_id="feedback-edit-close", min_width=90)
+    return EditBox(box, text, save, close)
+
+
+def _last_reply(history: list[dict]) -> int:
+    """The index of the conversation's last reply; a "no reply yet" error when there is none."""
+    last = max((i for i, m in enumerate(history) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise gr.Error(t("fb.no_reply"))
+    return last
+
+
+def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[str, gr.Component],
+                      open_edit: gr.Button, edit: EditBox) -> None:
+    """Thumbs on every reply; `open_edit` shows `edit` with the last reply in it, to be rewritten and saved."""
 
     def settings(values: dict) -> dict:
         return {key: values[key] for key in GENERATION_KEYS if key in values}
@@ -51,19 +79,22 @@ def add_chat_feedback(feedback: Feedback, chatbot: gr.Chatbot, sampling: dict[st
                         "" if adapter == "base" else adapter, generation=settings(values))
         gr.Info(t("fb.saved"))
 
+    def on_open(history):
+        return gr.Column(visible=True), _content(history[_last_reply(history)])
+
     def on_edit(text, history, system_prompt, adapter, **values):
-        last = max((i for i, m in enumerate(history) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise gr.Error(t("fb.no_reply"))
+        last = _last_reply(history)
         feedback.record("edit", _before(history, last, system_prompt), _content(history[last]),
                         "" if adapter == "base" else adapter, edited=text, generation=settings(values))
         gr.Info(t("fb.edit_saved"))
-        return ""
+        return "", gr.Column(visible=False)
 
     inputs = {"history": chatbot, **sampling}
     chatbot.like(user_facing(on_like, "saving feedback"), inputs_kwargs=inputs, outputs=None, **HIDDEN)
-    save_edit.click(user_facing(on_edit, "saving the edit"), inputs_kwargs={"text": edited, **inputs},
-                    outputs=edited, **HIDDEN)
+    open_edit.click(user_facing(on_open, "opening the edit"), chatbot, [edit.box, edit.text], queue=False, **HIDDEN)
+    edit.close.click(lambda: gr.Column(visible=False), None, edit.box, queue=False, **HIDDEN)
+    edit.save.click(user_facing(on_edit, "saving the edit"), inputs_kwargs={"text": edit.text, **inputs},
+                    outputs=[edit.text, edit.box], **HIDDEN)
 
 
 def add_compare_picks(feedback: Feedback, comparer: Comparer, prompt: gr.Textbox, boxes: list[gr.Textbox],

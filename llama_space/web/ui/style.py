@@ -22,7 +22,9 @@ CSS = """
 /* Phones: the chat first and short (the tab bar wraps instead of folding tabs into a menu: gr.Tabs). */
 @media (max-width: 640px) {
   #chatbot { height: 42vh !important; min-height: 200px; }
-  #chat-buttons button { min-width: 0 !important; padding: 4px 6px; font-size: 0.85rem; }
+  #chat-buttons { flex-wrap: wrap; gap: 4px; }  /* three buttons a line, each label on one line */
+  #chat-buttons button { min-width: 0 !important; flex: 1 1 30% !important; white-space: nowrap; padding: 4px 6px;
+    font-size: 0.85rem; }
   #app-title h2 { font-size: 1.05rem; }
   #chat-edit-hint { display: none; }
 }
