@@ -29,9 +29,14 @@ class ContextPlan:
     reason: str  # how max_context was chosen, for the log and the status
 
 
+def _text_config(config):
+    """The decoder's own config (a multimodal model nests it)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def kv_bytes_per_token(config, dtype_bytes: int) -> int:
     """Bytes of keys and values one token takes across all layers."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    text = _text_config(config)
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -40,8 +45,7 @@ def kv_bytes_per_token(config, dtype_bytes: int) -> int:
 
 def model_window(config, tokenizer=None) -> int:
     """Tokens the model was trained to attend to."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    window = getattr(text, "max_position_embeddings", None)
+    window = getattr(_text_config(config), "max_position_embeddings", None)
     if not window and tokenizer is not None and tokenizer.model_max_length < 10**9:
         window = tokenizer.model_max_length
     return int(window or 4096)
