@@ -162,7 +162,7 @@ def test_penalties_count_the_reply_only():
 
 
 def test_penalties_and_bias_decode_the_same_batched_and_serial(tiny_model_dir):
-    """Both decoders (the batch engine's RowSampler and `generate` with our processors) apply them alike."""
+    """Both decoders (the batch engine's BatchSampler and `generate` with our processors) apply them alike."""
     prompt = "The quick brown fox"
     params = GenerationParams(temperature=0, max_new_tokens=24, frequency_penalty=1.5, presence_penalty=0.5,
                               logit_bias={17: 4.0})

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from llama_space.compat import compile_on_every_device
 from llama_space.errors import UserError
+from llama_space.inference.context import model_window
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -69,7 +70,7 @@ def enable_compiled_decode(model: PreTrainedModel, backend: str = "inductor", ma
     config = CompileConfig(fullgraph=False, dynamic=False, backend=backend,
                            mode="reduce-overhead" if on_cuda else "default")
     compile_on_every_device(config, not on_cuda)
-    window = max_context or int(getattr(model.config, "max_position_embeddings", 0) or CACHE_CEILING["cuda"])
+    window = max_context or model_window(model.config)
     generation_config = model.generation_config
     generation_config.cache_implementation = "static"
     generation_config.max_cache_len = min(window, CACHE_CEILING.get(device_type, CACHE_CEILING["cuda"]))
